@@ -1,0 +1,1 @@
+"""Chat frontends (Discord, Telegram). No torch import here."""

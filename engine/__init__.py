@@ -1,0 +1,1 @@
+"""The GPU side: model loading, the FramePack sampler, decoding, previews and video encoding."""

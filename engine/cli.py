@@ -1,0 +1,128 @@
+"""`framepack-bot`: the command line. Heavy imports wait until a command needs them."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from storage.settings import get_settings
+
+EXIT_BAD_INPUT = 2
+EXIT_NO_MODELS = 3
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--models", type=Path, default=None,
+        help="folder with the weights in the Hub layout (default: FRAMEPACK_MODELS_DIR, else the HF cache)",
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    settings = get_settings()
+    parser = argparse.ArgumentParser(prog="framepack-bot", description="Animate a picture with FramePack.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what the engine does")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    animate = commands.add_parser("animate", help="render one video locally, no chat")
+    animate.add_argument("image", type=Path)
+    animate.add_argument("prompt")
+    animate.add_argument("--seconds", type=float, default=settings.default_seconds)
+    animate.add_argument("--variant", default="original", help="original (inverted anti-drifting) or f1")
+    animate.add_argument("--seed", type=int, default=settings.default_seed)
+    animate.add_argument("--steps", type=int, default=settings.default_steps)
+    animate.add_argument("--crf", type=int, default=settings.video_crf, help="x264 quality, 0 lossless, 16 default")
+    animate.add_argument("--out", type=Path, default=Path("video.mp4"))
+    animate.add_argument("--device", default=settings.engine_device, help="cuda, cuda:N or cpu")
+    animate.add_argument("--resolution", type=int, default=640, help=argparse.SUPPRESS)
+    _add_model_args(animate)
+
+    download = commands.add_parser("download", help="fetch all model weights ahead of time")
+    download.add_argument("--variant", action="append", help="original and/or f1 (default: both)")
+    _add_model_args(download)
+    return parser
+
+
+def _animate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from engine.image_input import InputError, load_image
+    from engine.models import DeviceUnavailable, ModelsNotFound, load_models
+    from engine.render import RenderRequest, render
+
+    settings = get_settings()
+    try:
+        request = RenderRequest(
+            prompt=args.prompt, seconds=args.seconds, variant=args.variant, seed=args.seed, steps=args.steps,
+            crf=args.crf, resolution=args.resolution,
+        ).checked(settings.max_prompt_chars, settings.max_seconds)
+        image = load_image(args.image, settings.max_image_pixels, settings.max_image_bytes)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+    models_dir = args.models or settings.framepack_models_dir
+    try:
+        models = load_models(request.variant, args.device, models_dir, settings.framepack_auto_download)
+    except (ModelsNotFound, DeviceUnavailable) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_NO_MODELS
+
+    out = args.out
+    work_dir = out.with_name(out.stem + "_work")
+    bar = tqdm(total=request.sections * request.steps, unit="step", dynamic_ncols=True)
+
+    def on_step(event) -> None:
+        bar.set_description(f"section {event.section}/{event.sections}")
+        bar.set_postfix_str(f"step {event.step}/{event.steps}")
+        bar.update(1)
+
+    def on_section(event) -> None:
+        preview = out.with_name(f"{out.stem}_section{event.section:02d}.gif")
+        preview.write_bytes(event.gif.read_bytes())
+
+    result = render(models, image, request, work_dir, out, on_step=on_step, on_section=on_section)
+    bar.close()
+    print(
+        f"wrote {result.video}: {result.frames} frames, {result.width}x{result.height}, "
+        f"{result.seconds:.2f} s at 30 fps (seed {request.seed}, {request.variant.value})"
+    )
+    return 0
+
+
+def _download(args: argparse.Namespace) -> int:
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from engine.models import download
+    from engine.sections import Variant
+
+    try:
+        variants = [Variant.parse(v) for v in (args.variant or ["original", "f1"])]
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        roots = download(variants, args.models or get_settings().framepack_models_dir)
+    except (HfHubHTTPError, OSError) as error:
+        print(f"error: the download failed: {error}", file=sys.stderr)
+        return EXIT_NO_MODELS
+    for repo, root in roots.items():
+        print(f"{repo}: {root}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s: %(message)s"
+    )
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    handlers = {"animate": _animate, "download": _download}
+    return handlers[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,269 @@
+"""Loading the five FramePack components (SPEC.md section 1) from the Hugging Face Hub or a local folder.
+
+A local folder has the Hub's layout, one folder per repository id:
+
+    MODELS_DIR/hunyuanvideo-community/HunyuanVideo/{text_encoder,tokenizer,text_encoder_2,tokenizer_2,vae}
+    MODELS_DIR/lllyasviel/flux_redux_bfl/{image_encoder,feature_extractor}
+    MODELS_DIR/lllyasviel/FramePackI2V_HY/                  (transformer, original variant)
+    MODELS_DIR/lllyasviel/FramePack_F1_I2V_HY_20250503/     (transformer, F1 variant)
+
+`huggingface-cli download REPO --local-dir MODELS_DIR/REPO` fills one of them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from huggingface_hub import constants as hf_constants
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+from engine.denoiser import use_fp32_output_projection
+from engine.sections import Variant
+
+log = logging.getLogger(__name__)
+
+HUNYUAN_REPO = "hunyuanvideo-community/HunyuanVideo"
+REDUX_REPO = "lllyasviel/flux_redux_bfl"
+TRANSFORMER_REPOS = {
+    Variant.ORIGINAL: "lllyasviel/FramePackI2V_HY",
+    Variant.F1: "lllyasviel/FramePack_F1_I2V_HY_20250503",
+}
+
+
+@dataclass(frozen=True)
+class Part:
+    """One folder of a repository that the engine reads, and the file that proves it is there."""
+
+    repo: str
+    subfolder: str  # "" for the repository root
+    marker: str
+
+
+ENCODER_PARTS = (
+    Part(HUNYUAN_REPO, "text_encoder", "config.json"),
+    Part(HUNYUAN_REPO, "tokenizer", "tokenizer_config.json"),
+    Part(HUNYUAN_REPO, "text_encoder_2", "config.json"),
+    Part(HUNYUAN_REPO, "tokenizer_2", "tokenizer_config.json"),
+    Part(HUNYUAN_REPO, "vae", "config.json"),
+    Part(REDUX_REPO, "image_encoder", "config.json"),
+    Part(REDUX_REPO, "feature_extractor", "preprocessor_config.json"),
+)
+
+
+def transformer_part(variant: Variant) -> Part:
+    return Part(TRANSFORMER_REPOS[variant], "", "config.json")
+
+
+def parts_for(variants: list[Variant]) -> list[Part]:
+    return [*ENCODER_PARTS, *(transformer_part(v) for v in variants)]
+
+
+class ModelsNotFound(RuntimeError):
+    """The weights are not where they were looked for; the message says what to do."""
+
+
+class DeviceUnavailable(RuntimeError):
+    pass
+
+
+def resolve_device(requested: str | None) -> torch.device:
+    """CUDA when present; the CPU only when asked for, since the full model takes hours there."""
+    if requested is None or requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        raise DeviceUnavailable(
+            "No CUDA GPU is visible. FramePack's 13B transformer needs an NVIDIA GPU (6 GB or more). "
+            "Pass --device cpu (or ENGINE_DEVICE=cpu) to run on the CPU anyway: expect hours per second of video."
+        )
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceUnavailable(f"--device {requested} was asked for, but no CUDA GPU is visible.")
+    return device
+
+
+@dataclass(frozen=True)
+class Dtypes:
+    text: torch.dtype
+    vae: torch.dtype
+    image: torch.dtype
+    transformer: torch.dtype
+
+
+def dtypes_for(device: torch.device) -> Dtypes:
+    """SPEC.md: encoders and VAE in fp16, the transformer in bf16. CPUs get fp32 where fp16 kernels are missing."""
+    if device.type == "cuda":
+        return Dtypes(torch.float16, torch.float16, torch.float16, torch.bfloat16)
+    return Dtypes(torch.float32, torch.float32, torch.float32, torch.bfloat16)
+
+
+def _missing_message(parts: list[Part], where: str, hint: str) -> str:
+    listed = "\n".join(f"  - {p.repo}/{p.subfolder}".rstrip("/") for p in parts)
+    return f"FramePack weights are missing from {where}:\n{listed}\n{hint}"
+
+
+def _repo_root_local(models_dir: Path, repo: str, parts: list[Part]) -> Path:
+    root = models_dir / repo
+    missing = [p for p in parts if not (root / p.subfolder / p.marker).is_file()]
+    if missing:
+        raise ModelsNotFound(
+            _missing_message(
+                missing,
+                f"the folder {models_dir}",
+                f"Each repository goes in a folder named after its id, as the Hub lays it out, e.g. "
+                f"`huggingface-cli download {missing[0].repo} --local-dir {models_dir / missing[0].repo}`; "
+                f"or leave --models unset to use the Hugging Face cache.",
+            )
+        )
+    return root
+
+
+def _repo_root_hub(repo: str, parts: list[Part], allow_download: bool) -> Path:
+    patterns = [f"{p.subfolder}/*" if p.subfolder else "*" for p in parts]
+    offline = hf_constants.HF_HUB_OFFLINE or not allow_download
+    try:
+        root = Path(snapshot_download(repo, allow_patterns=patterns, local_files_only=offline))
+    except LocalEntryNotFoundError:
+        raise ModelsNotFound(
+            _missing_message(
+                parts,
+                f"the Hugging Face cache ({hf_constants.HF_HUB_CACHE})",
+                "Run `framepack-bot download` while online to fetch them once, "
+                "or point --models / FRAMEPACK_MODELS_DIR at a folder that has them.",
+            )
+        ) from None
+    except (HfHubHTTPError, OSError) as error:
+        raise ModelsNotFound(
+            f"Could not download {repo} from the Hugging Face Hub: {error}\n"
+            "Check the network (or HF_TOKEN), then run `framepack-bot download`."
+        ) from None
+    missing = [p for p in parts if not (root / p.subfolder / p.marker).is_file()]
+    if missing:
+        raise ModelsNotFound(
+            _missing_message(
+                missing, f"the cached snapshot {root}", "Run `framepack-bot download` to complete the download."
+            )
+        )
+    return root
+
+
+def locate(parts: list[Part], models_dir: Path | None, allow_download: bool) -> dict[str, Path]:
+    """Map each repository id to a local folder holding the requested parts."""
+    by_repo: dict[str, list[Part]] = {}
+    for part in parts:
+        by_repo.setdefault(part.repo, []).append(part)
+    if models_dir is not None:
+        return {repo: _repo_root_local(Path(models_dir), repo, ps) for repo, ps in by_repo.items()}
+    return {repo: _repo_root_hub(repo, ps, allow_download) for repo, ps in by_repo.items()}
+
+
+def download(variants: list[Variant], models_dir: Path | None = None) -> dict[str, Path]:
+    """Fetch every weight the engine needs (huggingface_hub shows a progress bar per file)."""
+    by_repo: dict[str, list[Part]] = {}
+    for part in parts_for(variants):
+        by_repo.setdefault(part.repo, []).append(part)
+    roots = {}
+    for repo, parts in by_repo.items():
+        patterns = [f"{p.subfolder}/*" if p.subfolder else "*" for p in parts]
+        local_dir = Path(models_dir) / repo if models_dir is not None else None
+        log.info("downloading %s (%s)", repo, ", ".join(p.subfolder or "root" for p in parts))
+        roots[repo] = Path(snapshot_download(repo, allow_patterns=patterns, local_dir=local_dir))
+    return roots
+
+
+@dataclass
+class Encoders:
+    """Everything but the transformer: text, image and VAE, shared by both variants."""
+
+    tokenizer: object
+    text_encoder: torch.nn.Module
+    tokenizer_2: object
+    text_encoder_2: torch.nn.Module
+    feature_extractor: object
+    image_encoder: torch.nn.Module
+    vae: torch.nn.Module
+
+
+@dataclass
+class FramePackModels:
+    encoders: Encoders
+    transformer: torch.nn.Module
+    variant: Variant
+    device: torch.device
+
+
+def _load_failure(error: Exception, what: str, root: Path) -> ModelsNotFound:
+    return ModelsNotFound(
+        f"Could not load {what} from {root}: {error}\n"
+        "The folder is incomplete or not laid out like the Hub repository; "
+        "run `framepack-bot download` again or fix --models."
+    )
+
+
+def load_encoders(
+    device: torch.device, models_dir: Path | None = None, allow_download: bool = True
+) -> Encoders:
+    from diffusers import AutoencoderKLHunyuanVideo
+    from transformers import (
+        AutoTokenizer,
+        CLIPTextModel,
+        LlamaModel,
+        SiglipImageProcessor,
+        SiglipVisionModel,
+    )
+
+    roots = locate(list(ENCODER_PARTS), models_dir, allow_download)
+    hunyuan, redux = roots[HUNYUAN_REPO], roots[REDUX_REPO]
+    dtypes = dtypes_for(device)
+    try:
+        # AutoTokenizer keeps Llama 3's byte-level tokenizer.json as saved; LlamaTokenizerFast rebuilds it.
+        encoders = Encoders(
+            tokenizer=AutoTokenizer.from_pretrained(hunyuan, subfolder="tokenizer"),
+            text_encoder=LlamaModel.from_pretrained(hunyuan, subfolder="text_encoder", dtype=dtypes.text),
+            tokenizer_2=AutoTokenizer.from_pretrained(hunyuan, subfolder="tokenizer_2"),
+            text_encoder_2=CLIPTextModel.from_pretrained(hunyuan, subfolder="text_encoder_2", dtype=dtypes.text),
+            feature_extractor=SiglipImageProcessor.from_pretrained(redux, subfolder="feature_extractor"),
+            image_encoder=SiglipVisionModel.from_pretrained(redux, subfolder="image_encoder", dtype=dtypes.image),
+            vae=AutoencoderKLHunyuanVideo.from_pretrained(hunyuan, subfolder="vae", torch_dtype=dtypes.vae),
+        )
+    except (OSError, ValueError) as error:
+        raise _load_failure(error, "the text, image and VAE models", hunyuan.parent) from None
+    for module in (encoders.text_encoder, encoders.text_encoder_2, encoders.image_encoder, encoders.vae):
+        module.requires_grad_(False).eval().to(device)
+    return encoders
+
+
+def load_transformer(
+    variant: Variant, device: torch.device, models_dir: Path | None = None, allow_download: bool = True
+) -> torch.nn.Module:
+    from diffusers import HunyuanVideoFramepackTransformer3DModel
+
+    part = transformer_part(variant)
+    root = locate([part], models_dir, allow_download)[part.repo]
+    try:
+        transformer = HunyuanVideoFramepackTransformer3DModel.from_pretrained(
+            root, torch_dtype=dtypes_for(device).transformer
+        )
+    except (OSError, ValueError) as error:
+        raise _load_failure(error, f"the {variant.value} transformer", root) from None
+    transformer.requires_grad_(False).eval()
+    use_fp32_output_projection(transformer)
+    return transformer.to(device)
+
+
+def load_models(
+    variant: Variant | str,
+    device: str | torch.device | None = None,
+    models_dir: Path | None = None,
+    allow_download: bool = True,
+) -> FramePackModels:
+    variant = Variant.parse(variant)
+    device = device if isinstance(device, torch.device) else resolve_device(device)
+    # Check every folder first, so a missing transformer is reported before minutes of encoder loading.
+    locate(parts_for([variant]), models_dir, allow_download)
+    encoders = load_encoders(device, models_dir, allow_download)
+    transformer = load_transformer(variant, device, models_dir, allow_download)
+    return FramePackModels(encoders=encoders, transformer=transformer, variant=variant, device=device)

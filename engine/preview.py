@@ -1,0 +1,68 @@
+"""Cheap previews: latent-to-RGB per step and a small GIF per finished section."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+# Linear map from HunyuanVideo's 16 latent channels to RGB (SPEC.md section 7, from ComfyUI).
+LATENT_RGB_FACTORS = torch.tensor(
+    [
+        [-0.0395, -0.0331, 0.0445], [0.0696, 0.0795, 0.0518], [0.0135, -0.0945, -0.0282],
+        [0.0108, -0.0250, -0.0765], [-0.0209, 0.0032, 0.0224], [-0.0804, -0.0254, -0.0639],
+        [-0.0991, 0.0271, -0.0669], [-0.0646, -0.0422, -0.0400], [-0.0696, -0.0595, -0.0894],
+        [-0.0799, -0.0208, -0.0375], [0.1166, 0.1627, 0.0962], [0.1165, 0.0432, 0.0407],
+        [-0.2315, -0.1920, -0.1355], [-0.0270, 0.0401, -0.0821], [-0.0616, -0.0997, -0.0727],
+        [0.0249, -0.0469, -0.1703],
+    ]
+)
+LATENT_RGB_BIAS = torch.tensor([0.0259, -0.0192, -0.0761])
+
+GIF_MAX_WIDTH = 480
+GIF_MAX_BYTES = 2_000_000
+
+
+def latent_preview(latents: torch.Tensor) -> np.ndarray:
+    """(1, 16, T, h, w) latents -> uint8 (h, T*w, 3): the T frames side by side, 1/8 scale."""
+    z = latents[0].detach().float().cpu()  # (16, T, h, w)
+    rgb = torch.einsum("cthw,cr->thwr", z, LATENT_RGB_FACTORS) + LATENT_RGB_BIAS
+    rgb = (rgb.clamp(0, 1) * 255).to(torch.uint8)  # (T, h, w, 3)
+    return torch.cat(list(rgb), dim=1).numpy()
+
+
+def _encode_gif(frames: list[Image.Image], fps: float) -> bytes:
+    buffer = io.BytesIO()
+    frames[0].save(
+        buffer, format="GIF", save_all=True, append_images=frames[1:], duration=round(1000 / fps), loop=0,
+        optimize=True,
+    )
+    return buffer.getvalue()
+
+
+def section_gif(frames: np.ndarray, path: Path, fps: int = 30) -> Path:
+    """Write a looping GIF of uint8 (T, H, W, 3) frames: at most 480 px wide and 2 MB.
+
+    Starts at 15 fps and up to 480 px, then halves the frame rate and shrinks until it fits.
+    """
+    height, width = frames.shape[1:3]
+    target_w = min(width, GIF_MAX_WIDTH)
+    stride = 2
+    while True:
+        target_h = max(2, round(height * target_w / width))
+        picked = frames[::stride]
+        images = [Image.fromarray(f).resize((target_w, target_h), Image.BILINEAR) for f in picked]
+        data = _encode_gif(images, fps / stride)
+        if len(data) <= GIF_MAX_BYTES or target_w <= 64:
+            break
+        if stride < 4:
+            stride *= 2
+        else:
+            target_w = max(64, int(target_w * 0.75))
+    if len(data) > GIF_MAX_BYTES:
+        data = _encode_gif(images[:1], 1)
+    path.write_bytes(data)
+    return path

@@ -1,0 +1,314 @@
+"""One video from one image and one prompt: the FramePack section loop with checkpoints and previews.
+
+Everything a job needs lives in its work folder:
+
+    input.png           the picture cropped to its bucket
+    conditioning.pt     prompt and image embeddings and the start latent (computed once)
+    checkpoint.pt       after every section: history latents, sections done, generator state
+    segment_NNNN.mp4    finished frames, encoded as soon as they are final
+    section_NNNN.gif    a small preview of each finished section
+
+A run that finds a checkpoint of the same request in its folder resumes from it and produces the
+same video as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from engine import sections as sec
+from engine.denoiser import Conditioning, Guidance, SectionContext, make_denoiser
+from engine.image_input import InputError, prepare_image, scaled_buckets
+from engine.models import FramePackModels
+from engine.preview import latent_preview, section_gif
+from engine.stitch import OverlapStitcher, chunk_latents, vae_decode
+from engine.text_encoding import encode_prompt
+from engine.unipc import Cancelled, flux_mu, flux_sigmas, sample_unipc
+from engine.video import concat_segments, frames_to_uint8, write_segment
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_VERSION = 1
+MAX_SECONDS = 120.0
+MAX_STEPS = 100
+
+__all__ = ["Cancelled", "RenderRequest", "StepEvent", "SectionEvent", "RenderResult", "render"]
+
+
+@dataclass(frozen=True)
+class RenderRequest:
+    prompt: str
+    seconds: float = 5.0
+    variant: sec.Variant = sec.Variant.ORIGINAL
+    seed: int = 31337
+    steps: int = 25
+    window: int = 9
+    distilled_guidance: float = 10.0
+    cfg: float = 1.0
+    cfg_rescale: float = 0.0
+    negative_prompt: str = ""
+    crf: int = 16
+    resolution: int = 640
+
+    def checked(self, max_prompt_chars: int = 1000, max_seconds: float = MAX_SECONDS) -> RenderRequest:
+        """This request with its variant parsed, or an InputError that says what is wrong."""
+        try:
+            variant = sec.Variant.parse(self.variant)
+        except ValueError as error:
+            raise InputError(str(error)) from None
+        if len(self.prompt) > max_prompt_chars:
+            raise InputError(f"The prompt is {len(self.prompt)} characters; the limit is {max_prompt_chars}.")
+        if len(self.negative_prompt) > max_prompt_chars:
+            raise InputError(f"The negative prompt is longer than {max_prompt_chars} characters.")
+        limit = min(max_seconds, MAX_SECONDS)
+        if not 1.0 <= self.seconds <= limit:
+            raise InputError(f"The duration must be between 1 and {limit:g} seconds, not {self.seconds:g}.")
+        if not 1 <= self.steps <= MAX_STEPS:
+            raise InputError(f"Steps must be between 1 and {MAX_STEPS}, not {self.steps}.")
+        if not 1 <= self.window <= 33:
+            raise InputError(f"The latent window must be between 1 and 33, not {self.window}.")
+        if not 0 <= self.crf <= 51:
+            raise InputError(f"CRF must be between 0 and 51, not {self.crf}.")
+        if not 0 <= self.seed < 2**63:
+            raise InputError("The seed must be a non-negative 63-bit integer.")
+        return RenderRequest(**{**asdict(self), "variant": variant})
+
+    @property
+    def sections(self) -> int:
+        return sec.section_count(self.seconds, self.window)
+
+    @property
+    def frames(self) -> int:
+        return sec.total_frames(self.sections, self.window)
+
+
+@dataclass
+class StepEvent:
+    section: int  # 1-based, in generation order
+    sections: int
+    step: int  # 1-based
+    steps: int
+    x0: torch.Tensor = field(repr=False)
+    seconds_per_step: float
+
+    def preview(self) -> np.ndarray:
+        """The step's x0 as an RGB strip, one small frame per latent."""
+        return latent_preview(self.x0)
+
+
+@dataclass
+class SectionEvent:
+    section: int
+    sections: int
+    gif: Path
+    frames_done: int
+    frames_total: int
+
+
+@dataclass
+class RenderResult:
+    video: Path
+    frames: int
+    width: int
+    height: int
+    seconds: float
+    resumed_from_section: int
+
+
+def _fingerprint(request: RenderRequest, image: np.ndarray) -> str:
+    digest = hashlib.sha256(json.dumps(asdict(request), sort_keys=True, default=str).encode())
+    digest.update(image.tobytes())
+    digest.update(str(image.shape).encode())
+    return digest.hexdigest()
+
+
+def _save_atomic(obj, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _load_if_matching(path: Path, fingerprint: str) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # a torn or foreign file: start that part over
+        log.warning("ignoring unreadable %s: %s", path, error)
+        return None
+    if data.get("fingerprint") != fingerprint or data.get("version") != CHECKPOINT_VERSION:
+        return None
+    return data
+
+
+@torch.no_grad()
+def _encode_conditioning(
+    models: FramePackModels, image: np.ndarray, request: RenderRequest
+) -> tuple[Conditioning, Conditioning | None, torch.Tensor]:
+    enc = models.encoders
+    text, mask, pooled = encode_prompt(request.prompt, enc)
+    pixels = enc.feature_extractor.preprocess(images=image, return_tensors="pt")["pixel_values"]
+    siglip = enc.image_encoder(pixel_values=pixels.to(enc.image_encoder.device, enc.image_encoder.dtype))
+    image_tokens = siglip.last_hidden_state
+    positive = Conditioning(text.cpu(), mask.cpu(), pooled.cpu(), image_tokens.cpu())
+    negative = None
+    if request.cfg != 1.0:
+        n_text, n_mask, n_pooled = encode_prompt(request.negative_prompt, enc)
+        negative = Conditioning(n_text.cpu(), n_mask.cpu(), n_pooled.cpu(), image_tokens.cpu())
+
+    # The demos sample the VAE posterior from the unseeded global RNG; a generator of its own, seeded
+    # from the job's seed, makes the start latent repeatable without touching the noise draws.
+    x = torch.from_numpy(image).float().div(127.5).sub(1.0).permute(2, 0, 1)[None, :, None]
+    vae = enc.vae
+    posterior = vae.encode(x.to(vae.device, vae.dtype)).latent_dist
+    start_gen = torch.Generator("cpu").manual_seed(request.seed)
+    start = posterior.sample(generator=start_gen) * vae.config.scaling_factor
+    return positive, negative, start.float().cpu()
+
+
+class _Checkpoint:
+    """Sections done, the bounded history, the noise generator and the segments written so far."""
+
+    def __init__(self, path: Path, fingerprint: str):
+        self.path = path
+        self.fingerprint = fingerprint
+
+    def load(self) -> dict | None:
+        return _load_if_matching(self.path, self.fingerprint)
+
+    def save(self, done: int, history: torch.Tensor, generator: torch.Generator, segments: dict[int, str]):
+        _save_atomic(
+            {
+                "version": CHECKPOINT_VERSION,
+                "fingerprint": self.fingerprint,
+                "sections_done": done,
+                "history": history.clone(),
+                "generator_state": generator.get_state(),
+                "segments": dict(segments),
+            },
+            self.path,
+        )
+
+
+def render(
+    models: FramePackModels,
+    image: Image.Image,
+    request: RenderRequest,
+    work_dir: Path,
+    out_path: Path,
+    on_step: Callable[[StepEvent], None] | None = None,
+    on_section: Callable[[SectionEvent], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> RenderResult:
+    """Render `request` into `out_path`; resumable through `work_dir`. Raises Cancelled when asked to stop."""
+    request = request.checked(max_prompt_chars=10**6)
+    variant = request.variant
+    if variant is not models.variant:
+        raise ValueError(f"The loaded transformer is the {models.variant.value} variant, not {variant.value}.")
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    device = models.device
+    transformer = models.transformer
+    dtype = transformer.dtype
+    window, sections = request.window, request.sections
+
+    cropped = prepare_image(image, scaled_buckets(request.resolution))
+    height, width = cropped.shape[:2]
+    Image.fromarray(cropped).save(work_dir / "input.png")
+    fingerprint = _fingerprint(request, cropped)
+
+    cond_path = work_dir / "conditioning.pt"
+    cond = _load_if_matching(cond_path, fingerprint)
+    if cond is None:
+        positive, negative, start_latent = _encode_conditioning(models, cropped, request)
+        _save_atomic(
+            {"version": CHECKPOINT_VERSION, "fingerprint": fingerprint, "positive": positive,
+             "negative": negative, "start_latent": start_latent},
+            cond_path,
+        )
+    else:
+        positive, negative, start_latent = cond["positive"], cond["negative"], cond["start_latent"]
+    positive_dev = positive.to(device, dtype)
+    negative_dev = negative.to(device, dtype) if negative is not None else None
+    guidance = Guidance(request.distilled_guidance, request.cfg, request.cfg_rescale)
+
+    checkpoint = _Checkpoint(work_dir / "checkpoint.pt", fingerprint)
+    saved = checkpoint.load()
+    generator = torch.Generator("cpu").manual_seed(request.seed)
+    stitcher = OverlapStitcher(sec.overlap_frames(window), variant is sec.Variant.ORIGINAL, sections)
+    keep = max(sec.HISTORY_CONTEXT, 2 * window + 1)
+    if saved is not None:
+        done, history, segments = saved["sections_done"], saved["history"], saved["segments"]
+        generator.set_state(saved["generator_state"])
+        stitcher.restore(vae_decode(chunk_latents(variant, history, done - 1, sections, window), models.encoders.vae),
+                         done)
+        log.info("resuming at section %d of %d", done + 1, sections)
+    else:
+        done, history, segments = 0, sec.initial_history(variant, start_latent), {}
+    resumed_from = done
+
+    latent_h, latent_w = height // 8, width // 8
+    mu = flux_mu(window * latent_h * latent_w // 4)
+    sigmas = flux_sigmas(request.steps, mu).to(device)
+    layouts = sec.section_layouts(variant, sections, window)
+    frames_done = sum(int(n) for n in segments.values())
+
+    def write_block(rank: int, block: torch.Tensor) -> int:
+        if block.shape[1] == 0:
+            return 0
+        name = f"segment_{rank:04d}.mp4"
+        write_segment(work_dir / name, frames_to_uint8(block), request.crf)
+        segments[rank] = block.shape[1]
+        return block.shape[1]
+
+    for index in range(done, sections):
+        if should_cancel is not None and should_cancel():
+            raise Cancelled()
+        layout = layouts[index]
+        noise = torch.randn((1, 16, window, latent_h, latent_w), generator=generator, dtype=torch.float32)
+        clean, x2, x4 = sec.history_inputs(variant, history, start_latent)
+        context = SectionContext(
+            indices_noisy=layout.noisy.to(device),
+            clean=clean.to(device, dtype),
+            indices_clean=layout.clean.to(device),
+            history_2x=x2.to(device, dtype),
+            indices_2x=layout.history_2x.to(device),
+            history_4x=x4.to(device, dtype),
+            indices_4x=layout.history_4x.to(device),
+        )
+        denoise = make_denoiser(transformer, positive_dev, negative_dev, context, guidance)
+        step_clock = [time.perf_counter()]
+
+        def report_step(i: int, x0: torch.Tensor, section=index + 1) -> None:
+            now = time.perf_counter()
+            elapsed, step_clock[0] = now - step_clock[0], now
+            if on_step is not None:
+                on_step(StepEvent(section, sections, i + 1, request.steps, x0, elapsed))
+
+        generated = sample_unipc(denoise, noise.to(device), sigmas, report_step, should_cancel).cpu()
+        history, _ = sec.extend_history(variant, history, generated, start_latent, layout.is_last)
+        chunk = vae_decode(chunk_latents(variant, history, index, sections, window), models.encoders.vae)
+        history = sec.trim_history(variant, history, keep)
+        frames_done += write_block(*stitcher.add(chunk))
+        if index == sections - 1:
+            frames_done += write_block(*stitcher.finish())
+        gif = section_gif(frames_to_uint8(chunk), work_dir / f"section_{index + 1:04d}.gif")
+        checkpoint.save(index + 1, history, generator, segments)
+        if on_section is not None:
+            on_section(SectionEvent(index + 1, sections, gif, frames_done, request.frames))
+
+    ordered = [work_dir / f"segment_{rank:04d}.mp4" for rank in sorted(segments)]
+    concat_segments(ordered, Path(out_path))
+    frames = sum(segments.values())
+    return RenderResult(Path(out_path), frames, width, height, frames / sec.FPS, resumed_from)

@@ -1,0 +1,1 @@
+"""Durable state shared by the chat frontends and the engine workers."""
