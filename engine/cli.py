@@ -84,7 +84,13 @@ def _animate(args: argparse.Namespace) -> int:
         preview = out.with_name(f"{out.stem}_section{event.section:02d}.gif")
         preview.write_bytes(event.gif.read_bytes())
 
-    result = render(models, image, request, work_dir, out, on_step=on_step, on_section=on_section)
+    try:
+        result = render(models, image, request, work_dir, out, on_step=on_step, on_section=on_section)
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"stopped. Run the same command again to resume from the last finished section ({work_dir}).",
+              file=sys.stderr)
+        return 130
     bar.close()
     print(
         f"wrote {result.video}: {result.frames} frames, {result.width}x{result.height}, "

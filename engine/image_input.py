@@ -48,7 +48,11 @@ def load_image(source: str | Path | bytes, max_pixels: int, max_bytes: int | Non
             image.load()
     except InputError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InputError(
+            f"The image has far too many pixels; the limit is {max_pixels / 1e6:.1f} megapixels."
+        ) from None
+    except UnidentifiedImageError:
         raise InputError("That file is not an image I can read (PNG, JPEG, WebP, GIF, BMP or TIFF).") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise InputError(f"The image is damaged or truncated and could not be decoded ({error}).") from None

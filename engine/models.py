@@ -105,9 +105,8 @@ def _missing_message(parts: list[Part], where: str, hint: str) -> str:
     return f"FramePack weights are missing from {where}:\n{listed}\n{hint}"
 
 
-def _repo_root_local(models_dir: Path, repo: str, parts: list[Part]) -> Path:
-    root = models_dir / repo
-    missing = [p for p in parts if not (root / p.subfolder / p.marker).is_file()]
+def _locate_local(models_dir: Path, parts: list[Part]) -> dict[str, Path]:
+    missing = [p for p in parts if not (models_dir / p.repo / p.subfolder / p.marker).is_file()]
     if missing:
         raise ModelsNotFound(
             _missing_message(
@@ -118,46 +117,53 @@ def _repo_root_local(models_dir: Path, repo: str, parts: list[Part]) -> Path:
                 f"or leave --models unset to use the Hugging Face cache.",
             )
         )
-    return root
+    return {p.repo: models_dir / p.repo for p in parts}
 
 
-def _repo_root_hub(repo: str, parts: list[Part], allow_download: bool) -> Path:
+def _snapshot(repo: str, parts: list[Part], allow_download: bool) -> Path | None:
+    """The cached (or freshly downloaded) snapshot of `repo`, or None when it is not in the cache."""
     patterns = [f"{p.subfolder}/*" if p.subfolder else "*" for p in parts]
     offline = hf_constants.HF_HUB_OFFLINE or not allow_download
     try:
-        root = Path(snapshot_download(repo, allow_patterns=patterns, local_files_only=offline))
+        return Path(snapshot_download(repo, allow_patterns=patterns, local_files_only=offline))
     except LocalEntryNotFoundError:
-        raise ModelsNotFound(
-            _missing_message(
-                parts,
-                f"the Hugging Face cache ({hf_constants.HF_HUB_CACHE})",
-                "Run `framepack-bot download` while online to fetch them once, "
-                "or point --models / FRAMEPACK_MODELS_DIR at a folder that has them.",
-            )
-        ) from None
+        return None
     except (HfHubHTTPError, OSError) as error:
         raise ModelsNotFound(
             f"Could not download {repo} from the Hugging Face Hub: {error}\n"
             "Check the network (or HF_TOKEN), then run `framepack-bot download`."
         ) from None
-    missing = [p for p in parts if not (root / p.subfolder / p.marker).is_file()]
-    if missing:
-        raise ModelsNotFound(
-            _missing_message(
-                missing, f"the cached snapshot {root}", "Run `framepack-bot download` to complete the download."
-            )
-        )
-    return root
 
 
-def locate(parts: list[Part], models_dir: Path | None, allow_download: bool) -> dict[str, Path]:
-    """Map each repository id to a local folder holding the requested parts."""
+def _locate_hub(parts: list[Part], allow_download: bool) -> dict[str, Path]:
     by_repo: dict[str, list[Part]] = {}
     for part in parts:
         by_repo.setdefault(part.repo, []).append(part)
+    roots, missing = {}, []
+    for repo, repo_parts in by_repo.items():
+        root = _snapshot(repo, repo_parts, allow_download)
+        if root is None:
+            missing += repo_parts
+            continue
+        missing += [p for p in repo_parts if not (root / p.subfolder / p.marker).is_file()]
+        roots[repo] = root
+    if missing:
+        raise ModelsNotFound(
+            _missing_message(
+                missing,
+                f"the Hugging Face cache ({hf_constants.HF_HUB_CACHE})",
+                "Run `framepack-bot download` while online to fetch them once, "
+                "or point --models / FRAMEPACK_MODELS_DIR at a folder that has them.",
+            )
+        )
+    return roots
+
+
+def locate(parts: list[Part], models_dir: Path | None, allow_download: bool) -> dict[str, Path]:
+    """Map each repository id to a local folder holding the requested parts; name everything missing."""
     if models_dir is not None:
-        return {repo: _repo_root_local(Path(models_dir), repo, ps) for repo, ps in by_repo.items()}
-    return {repo: _repo_root_hub(repo, ps, allow_download) for repo, ps in by_repo.items()}
+        return _locate_local(Path(models_dir), parts)
+    return _locate_hub(parts, allow_download)
 
 
 def download(variants: list[Variant], models_dir: Path | None = None) -> dict[str, Path]:

@@ -5,7 +5,7 @@ Everything a job needs lives in its work folder:
     input.png           the picture cropped to its bucket
     conditioning.pt     prompt and image embeddings and the start latent (computed once)
     checkpoint.pt       after every section: history latents, sections done, generator state
-    segment_NNNN.mp4    finished frames, encoded as soon as they are final
+    segment_NNNN.ts     finished frames, encoded as soon as they are final
     section_NNNN.gif    a small preview of each finished section
 
 A run that finds a checkpoint of the same request in its folder resumes from it and produces the
@@ -177,6 +177,20 @@ def _encode_conditioning(
     return positive, negative, start.float().cpu()
 
 
+class _StepReporter:
+    """Turns the sampler's per-step callback into StepEvents with the time each step took."""
+
+    def __init__(self, on_step: Callable[[StepEvent], None] | None, section: int, sections: int, steps: int):
+        self.on_step, self.section, self.sections, self.steps = on_step, section, sections, steps
+        self.clock = time.perf_counter()
+
+    def __call__(self, index: int, x0: torch.Tensor) -> None:
+        now = time.perf_counter()
+        elapsed, self.clock = now - self.clock, now
+        if self.on_step is not None:
+            self.on_step(StepEvent(self.section, self.sections, index + 1, self.steps, x0, elapsed))
+
+
 class _Checkpoint:
     """Sections done, the bounded history, the noise generator and the segments written so far."""
 
@@ -267,7 +281,7 @@ def render(
     def write_block(rank: int, block: torch.Tensor) -> int:
         if block.shape[1] == 0:
             return 0
-        name = f"segment_{rank:04d}.mp4"
+        name = f"segment_{rank:04d}.ts"
         write_segment(work_dir / name, frames_to_uint8(block), request.crf)
         segments[rank] = block.shape[1]
         return block.shape[1]
@@ -288,14 +302,7 @@ def render(
             indices_4x=layout.history_4x.to(device),
         )
         denoise = make_denoiser(transformer, positive_dev, negative_dev, context, guidance)
-        step_clock = [time.perf_counter()]
-
-        def report_step(i: int, x0: torch.Tensor, section=index + 1) -> None:
-            now = time.perf_counter()
-            elapsed, step_clock[0] = now - step_clock[0], now
-            if on_step is not None:
-                on_step(StepEvent(section, sections, i + 1, request.steps, x0, elapsed))
-
+        report_step = _StepReporter(on_step, index + 1, sections, request.steps)
         generated = sample_unipc(denoise, noise.to(device), sigmas, report_step, should_cancel).cpu()
         history, _ = sec.extend_history(variant, history, generated, start_latent, layout.is_last)
         chunk = vae_decode(chunk_latents(variant, history, index, sections, window), models.encoders.vae)
@@ -308,7 +315,7 @@ def render(
         if on_section is not None:
             on_section(SectionEvent(index + 1, sections, gif, frames_done, request.frames))
 
-    ordered = [work_dir / f"segment_{rank:04d}.mp4" for rank in sorted(segments)]
+    ordered = [work_dir / f"segment_{rank:04d}.ts" for rank in sorted(segments)]
     concat_segments(ordered, Path(out_path))
     frames = sum(segments.values())
     return RenderResult(Path(out_path), frames, width, height, frames / sec.FPS, resumed_from)

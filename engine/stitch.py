@@ -28,11 +28,8 @@ def chunk_latents(
     if variant is Variant.F1:
         count = window + 1 if section == 0 else 2 * window
         return history[:, :, -count:]
-    last = section == sections - 1
-    if section == 0:
-        count = window + (1 if last else 0)
-    else:
-        count = 2 * window + (1 if last else 0)
+    # The last section carries the start latent in front of its window.
+    count = (window if section == 0 else 2 * window) + (1 if section == sections - 1 else 0)
     return history[:, :, :count]
 
 

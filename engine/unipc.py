@@ -49,8 +49,8 @@ def _unipc_update(
         r = ((torch.log(sigma_prev) - torch.log(sigmas[-1 - j])) / h)[0]
         ratios.append(r)
         diffs.append((outputs[-1 - j] - m_prev) / r)
-    ratios.append(torch.ones((), device=h.device))
-    rks = torch.stack([torch.as_tensor(r, device=h.device, dtype=torch.float32) for r in ratios])
+    ratios.append(torch.ones((), device=h.device, dtype=h.dtype))
+    rks = torch.stack(ratios)
 
     hh = -h[0]
     phi_1 = torch.expm1(hh)
@@ -68,11 +68,14 @@ def _unipc_update(
 
     if diffs:
         stacked = torch.stack(diffs, dim=1)
-        rho_p = torch.tensor([0.5], device=b.device) if order == 2 else torch.linalg.solve(big_r[:-1, :-1], b[:-1])
+        if order == 2:
+            rho_p = torch.tensor([0.5], device=b.device, dtype=b.dtype)
+        else:
+            rho_p = torch.linalg.solve(big_r[:-1, :-1], b[:-1])
         predicted = torch.tensordot(stacked, rho_p, dims=([1], [0]))
     else:
         stacked, predicted = None, 0
-    rho_c = torch.tensor([0.5], device=b.device) if order == 1 else torch.linalg.solve(big_r, b)
+    rho_c = torch.tensor([0.5], device=b.device, dtype=b.dtype) if order == 1 else torch.linalg.solve(big_r, b)
 
     base = (sigma / sigma_prev).view(-1, *[1] * (x.ndim - 1)) * x - phi_1 * m_prev
     x_pred = base - b_h * predicted

@@ -13,6 +13,7 @@ import imageio_ffmpeg
 import numpy as np
 
 FPS = 30
+TS_CLOCK = 90_000  # MPEG-TS timestamps tick at 90 kHz
 
 
 def frames_to_uint8(pixels) -> np.ndarray:
@@ -46,7 +47,7 @@ class SegmentWriter:
 
 def write_segment(path: Path, frames: np.ndarray, crf: int = 16) -> Path:
     """Encode uint8 (T, H, W, 3) frames to `path` via a temporary name, so a crash leaves no half file."""
-    tmp = path.with_name(path.stem + ".part.mp4")
+    tmp = path.with_name(path.stem + ".part" + path.suffix)
     writer = SegmentWriter(tmp, frames.shape[2], frames.shape[1], crf)
     try:
         writer.write(frames)
@@ -64,13 +65,20 @@ def _run_ffmpeg(args: list[str]) -> None:
 
 
 def concat_segments(segments: list[Path], out: Path) -> Path:
-    """Join H.264 segments without re-encoding, moving the index to the front (+faststart)."""
+    """Join MPEG-TS segments (each starting with a keyframe) into one MP4 without re-encoding.
+
+    Every packet gets a fresh timestamp on an exact 30 fps clock (keeping each frame's B-frame
+    reorder offset), so short segments cannot skew the frame rate; the index goes to the front
+    (+faststart) for streaming playback in chat clients.
+    """
     out.parent.mkdir(parents=True, exist_ok=True)
+    tick = TS_CLOCK // FPS
     with tempfile.TemporaryDirectory() as tmp:
         listing = Path(tmp) / "segments.txt"
         listing.write_text("".join(f"file '{Path(s).resolve()}'\n" for s in segments))
         part = out.with_name(out.stem + ".part.mp4")
         _run_ffmpeg(["-f", "concat", "-safe", "0", "-i", str(listing), "-c", "copy",
+                     "-bsf:v", f"setts=pts=PTS-DTS+N*{tick}:dts=N*{tick}",
                      "-movflags", "+faststart", str(part)])
     os.replace(part, out)
     return out

@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parent))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from tiny_models import build_tiny_models  # noqa: E402
+
+from engine.models import load_models  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_models_dir(tmp_path_factory) -> Path:
+    return build_tiny_models(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
+def original_models(tiny_models_dir):
+    return load_models("original", "cpu", tiny_models_dir)
+
+
+@pytest.fixture(scope="session")
+def f1_models(tiny_models_dir):
+    return load_models("f1", "cpu", tiny_models_dir)
+
+
+@pytest.fixture()
+def models_for(original_models, f1_models):
+    return {"original": original_models, "f1": f1_models}
+
+
+def make_picture(width: int = 96, height: int = 80, seed: int = 0) -> Image.Image:
+    """A smooth gradient with noise: a real picture, not a constant."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([x / width, y / height, (x + y) / (width + height)], axis=-1) * 200
+    return Image.fromarray((base + rng.random((height, width, 3)) * 55).astype(np.uint8))
+
+
+@pytest.fixture()
+def picture() -> Image.Image:
+    return make_picture()

@@ -1,0 +1,129 @@
+"""Input checks and bucket cropping (SPEC.md section 2)."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.image_input import BUCKETS_640, InputError, load_image, nearest_bucket, prepare_image
+from engine.render import RenderRequest
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _png_claiming_size(width: int, height: int) -> bytes:
+    """A valid small PNG whose header says width x height: a decompression bomb's calling card."""
+    data = bytearray(_png_bytes(Image.new("RGB", (8, 8))))
+    ihdr = 8  # after the signature: length(4) type(4) data(13) crc(4)
+    body = bytearray(data[ihdr + 8: ihdr + 8 + 13])
+    body[0:8] = struct.pack(">II", width, height)
+    data[ihdr + 8: ihdr + 8 + 13] = body
+    data[ihdr + 21: ihdr + 25] = struct.pack(">I", zlib.crc32(b"IHDR" + bytes(body)) & 0xFFFFFFFF)
+    return bytes(data)
+
+
+def test_real_image_loads_as_rgb(picture):
+    loaded = load_image(_png_bytes(picture), max_pixels=10**6)
+    assert loaded.mode == "RGB" and loaded.size == picture.size
+
+
+def test_not_an_image_is_refused(tmp_path):
+    path = tmp_path / "notes.png"
+    path.write_text("this is text pretending to be a picture")
+    with pytest.raises(InputError, match="not an image"):
+        load_image(path, max_pixels=10**6)
+
+
+def test_empty_and_missing_files_are_refused(tmp_path):
+    with pytest.raises(InputError, match="empty"):
+        load_image(b"", max_pixels=10**6)
+    with pytest.raises(InputError, match="No such image"):
+        load_image(tmp_path / "absent.png", max_pixels=10**6)
+
+
+def test_truncated_file_is_refused(picture):
+    buffer = io.BytesIO()
+    picture.save(buffer, format="JPEG", quality=95)
+    data = buffer.getvalue()
+    with pytest.raises(InputError, match="damaged or truncated"):
+        load_image(data[: len(data) // 2], max_pixels=10**6)
+
+
+def test_decompression_bomb_is_refused_before_decoding():
+    bomb = _png_claiming_size(20000, 20000)
+    with pytest.raises(InputError, match="too many pixels; the limit is 40.0 megapixels"):
+        load_image(bomb, max_pixels=40_000_000)
+    large = _png_claiming_size(8000, 6000)
+    with pytest.raises(InputError, match="8000x6000"):
+        load_image(large, max_pixels=40_000_000)
+
+
+def test_too_many_bytes_is_refused(picture):
+    data = _png_bytes(picture)
+    with pytest.raises(InputError, match="MB"):
+        load_image(data, max_pixels=10**6, max_bytes=len(data) - 1)
+
+
+def test_transparent_image_is_flattened_on_white():
+    rgba = Image.new("RGBA", (16, 16), (255, 0, 0, 0))
+    loaded = load_image(_png_bytes(rgba), max_pixels=10**6)
+    assert loaded.getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_exif_rotation_is_applied():
+    image = Image.new("RGB", (40, 20), (10, 20, 30))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", exif=exif.tobytes())
+    assert load_image(buffer.getvalue(), max_pixels=10**6).size == (20, 40)
+
+
+def test_bucket_choice_follows_spec():
+    assert nearest_bucket(1000, 1000) == (640, 608)  # square: the last tie wins
+    assert nearest_bucket(1080, 1920) == (480, 832)
+    assert nearest_bucket(1920, 1080) == (832, 480)
+    assert nearest_bucket(400, 1000) == (416, 960)
+    assert nearest_bucket(512, 768) == (512, 768)
+    assert all(h % 16 == 0 and w % 16 == 0 for h, w in BUCKETS_640)
+
+
+def test_prepare_image_crops_to_the_bucket():
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (1080, 1920, 3), dtype=np.uint8))
+    cropped = prepare_image(image)
+    assert cropped.shape == (480, 832, 3) and cropped.dtype == np.uint8
+    exact = Image.fromarray(cropped)
+    assert np.array_equal(prepare_image(exact), cropped)  # already exact: untouched
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"prompt": "x" * 1001}, "prompt is 1001 characters"),
+        ({"seconds": 0.5}, "between 1 and 120"),
+        ({"seconds": 121}, "between 1 and 120"),
+        ({"variant": "f2"}, "Unknown variant"),
+        ({"steps": 0}, "Steps"),
+        ({"steps": 101}, "Steps"),
+        ({"crf": 60}, "CRF"),
+        ({"seed": -1}, "seed"),
+    ],
+)
+def test_bad_requests_are_refused_with_a_reason(changes, message):
+    with pytest.raises(InputError, match=message):
+        RenderRequest(**{"prompt": "a cat", **changes}).checked(max_prompt_chars=1000)
+
+
+def test_lower_duration_limit_from_settings():
+    with pytest.raises(InputError, match="between 1 and 30"):
+        RenderRequest(prompt="a cat", seconds=31).checked(max_seconds=30)
+    assert RenderRequest(prompt="a cat", seconds=30, variant="F1").checked(max_seconds=30).variant.value == "f1"

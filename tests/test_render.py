@@ -1,0 +1,180 @@
+"""The whole section loop on the tiny models: frame counts, determinism, resume, cancel, previews."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import imageio_ffmpeg
+import numpy as np
+import pytest
+import torch
+from conftest import make_picture
+from PIL import Image
+
+from engine.image_input import nearest_bucket, scaled_buckets
+from engine.render import Cancelled, RenderRequest, render
+from engine.sections import frames_after_each_section, section_count
+from engine.video import probe
+
+TINY = dict(prompt="a cat dances", steps=3, resolution=64)
+
+
+def _frames(path: Path) -> np.ndarray:
+    reader = imageio_ffmpeg.read_frames(str(path))
+    meta = next(reader)
+    width, height = meta["size"]
+    return np.stack([np.frombuffer(f, np.uint8).reshape(height, width, 3) for f in reader])
+
+
+def _render(models, tmp: Path, name: str, **changes):
+    request = RenderRequest(**{**TINY, "variant": models.variant, **changes})
+    return render(models, make_picture(), request, tmp / f"{name}_work", tmp / f"{name}.mp4")
+
+
+
+
+@pytest.mark.parametrize("variant", ["original", "f1"])
+@pytest.mark.parametrize("seconds", [1.0, 3.6])
+def test_mp4_has_the_spec_frame_count(models_for, tmp_path, variant, seconds):
+    models = models_for[variant]
+    sections_seen = []
+    request = RenderRequest(**TINY, seconds=seconds, variant=variant)
+    result = render(models, make_picture(), request, tmp_path / "w", tmp_path / "v.mp4",
+                    on_section=lambda e: sections_seen.append(e.frames_done))
+    info = probe(result.video)
+    n = section_count(seconds)
+    expected = frames_after_each_section(models.variant, n)[-1]
+    assert info.frames == result.frames == expected == 36 * n + 1
+    bucket_h, bucket_w = nearest_bucket(80, 96, scaled_buckets(64))
+    assert (info.width, info.height, info.fps) == (bucket_w, bucket_h, 30.0) == (64, 48, 30.0)
+    assert len(sections_seen) == n and sections_seen[-1] == expected
+    assert sorted(sections_seen) == sections_seen
+
+
+def test_same_seed_same_video_other_seed_other_video(original_models, tmp_path):
+    a = _render(original_models, tmp_path, "a", seconds=2.4, seed=7)
+    b = _render(original_models, tmp_path, "b", seconds=2.4, seed=7)
+    c = _render(original_models, tmp_path, "c", seconds=2.4, seed=8)
+    fa, fb, fc = _frames(a.video), _frames(b.video), _frames(c.video)
+    assert np.array_equal(fa, fb)
+    assert not np.array_equal(fa, fc)
+    ha = torch.load(tmp_path / "a_work" / "checkpoint.pt", weights_only=False)["history"]
+    hb = torch.load(tmp_path / "b_work" / "checkpoint.pt", weights_only=False)["history"]
+    assert torch.equal(ha, hb)
+
+
+class StopAfter:
+    """should_cancel that turns true once `sections` sections are done, counting model calls after it."""
+
+    def __init__(self, transformer, sections: int):
+        self.sections = sections
+        self.done = 0
+        self.calls_after = 0
+        self._stop = False
+        transformer.register_forward_pre_hook(self._count)
+
+    def _count(self, *_):
+        if self._stop:
+            self.calls_after += 1
+
+    def on_section(self, event):
+        self.done = event.section
+
+    def on_step(self, event):
+        if self.done >= self.sections and event.step >= 2:
+            self._stop = True
+
+    def __call__(self) -> bool:
+        return self._stop
+
+
+@pytest.mark.parametrize("variant", ["original", "f1"])
+def test_resume_after_a_stop_equals_an_uninterrupted_run(tiny_models_dir, tmp_path, variant):
+    from engine.models import load_models
+
+    models = load_models(variant, "cpu", tiny_models_dir)
+    request = RenderRequest(**TINY, seconds=4.8, variant=variant, seed=5)  # 4 sections
+    picture = make_picture()
+    whole = render(models, picture, request, tmp_path / "whole", tmp_path / "whole.mp4")
+
+    stopper = StopAfter(models.transformer, sections=2)
+    with pytest.raises(Cancelled):
+        render(models, picture, request, tmp_path / "job", tmp_path / "job.mp4",
+               on_step=stopper.on_step, on_section=stopper.on_section, should_cancel=stopper)
+    assert stopper.calls_after == 0  # stopped within the step it was asked in
+    assert not (tmp_path / "job.mp4").exists()
+
+    resumed = render(models, picture, request, tmp_path / "job", tmp_path / "job.mp4")
+    assert resumed.resumed_from_section == 2
+    assert np.array_equal(_frames(resumed.video), _frames(whole.video))
+
+
+def test_a_crash_after_a_checkpoint_resumes(original_models, tmp_path):
+    request = RenderRequest(**TINY, seconds=3.6, seed=11)
+    picture = make_picture()
+    whole = render(original_models, picture, request, tmp_path / "whole", tmp_path / "whole.mp4")
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_first(event):
+        raise Crash()
+
+    with pytest.raises(Crash):
+        render(original_models, picture, request, tmp_path / "job", tmp_path / "job.mp4",
+               on_section=crash_after_first)
+    resumed = render(original_models, picture, request, tmp_path / "job", tmp_path / "job.mp4")
+    assert resumed.resumed_from_section == 1
+    assert np.array_equal(_frames(resumed.video), _frames(whole.video))
+
+
+def test_a_checkpoint_of_another_request_is_not_reused(original_models, tmp_path):
+    picture = make_picture()
+    first = RenderRequest(**TINY, seconds=2.4, seed=1)
+    render(original_models, picture, first, tmp_path / "job", tmp_path / "a.mp4")
+    second = RenderRequest(**TINY, seconds=2.4, seed=2)
+    result = render(original_models, picture, second, tmp_path / "job", tmp_path / "b.mp4")
+    assert result.resumed_from_section == 0
+    fresh = render(original_models, picture, second, tmp_path / "fresh", tmp_path / "c.mp4")
+    assert np.array_equal(_frames(result.video), _frames(fresh.video))
+
+
+def test_cancel_before_start_raises_without_model_calls(original_models, tmp_path):
+    calls = []
+    handle = original_models.transformer.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        with pytest.raises(Cancelled):
+            render(original_models, make_picture(), RenderRequest(**TINY), tmp_path / "w", tmp_path / "v.mp4",
+                   should_cancel=lambda: True)
+    finally:
+        handle.remove()
+    assert calls == []
+
+
+def test_step_and_section_callbacks_carry_previews(f1_models, tmp_path):
+    steps, sections = [], []
+    request = RenderRequest(**TINY, seconds=2.4, variant="f1")
+    render(f1_models, make_picture(), request, tmp_path / "w", tmp_path / "v.mp4",
+           on_step=steps.append, on_section=sections.append)
+    assert [(e.section, e.step) for e in steps] == [(s, i) for s in (1, 2) for i in (1, 2, 3)]
+    strip = steps[-1].preview()
+    assert strip.shape == (6, 8 * 9, 3) and strip.dtype == np.uint8
+    assert all(e.seconds_per_step >= 0 for e in steps)
+    for event in sections:
+        with Image.open(event.gif) as gif:
+            assert gif.size[0] <= 480 and gif.n_frames > 1
+        assert event.gif.stat().st_size <= 2_000_000
+
+
+def test_history_kept_between_sections_does_not_grow(original_models, tmp_path):
+    request = RenderRequest(**{**TINY, "steps": 1}, seconds=9.6)  # 8 sections
+    sizes = []
+
+    def record(event):
+        saved = torch.load(tmp_path / "w" / "checkpoint.pt", weights_only=False)
+        sizes.append(saved["history"].shape[2])
+
+    result = render(original_models, make_picture(), request, tmp_path / "w", tmp_path / "v.mp4",
+                    on_section=record)
+    assert result.frames == 36 * 8 + 1
+    assert max(sizes) <= 19 + 1 and sizes[-1] == sizes[3]
