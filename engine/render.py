@@ -5,7 +5,7 @@ Everything a job needs lives in its work folder:
     input.png           the picture cropped to its bucket
     conditioning.pt     prompt and image embeddings and the start latent (computed once)
     checkpoint.pt       after every section: history latents, sections done, generator state
-    segment_NNNN.ts     finished frames, encoded as soon as they are final
+    segment_NNNN.mp4    finished frames, encoded as soon as they are final
     section_NNNN.gif    a small preview of each finished section
 
 A run that finds a checkpoint of the same request in its folder resumes from it and produces the
@@ -281,7 +281,7 @@ def render(
     def write_block(rank: int, block: torch.Tensor) -> int:
         if block.shape[1] == 0:
             return 0
-        name = f"segment_{rank:04d}.ts"
+        name = f"segment_{rank:04d}.mp4"
         write_segment(work_dir / name, frames_to_uint8(block), request.crf)
         segments[rank] = block.shape[1]
         return block.shape[1]
@@ -315,7 +315,7 @@ def render(
         if on_section is not None:
             on_section(SectionEvent(index + 1, sections, gif, frames_done, request.frames))
 
-    ordered = [work_dir / f"segment_{rank:04d}.ts" for rank in sorted(segments)]
+    ordered = [work_dir / f"segment_{rank:04d}.mp4" for rank in sorted(segments)]
     concat_segments(ordered, Path(out_path))
     frames = sum(segments.values())
     return RenderResult(Path(out_path), frames, width, height, frames / sec.FPS, resumed_from)

@@ -13,7 +13,6 @@ import imageio_ffmpeg
 import numpy as np
 
 FPS = 30
-TS_CLOCK = 90_000  # MPEG-TS timestamps tick at 90 kHz
 
 
 def frames_to_uint8(pixels) -> np.ndarray:
@@ -65,14 +64,14 @@ def _run_ffmpeg(args: list[str]) -> None:
 
 
 def concat_segments(segments: list[Path], out: Path) -> Path:
-    """Join MPEG-TS segments (each starting with a keyframe) into one MP4 without re-encoding.
+    """Join MP4 segments (each starting with a keyframe) into one MP4 without re-encoding.
 
     Every packet gets a fresh timestamp on an exact 30 fps clock (keeping each frame's B-frame
     reorder offset), so short segments cannot skew the frame rate; the index goes to the front
-    (+faststart) for streaming playback in chat clients.
+    (+faststart) for streaming playback in chat clients. Needs ffmpeg 4.4+ (the `setts` filter).
     """
     out.parent.mkdir(parents=True, exist_ok=True)
-    tick = TS_CLOCK // FPS
+    tick = f"1/({FPS}*TB)"  # one frame in the stream's own time base
     with tempfile.TemporaryDirectory() as tmp:
         listing = Path(tmp) / "segments.txt"
         listing.write_text("".join(f"file '{Path(s).resolve()}'\n" for s in segments))

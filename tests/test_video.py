@@ -31,7 +31,7 @@ def test_segment_written_and_read_back(tmp_path):
 def test_concat_keeps_every_frame_in_order(tmp_path):
     frames = _moving_frames(60, 48, 64)
     chunks = np.split(frames, [4, 5, 7, 40])  # uneven, down to one frame
-    parts = [write_segment(tmp_path / f"s{i}.ts", chunk, crf=0) for i, chunk in enumerate(chunks)]
+    parts = [write_segment(tmp_path / f"s{i}.mp4", chunk, crf=0) for i, chunk in enumerate(chunks)]
     out = concat_segments(parts, tmp_path / "out.mp4")
     info = probe(out)
     assert info.frames == 60 and info.fps == 30.0 and info.seconds == pytest.approx(2.0, abs=0.04)

@@ -1,0 +1,99 @@
+"""The full-size FramePack stack with random weights, built straight on the GPU (no download is possible).
+
+Shapes follow SPEC.md section 1. Weights are the classes' default random init, so outputs are
+meaningless but every kernel runs at its real size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from engine.denoiser import use_fp32_output_projection  # noqa: E402
+from engine.models import Encoders, FramePackModels  # noqa: E402
+from engine.sections import Variant  # noqa: E402
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype):
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def _tokenizers():
+    from tiny_models import CORPUS, _byte_level_tokenizer  # the offline-trained test tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    assert CORPUS
+    llama = PreTrainedTokenizerFast(
+        tokenizer_object=_byte_level_tokenizer(
+            ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+            "<|begin_of_text|>", 600,
+        ),
+        pad_token="<|end_of_text|>", padding_side="right",
+    )
+    clip = PreTrainedTokenizerFast(
+        tokenizer_object=_byte_level_tokenizer(["<|startoftext|>", "<|endoftext|>"], "<|startoftext|>", 400),
+        pad_token="<|endoftext|>",
+    )
+    return llama, clip
+
+
+def full_transformer(device: str = "cuda") -> torch.nn.Module:
+    from diffusers import HunyuanVideoFramepackTransformer3DModel
+
+    with default_dtype(torch.bfloat16), torch.device(device):
+        model = HunyuanVideoFramepackTransformer3DModel(
+            has_image_proj=True, image_proj_dim=1152, has_clean_x_embedder=True, guidance_embeds=True
+        )
+    model.requires_grad_(False).eval()
+    use_fp32_output_projection(model)
+    return model
+
+
+def full_encoders(device: str = "cuda") -> Encoders:
+    from diffusers import AutoencoderKLHunyuanVideo
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        LlamaConfig,
+        LlamaModel,
+        SiglipImageProcessor,
+        SiglipVisionConfig,
+        SiglipVisionModel,
+    )
+
+    llama_tok, clip_tok = _tokenizers()
+    with default_dtype(torch.float16), torch.device(device):
+        llama = LlamaModel(LlamaConfig(
+            vocab_size=128_256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+            num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192, rope_theta=500000.0,
+        ))
+        clip = CLIPTextModel(CLIPTextConfig(
+            vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+            num_attention_heads=12, max_position_embeddings=77, projection_dim=768,
+        ))
+        siglip = SiglipVisionModel(SiglipVisionConfig(
+            hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
+            image_size=384, patch_size=14,
+        ))
+        vae = AutoencoderKLHunyuanVideo()
+    processor = SiglipImageProcessor(
+        size={"height": 384, "width": 384}, resample=3, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    )
+    for module in (llama, clip, siglip, vae):
+        module.requires_grad_(False).eval()
+    return Encoders(llama_tok, llama, clip_tok, clip, processor, siglip, vae)
+
+
+def full_models(variant: Variant, device: str = "cuda") -> FramePackModels:
+    return FramePackModels(full_encoders(device), full_transformer(device), variant, torch.device(device))
