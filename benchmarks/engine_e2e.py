@@ -37,6 +37,7 @@ def run(variant: Variant, seconds: float, steps: int, work: Path) -> dict:
                             variant=variant, steps=steps)
     step_times: dict[int, list[float]] = {}
     section_done: list[float] = []
+    phases: list[dict] = []
     first_step: list[float] = []
     start = time.perf_counter()
 
@@ -47,6 +48,8 @@ def run(variant: Variant, seconds: float, steps: int, work: Path) -> dict:
 
     def on_section(event):
         section_done.append(time.perf_counter() - start)
+        phases.append({"sample_s": round(event.sample_seconds, 2), "decode_s": round(event.decode_seconds, 2),
+                       "output_s": round(event.output_seconds, 2)})
 
     result = render(models, picture, request, work, work / "out.mp4", on_step=on_step, on_section=on_section)
     total = time.perf_counter() - start
@@ -64,6 +67,7 @@ def run(variant: Variant, seconds: float, steps: int, work: Path) -> dict:
         "encode_until_first_step_s": round(first_step[0], 2),
         "median_s_per_step_by_section": {k: round(v, 4) for k, v in per_section.items()},
         "section_end_times_s": [round(x, 2) for x in section_done],
+        "section_phases": phases,
         "total_job_s": round(total, 2),
         "peak_gpu_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2),
         "peak_host_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),

@@ -114,6 +114,9 @@ class SectionEvent:
     gif: Path
     frames_done: int
     frames_total: int
+    sample_seconds: float  # the denoising steps
+    decode_seconds: float  # VAE decode and blend
+    output_seconds: float  # video segment, preview GIF, checkpoint
 
 
 @dataclass
@@ -303,17 +306,25 @@ def render(
         )
         denoise = make_denoiser(transformer, positive_dev, negative_dev, context, guidance)
         report_step = _StepReporter(on_step, index + 1, sections, request.steps)
+        clock = time.perf_counter()
         generated = sample_unipc(denoise, noise.to(device), sigmas, report_step, should_cancel).cpu()
+        sampled = time.perf_counter()
         history, _ = sec.extend_history(variant, history, generated, start_latent, layout.is_last)
         chunk = vae_decode(chunk_latents(variant, history, index, sections, window), models.encoders.vae)
         history = sec.trim_history(variant, history, keep)
-        frames_done += write_block(*stitcher.add(chunk))
+        rank, block = stitcher.add(chunk)
+        decoded = time.perf_counter()
+        frames_done += write_block(rank, block)
         if index == sections - 1:
             frames_done += write_block(*stitcher.finish())
         gif = section_gif(frames_to_uint8(chunk), work_dir / f"section_{index + 1:04d}.gif")
         checkpoint.save(index + 1, history, generator, segments)
         if on_section is not None:
-            on_section(SectionEvent(index + 1, sections, gif, frames_done, request.frames))
+            on_section(SectionEvent(
+                index + 1, sections, gif, frames_done, request.frames,
+                sample_seconds=sampled - clock, decode_seconds=decoded - sampled,
+                output_seconds=time.perf_counter() - decoded,
+            ))
 
     ordered = [work_dir / f"segment_{rank:04d}.mp4" for rank in sorted(segments)]
     concat_segments(ordered, Path(out_path))

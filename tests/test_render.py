@@ -161,6 +161,7 @@ def test_step_and_section_callbacks_carry_previews(f1_models, tmp_path):
     assert strip.shape == (6, 8 * 9, 3) and strip.dtype == np.uint8
     assert all(e.seconds_per_step >= 0 for e in steps)
     for event in sections:
+        assert min(event.sample_seconds, event.decode_seconds, event.output_seconds) >= 0
         with Image.open(event.gif) as gif:
             assert gif.size[0] <= 480 and gif.n_frames > 1
         assert event.gif.stat().st_size <= 2_000_000
