@@ -49,9 +49,9 @@ def _parser() -> argparse.ArgumentParser:
 def _animate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from engine.image_input import InputError, load_image
     from engine.models import DeviceUnavailable, ModelsNotFound, load_models
     from engine.render import RenderRequest, render
+    from storage.inputs import InputError, load_image
 
     settings = get_settings()
     try:

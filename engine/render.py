@@ -29,13 +29,14 @@ from PIL import Image
 
 from engine import sections as sec
 from engine.denoiser import Conditioning, Guidance, SectionContext, make_denoiser
-from engine.image_input import InputError, prepare_image, scaled_buckets
+from engine.image_input import prepare_image, scaled_buckets
 from engine.models import FramePackModels
 from engine.preview import latent_preview, section_gif
 from engine.stitch import OverlapStitcher, chunk_latents, vae_decode
 from engine.text_encoding import encode_prompt
-from engine.unipc import Cancelled, flux_mu, flux_sigmas, sample_unipc
+from engine.unipc import Cancelled, Paused, flux_mu, flux_sigmas, sample_unipc
 from engine.video import concat_segments, frames_to_uint8, write_segment
+from storage.inputs import InputError
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ CHECKPOINT_VERSION = 1
 MAX_SECONDS = 120.0
 MAX_STEPS = 100
 
-__all__ = ["Cancelled", "RenderRequest", "StepEvent", "SectionEvent", "RenderResult", "render"]
+__all__ = ["Cancelled", "Paused", "RenderRequest", "StepEvent", "SectionEvent", "RenderResult", "render"]
 
 
 @dataclass(frozen=True)
@@ -204,15 +205,18 @@ class _Checkpoint:
     def load(self) -> dict | None:
         return _load_if_matching(self.path, self.fingerprint)
 
-    def save(self, done: int, history: torch.Tensor, generator: torch.Generator, segments: dict[int, str]):
+    def save(self, done: int, history: torch.Tensor, generator_state: torch.Tensor, segments: dict[int, int],
+             partial: dict | None = None):
+        """`partial`: a section stopped between steps (its noise already drawn, the sampler's tensors)."""
         _save_atomic(
             {
                 "version": CHECKPOINT_VERSION,
                 "fingerprint": self.fingerprint,
                 "sections_done": done,
                 "history": history.clone(),
-                "generator_state": generator.get_state(),
+                "generator_state": generator_state,
                 "segments": dict(segments),
+                "partial": partial,
             },
             self.path,
         )
@@ -227,8 +231,13 @@ def render(
     on_step: Callable[[StepEvent], None] | None = None,
     on_section: Callable[[SectionEvent], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    should_pause: Callable[[], bool] | None = None,
 ) -> RenderResult:
-    """Render `request` into `out_path`; resumable through `work_dir`. Raises Cancelled when asked to stop."""
+    """Render `request` into `out_path`; resumable through `work_dir`.
+
+    Raises Cancelled when `should_cancel` turns true (within one step), and Paused when `should_pause`
+    does, after saving the step it stopped at, so that the next run continues from that very step.
+    """
     request = request.checked(max_prompt_chars=10**6)
     variant = request.variant
     if variant is not models.variant:
@@ -265,12 +274,16 @@ def render(
     generator = torch.Generator("cpu").manual_seed(request.seed)
     stitcher = OverlapStitcher(sec.overlap_frames(window), variant is sec.Variant.ORIGINAL, sections)
     keep = max(sec.HISTORY_CONTEXT, 2 * window + 1)
+    partial = None
     if saved is not None:
         done, history, segments = saved["sections_done"], saved["history"], saved["segments"]
         generator.set_state(saved["generator_state"])
-        stitcher.restore(vae_decode(chunk_latents(variant, history, done - 1, sections, window), models.encoders.vae),
-                         done)
-        log.info("resuming at section %d of %d", done + 1, sections)
+        partial = saved.get("partial")
+        if done > 0:
+            previous = chunk_latents(variant, history, done - 1, sections, window)
+            stitcher.restore(vae_decode(previous, models.encoders.vae), done)
+        log.info("resuming at section %d of %d%s", done + 1, sections,
+                 f", step {partial['sampler']['step'] + 1}" if partial else "")
     else:
         done, history, segments = 0, sec.initial_history(variant, start_latent), {}
     resumed_from = done
@@ -292,8 +305,15 @@ def render(
     for index in range(done, sections):
         if should_cancel is not None and should_cancel():
             raise Cancelled()
+        if should_pause is not None and should_pause():
+            raise Paused()  # the checkpoint of the last section is the place to resume from
         layout = layouts[index]
-        noise = torch.randn((1, 16, window, latent_h, latent_w), generator=generator, dtype=torch.float32)
+        start_state = generator.get_state()
+        if partial is not None:  # this section's noise was drawn before the pause
+            generator.set_state(partial["generator_state"])
+            noise = torch.zeros((1, 16, window, latent_h, latent_w))
+        else:
+            noise = torch.randn((1, 16, window, latent_h, latent_w), generator=generator, dtype=torch.float32)
         clean, x2, x4 = sec.history_inputs(variant, history, start_latent)
         context = SectionContext(
             indices_noisy=layout.noisy.to(device),
@@ -307,7 +327,17 @@ def render(
         denoise = make_denoiser(transformer, positive_dev, negative_dev, context, guidance)
         report_step = _StepReporter(on_step, index + 1, sections, request.steps)
         clock = time.perf_counter()
-        generated = sample_unipc(denoise, noise.to(device), sigmas, report_step, should_cancel).cpu()
+        try:
+            generated = sample_unipc(
+                denoise, noise.to(device), sigmas, report_step, should_cancel, should_pause,
+                state=partial["sampler"] if partial else None,
+            ).cpu()
+        except Paused as paused:
+            partial = {"generator_state": generator.get_state(), "sampler": paused.state}
+            checkpoint.save(index, history, start_state, segments, partial)
+            log.info("paused at section %d, step %d", index + 1, paused.state["step"] + 1)
+            raise
+        partial = None
         sampled = time.perf_counter()
         history, _ = sec.extend_history(variant, history, generated, start_latent, layout.is_last)
         chunk = vae_decode(chunk_latents(variant, history, index, sections, window), models.encoders.vae)
@@ -318,7 +348,7 @@ def render(
         if index == sections - 1:
             frames_done += write_block(*stitcher.finish())
         gif = section_gif(frames_to_uint8(chunk), work_dir / f"section_{index + 1:04d}.gif")
-        checkpoint.save(index + 1, history, generator, segments)
+        checkpoint.save(index + 1, history, generator.get_state(), segments)
         if on_section is not None:
             on_section(SectionEvent(
                 index + 1, sections, gif, frames_done, request.frames,

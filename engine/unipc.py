@@ -19,6 +19,14 @@ class Cancelled(Exception):
     """Raised between denoising steps when the caller asked to stop."""
 
 
+class Paused(Exception):
+    """Raised between denoising steps on a shutdown; `state` resumes the loop where it stopped."""
+
+    def __init__(self, state: dict | None = None):
+        super().__init__("paused")
+        self.state = state
+
+
 def flux_mu(noisy_tokens: int, max_shift: float = 7.0) -> float:
     """Resolution-dependent shift: linear from (256, 0.5) to (4096, 1.15), capped at ln(max_shift)."""
     slope = (1.15 - 0.5) / (4096 - 256)
@@ -91,6 +99,8 @@ def sample_unipc(
     sigmas: torch.Tensor,
     on_step: StepCallback | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    should_pause: Callable[[], bool] | None = None,
+    state: dict | None = None,
 ) -> torch.Tensor:
     """Run n = len(sigmas)-1 steps from pure noise at sigmas[0]; returns the x0 of the last step.
 
@@ -100,12 +110,21 @@ def sample_unipc(
     steps = len(sigmas) - 1
     order = min(3, steps - 1) if steps > 1 else 1
     batch = noise.shape[0]
-    x = noise
+    x, first = noise, 0
     outputs: list[torch.Tensor] = []
     history_sigmas: list[torch.Tensor] = []
-    for i in range(steps):
+    if state is not None:  # resume: the same tensors the paused loop held
+        first, x = state["step"], state["x"].to(noise.device)
+        outputs = [m.to(noise.device) for m in state["outputs"]]
+        history_sigmas = [s.to(noise.device) for s in state["sigmas"]]
+    for i in range(first, steps):
         if should_cancel is not None and should_cancel():
             raise Cancelled()
+        if should_pause is not None and should_pause():
+            raise Paused({
+                "step": i, "x": x.cpu(), "outputs": [m.cpu() for m in outputs],
+                "sigmas": [s.cpu() for s in history_sigmas],
+            })
         sigma = sigmas[i].expand(batch)
         if i == 0:
             outputs, history_sigmas = [denoise(x, sigma)], [sigma]

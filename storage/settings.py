@@ -13,6 +13,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
     data_dir: Path = Field(Path("data"), description="Jobs, images, checkpoints and videos live here.")
+    database_url: str | None = None  # default: sqlite:///<data_dir>/framepack.db
 
     # Model weights: a local folder laid out like the Hugging Face repos, or the HF cache when unset.
     framepack_models_dir: Path | None = None
@@ -20,11 +21,22 @@ class Settings(BaseSettings):
     framepack_auto_download: bool = True
     engine_device: str | None = None  # "cuda", "cuda:1" or "cpu"; None picks CUDA when present
 
-    # Input limits, checked before anything is queued or rendered.
+    # Limits: the defaults; admins change them at runtime (stored in the database).
     max_image_pixels: int = 40_000_000
     max_image_bytes: int = 30_000_000
     max_prompt_chars: int = 1_000
     max_seconds: float = 120.0
+    max_steps: int = 50
+    max_queued_per_user: int = 3
+    allowed_variants: str = "original,f1"
+
+    # Queue and workers.
+    engine_gpus: str | None = None  # "0,1": one worker per listed GPU; unset: every visible GPU
+    engine_workers: int = 1  # workers when ENGINE_DEVICE=cpu
+    fair_queue: bool = True  # round-robin across people instead of strictly oldest first
+    lease_seconds: float = 60.0  # a worker that stops renewing for this long has died
+    default_seconds_per_step: float = 1.2  # ETA before a worker has measured itself (H100: 1.15)
+    default_section_overhead: float = 6.0
 
     # Rendering defaults (SPEC.md section 9).
     default_seconds: float = 5.0

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.image_input import BUCKETS_640, InputError, load_image, nearest_bucket, prepare_image
+from engine.image_input import BUCKETS_640, nearest_bucket, prepare_image
 from engine.render import RenderRequest
+from storage.inputs import InputError, load_image
 
 
 def _png_bytes(image: Image.Image) -> bytes:

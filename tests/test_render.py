@@ -12,7 +12,7 @@ from conftest import make_picture
 from PIL import Image
 
 from engine.image_input import nearest_bucket, scaled_buckets
-from engine.render import Cancelled, RenderRequest, render
+from engine.render import Cancelled, Paused, RenderRequest, render
 from engine.sections import frames_after_each_section, section_count
 from engine.video import probe
 
@@ -179,3 +179,43 @@ def test_history_kept_between_sections_does_not_grow(original_models, tmp_path):
                     on_section=record)
     assert result.frames == 36 * 8 + 1
     assert max(sizes) <= 19 + 1 and sizes[-1] == sizes[3]
+
+
+@pytest.mark.parametrize("variant", ["original", "f1"])
+def test_pause_mid_section_resumes_at_that_step_with_the_same_video(models_for, tmp_path, variant):
+    models = models_for[variant]
+    request = RenderRequest(**{**TINY, "steps": 4}, seconds=3.6, variant=variant, seed=9)  # 3 sections
+    picture = make_picture()
+    whole = render(models, picture, request, tmp_path / "whole", tmp_path / "whole.mp4")
+
+    seen = []
+
+    def pause_in_section_two() -> bool:
+        return bool(seen) and seen[-1] == (2, 2)
+
+    with pytest.raises(Paused):
+        render(models, picture, request, tmp_path / "job", tmp_path / "job.mp4",
+               on_step=lambda e: seen.append((e.section, e.step)), should_pause=pause_in_section_two)
+    saved = torch.load(tmp_path / "job" / "checkpoint.pt", weights_only=False)
+    assert saved["sections_done"] == 1 and saved["partial"]["sampler"]["step"] == 2
+
+    resumed_steps = []
+    resumed = render(models, picture, request, tmp_path / "job", tmp_path / "job.mp4",
+                     on_step=lambda e: resumed_steps.append((e.section, e.step)))
+    assert resumed_steps[0] == (2, 3)  # carried on from the very next step
+    assert len(resumed_steps) == 2 + 4  # the rest of section 2, then section 3
+    assert np.array_equal(_frames(resumed.video), _frames(whole.video))
+
+
+def test_pause_between_sections_needs_no_partial_state(original_models, tmp_path):
+    request = RenderRequest(**TINY, seconds=2.4, seed=3)
+    picture = make_picture()
+    done = []
+    with pytest.raises(Paused):
+        render(original_models, picture, request, tmp_path / "job", tmp_path / "job.mp4",
+               on_section=done.append, should_pause=lambda: bool(done))
+    saved = torch.load(tmp_path / "job" / "checkpoint.pt", weights_only=False)
+    assert saved["sections_done"] == 1 and saved["partial"] is None
+    resumed = render(original_models, picture, request, tmp_path / "job", tmp_path / "job.mp4")
+    fresh = render(original_models, picture, request, tmp_path / "fresh", tmp_path / "fresh.mp4")
+    assert np.array_equal(_frames(resumed.video), _frames(fresh.video))

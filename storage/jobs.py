@@ -1,0 +1,105 @@
+"""What a job is: the request a frontend makes, and the row a worker and a frontend read back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class JobState(str, Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
+
+
+@dataclass(frozen=True)
+class JobParams:
+    seconds: float = 5.0
+    variant: str = "original"
+    seed: int = 31337
+    steps: int = 25
+    resolution: int = 640
+    upload_limits: tuple[int, ...] = ()  # byte limits the finished video must also fit, one copy each
+
+    @property
+    def sections(self) -> int:
+        return max(round(self.seconds * 30 / 36), 1)
+
+    @property
+    def total_steps(self) -> int:
+        return self.sections * self.steps
+
+
+@dataclass(frozen=True)
+class NewJob:
+    platform: str  # "discord", "telegram", "cli"
+    chat_id: str
+    user_id: str
+    prompt: str
+    params: JobParams = field(default_factory=JobParams)
+    reply_to: str | None = None
+    user_name: str | None = None
+
+
+@dataclass(frozen=True)
+class Progress:
+    section: int = 0
+    sections: int = 0
+    step: int = 0
+    steps: int = 0
+    preview: str | None = None  # path of the newest section preview GIF
+    frames_done: int = 0
+
+    @property
+    def steps_done(self) -> int:
+        return max(self.section - 1, 0) * self.steps + self.step if self.section else 0
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    platform: str
+    chat_id: str
+    user_id: str
+    prompt: str
+    params: JobParams
+    state: JobState
+    created_at: float
+    reply_to: str | None = None
+    user_name: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    worker: str | None = None
+    lease_expires_at: float | None = None
+    attempts: int = 0
+    cancel_requested: bool = False
+    progress: Progress = field(default_factory=Progress)
+    error: str | None = None
+    video: str | None = None
+    fitted: dict[int, str] = field(default_factory=dict)  # upload limit -> path of the copy under it
+    delivered: bool = False
+    status_message: str | None = None
+
+    def video_for_limit(self, limit: int) -> str | None:
+        """The largest copy that fits `limit` bytes (the original if no copy was asked for)."""
+        fitting = [(lim, path) for lim, path in self.fitted.items() if lim <= limit]
+        if fitting:
+            return max(fitting)[1]
+        return self.video
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    job_id: int
+    position: int
+    eta_seconds: float
+
+
+class QueueFull(Exception):
+    """The person has as many jobs waiting as the limit allows."""

@@ -1,0 +1,45 @@
+"""SQLite schema, one migration per version; PRAGMA user_version records how far a database is."""
+
+MIGRATIONS: list[str] = [
+    # 1: jobs, runtime limits, workers
+    """
+    CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        platform TEXT NOT NULL,
+        chat_id TEXT NOT NULL,
+        reply_to TEXT,
+        user_id TEXT NOT NULL,
+        user_name TEXT,
+        prompt TEXT NOT NULL,
+        params TEXT NOT NULL,
+        state TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL,
+        worker TEXT,
+        lease_expires_at REAL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        progress TEXT,
+        error TEXT,
+        result TEXT,
+        delivered INTEGER NOT NULL DEFAULT 0,
+        status_message TEXT
+    );
+    CREATE INDEX jobs_by_state ON jobs (state, id);
+    CREATE INDEX jobs_by_user ON jobs (platform, user_id, state);
+    CREATE TABLE limits (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL,
+        changed_by TEXT,
+        changed_at REAL NOT NULL
+    );
+    CREATE TABLE workers (
+        name TEXT PRIMARY KEY,
+        seconds_per_step REAL,
+        section_overhead REAL,
+        samples INTEGER NOT NULL DEFAULT 0,
+        seen_at REAL NOT NULL
+    );
+    """,
+]

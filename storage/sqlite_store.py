@@ -1,0 +1,423 @@
+"""The job queue on SQLite in WAL mode, through aiosqlite: the embedded default backend.
+
+Every state change that more than one process can race on runs inside `BEGIN IMMEDIATE`, so two
+workers never claim one job and a quota is never overrun. A PostgreSQL backend would implement the
+same `JobStore` methods with `SELECT ... FOR UPDATE SKIP LOCKED` claims.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import aiosqlite
+
+from storage.eta import Speed, start_and_finish
+from storage.files import JobFiles
+from storage.inputs import InputError
+from storage.jobs import Enqueued, Job, JobParams, JobState, NewJob, Progress, QueueFull
+from storage.limits import LIMIT_NAMES, Limits, parse_limit
+from storage.schema import MIGRATIONS
+from storage.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 3  # a job that takes down its worker this often is failed instead of retried
+_JOB_COLUMNS = (
+    "id, platform, chat_id, reply_to, user_id, user_name, prompt, params, state, created_at, started_at, "
+    "finished_at, worker, lease_expires_at, attempts, cancel_requested, progress, error, result, delivered, "
+    "status_message"
+)
+
+
+def _job_from_row(row) -> Job:
+    params = json.loads(row[7])
+    params["upload_limits"] = tuple(params.get("upload_limits", ()))
+    result = json.loads(row[18]) if row[18] else {}
+    return Job(
+        id=row[0], platform=row[1], chat_id=row[2], reply_to=row[3], user_id=row[4], user_name=row[5],
+        prompt=row[6], params=JobParams(**params), state=JobState(row[8]), created_at=row[9],
+        started_at=row[10], finished_at=row[11], worker=row[12], lease_expires_at=row[13], attempts=row[14],
+        cancel_requested=bool(row[15]), progress=Progress(**json.loads(row[16])) if row[16] else Progress(),
+        error=row[17], video=result.get("video"),
+        fitted={int(k): v for k, v in result.get("fitted", {}).items()},
+        delivered=bool(row[19]), status_message=row[20],
+    )
+
+
+class SqliteJobStore:
+    """Open with `await SqliteJobStore.open(settings)`; close with `await store.close()`."""
+
+    def __init__(self, db: aiosqlite.Connection, settings: Settings, files: JobFiles):
+        self.db = db
+        self.settings = settings
+        self.files = files
+
+    @classmethod
+    async def open(cls, settings: Settings, path: Path | None = None) -> SqliteJobStore:
+        data_dir = Path(settings.data_dir)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path = path or data_dir / "framepack.db"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(path, isolation_level=None, timeout=30)
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA synchronous=NORMAL")
+        await db.execute("PRAGMA busy_timeout=30000")
+        store = cls(db, settings, JobFiles(data_dir))
+        await store._migrate()
+        return store
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    @contextlib.asynccontextmanager
+    async def _write(self):
+        """One write transaction that takes the database's write lock up front."""
+        await self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            await self.db.execute("ROLLBACK")
+            raise
+        await self.db.execute("COMMIT")
+
+    async def _migrate(self) -> None:
+        async with self._write() as db:
+            version = (await (await db.execute("PRAGMA user_version")).fetchone())[0]
+            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                for statement in filter(str.strip, script.split(";")):
+                    await db.execute(statement)
+                await db.execute(f"PRAGMA user_version = {number}")
+                log.info("database migrated to version %d", number)
+
+    async def _one(self, sql: str, args=()) -> tuple | None:
+        return await (await self.db.execute(sql, args)).fetchone()
+
+    async def _all(self, sql: str, args=()) -> list[tuple]:
+        return list(await (await self.db.execute(sql, args)).fetchall())
+
+    # ----- limits ---------------------------------------------------------------------------------
+
+    async def get_limits(self) -> Limits:
+        limits = Limits.from_settings(self.settings)
+        for name, value in await self._all("SELECT name, value FROM limits"):
+            if name in LIMIT_NAMES:
+                decoded = json.loads(value)
+                limits = limits.with_value(name, tuple(decoded) if isinstance(decoded, list) else decoded)
+        return limits
+
+    async def set_limit(self, name: str, raw: str, changed_by: str) -> Limits:
+        """Parse and store one limit; raises InputError with the reason for a bad name or value."""
+        name, value = parse_limit(name, str(raw))
+        async with self._write() as db:
+            await db.execute(
+                "INSERT INTO limits (name, value, changed_by, changed_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET value=excluded.value, changed_by=excluded.changed_by, "
+                "changed_at=excluded.changed_at",
+                (name, json.dumps(value), changed_by, time.time()),
+            )
+        log.info("limit %s set to %r by %s", name, value, changed_by)
+        return await self.get_limits()
+
+    async def limit_changes(self) -> dict[str, tuple[str | None, float]]:
+        """Who last changed each limit, and when."""
+        rows = await self._all("SELECT name, changed_by, changed_at FROM limits")
+        return {name: (by, at) for name, by, at in rows}
+
+    # ----- enqueue --------------------------------------------------------------------------------
+
+    def _check_request(self, job: NewJob, limits: Limits) -> None:
+        p = job.params
+        if p.variant not in limits.allowed_variants:
+            raise InputError(f"The {p.variant} variant is switched off here; use {', '.join(limits.allowed_variants)}.")
+        if not 1 <= p.seconds <= limits.max_seconds:
+            raise InputError(f"The duration must be between 1 and {limits.max_seconds:g} seconds.")
+        if not 1 <= p.steps <= limits.max_steps:
+            raise InputError(f"Steps must be between 1 and {limits.max_steps}.")
+        if len(job.prompt) > self.settings.max_prompt_chars:
+            raise InputError(f"The prompt is longer than {self.settings.max_prompt_chars} characters.")
+
+    async def enqueue(self, job: NewJob, image: bytes) -> Enqueued:
+        """Store the request and its picture in one transaction; returns the job id and its position.
+
+        Raises InputError for a request over the limits and QueueFull over the person's quota;
+        nothing is stored then.
+        """
+        limits = await self.get_limits()
+        self._check_request(job, limits)
+        now = time.time()
+        async with self._write() as db:
+            (waiting,) = await self._one(
+                "SELECT COUNT(*) FROM jobs WHERE platform=? AND user_id=? AND state IN ('queued', 'running')",
+                (job.platform, job.user_id),
+            )
+            if waiting >= limits.max_queued_per_user:
+                raise QueueFull(
+                    f"You already have {waiting} video(s) waiting; the limit is {limits.max_queued_per_user}. "
+                    "Wait for one to finish or cancel one."
+                )
+            cursor = await db.execute(
+                "INSERT INTO jobs (platform, chat_id, reply_to, user_id, user_name, prompt, params, state, "
+                "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?)",
+                (job.platform, job.chat_id, job.reply_to, job.user_id, job.user_name, job.prompt,
+                 json.dumps(asdict(job.params)), now),
+            )
+            job_id = cursor.lastrowid
+            # Inside the transaction: if the file cannot be written, no row is committed.
+            self.files.write_input(job_id, image)
+        position, eta = await self.position(job_id)
+        log.info("job %d queued for %s:%s at position %d", job_id, job.platform, job.user_id, position)
+        return Enqueued(job_id, position, eta)
+
+    # ----- reading --------------------------------------------------------------------------------
+
+    async def get(self, job_id: int) -> Job | None:
+        row = await self._one(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id=?", (job_id,))
+        return _job_from_row(row) if row else None
+
+    async def queue_length(self) -> int:
+        (count,) = await self._one("SELECT COUNT(*) FROM jobs WHERE state='queued'")
+        return count
+
+    async def user_jobs(self, platform: str, user_id: str, include_finished: bool = False) -> list[Job]:
+        states = "" if include_finished else "AND state IN ('queued', 'running')"
+        rows = await self._all(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE platform=? AND user_id=? {states} ORDER BY id",
+            (platform, user_id),
+        )
+        return [_job_from_row(r) for r in rows]
+
+    async def active_jobs(self, platform: str) -> list[Job]:
+        rows = await self._all(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE platform=? AND state IN ('queued', 'running') ORDER BY id",
+            (platform,),
+        )
+        return [_job_from_row(r) for r in rows]
+
+    async def undelivered(self, platform: str) -> list[Job]:
+        """Finished jobs (done, failed, cancelled) whose result the frontend has not yet posted."""
+        rows = await self._all(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE platform=? AND delivered=0 "
+            "AND state IN ('done', 'failed', 'cancelled') ORDER BY id",
+            (platform,),
+        )
+        return [_job_from_row(r) for r in rows]
+
+    async def mark_delivered(self, job_id: int) -> None:
+        async with self._write() as db:
+            await db.execute("UPDATE jobs SET delivered=1 WHERE id=?", (job_id,))
+
+    async def set_status_message(self, job_id: int, message_id: str | None) -> None:
+        async with self._write() as db:
+            await db.execute("UPDATE jobs SET status_message=? WHERE id=?", (message_id, job_id))
+
+    # ----- order, position, ETA -------------------------------------------------------------------
+
+    def _order_sql(self) -> str:
+        """Queued jobs in the order workers take them. Fair: a person's n-th waiting job (counting
+        their running ones) goes after everyone's (n-1)-th, so ten jobs from one person do not block
+        one from another."""
+        if not self.settings.fair_queue:
+            return "SELECT id, params FROM jobs WHERE state='queued' ORDER BY id"
+        return (
+            "SELECT q.id, q.params FROM ("
+            " SELECT id, params, platform, user_id,"
+            "  ROW_NUMBER() OVER (PARTITION BY platform, user_id ORDER BY id) AS turn FROM jobs"
+            " WHERE state='queued') AS q "
+            "LEFT JOIN (SELECT platform, user_id, COUNT(*) AS busy FROM jobs WHERE state='running'"
+            " GROUP BY platform, user_id) AS r ON r.platform=q.platform AND r.user_id=q.user_id "
+            "ORDER BY q.turn + COALESCE(r.busy, 0), q.id"
+        )
+
+    async def speed(self) -> tuple[Speed, int]:
+        """The measured speed (mean over live workers) and how many workers are alive."""
+        live_since = time.time() - 2 * self.settings.lease_seconds
+        rows = await self._all(
+            "SELECT seconds_per_step, section_overhead FROM workers WHERE seen_at >= ?", (live_since,)
+        )
+        measured = [(s, o) for s, o in rows if s is not None]
+        if measured:
+            sps = sum(s for s, _ in measured) / len(measured)
+            overhead = sum(o for _, o in measured) / len(measured)
+        else:
+            sps, overhead = self.settings.default_seconds_per_step, self.settings.default_section_overhead
+        return Speed(sps, overhead), max(len(rows), 1)
+
+    async def position(self, job_id: int) -> tuple[int, float]:
+        """(position, seconds until done): position 0 means it is rendering now."""
+        job = await self.get(job_id)
+        if job is None:
+            raise KeyError(job_id)
+        speed, workers = await self.speed()
+        running = await self._all(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state='running'")
+        running_left = []
+        for row in running:
+            r = _job_from_row(row)
+            left_steps = max(r.params.total_steps - r.progress.steps_done, 0)
+            left_sections = max(r.params.sections - max(r.progress.section - 1, 0), 0)
+            running_left.append(left_steps * speed.seconds_per_step + left_sections * speed.section_overhead)
+        if job.state is JobState.RUNNING:
+            own_left = running_left[[r[0] for r in running].index(job_id)]
+            return 0, own_left
+        if job.state.finished:
+            return 0, 0.0
+        ahead = []
+        for other_id, params in await self._all(self._order_sql()):
+            if other_id == job_id:
+                break
+            p = json.loads(params)
+            ahead.append(speed.job_seconds(JobParams(seconds=p["seconds"]).sections, p["steps"]))
+        own = speed.job_seconds(job.params.sections, job.params.steps)
+        _, finish = start_and_finish(running_left, ahead, own, workers)
+        return len(ahead) + 1, finish
+
+    # ----- worker side ----------------------------------------------------------------------------
+
+    async def heartbeat(self, worker: str) -> None:
+        async with self._write() as db:
+            await db.execute(
+                "INSERT INTO workers (name, seen_at) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET seen_at=?",
+                (worker, time.time(), time.time()),
+            )
+
+    async def record_speed(self, worker: str, seconds_per_step: float, section_overhead: float) -> None:
+        """Blend a new measurement into the worker's figures (recent jobs weigh more)."""
+        async with self._write() as db:
+            row = await self._one("SELECT seconds_per_step, section_overhead FROM workers WHERE name=?", (worker,))
+            if row and row[0] is not None:
+                seconds_per_step = 0.7 * seconds_per_step + 0.3 * row[0]
+                section_overhead = 0.7 * section_overhead + 0.3 * row[1]
+            await db.execute(
+                "INSERT INTO workers (name, seconds_per_step, section_overhead, samples, seen_at) "
+                "VALUES (?, ?, ?, 1, ?) ON CONFLICT(name) DO UPDATE SET seconds_per_step=excluded.seconds_per_step,"
+                " section_overhead=excluded.section_overhead, samples=samples+1, seen_at=excluded.seen_at",
+                (worker, seconds_per_step, section_overhead, time.time()),
+            )
+
+    async def claim(self, worker: str, lease_seconds: float | None = None) -> Job | None:
+        """Take the next job under a lease: first any job whose worker died (its lease ran out), then
+        the queue in order. A job that has already been taken MAX_ATTEMPTS times is failed instead."""
+        lease = lease_seconds or self.settings.lease_seconds
+        now = time.time()
+        async with self._write() as db:
+            while True:
+                row = await self._one(
+                    "SELECT id, attempts FROM jobs WHERE state='running' AND lease_expires_at < ? ORDER BY id LIMIT 1",
+                    (now,),
+                )
+                if row is None:
+                    row = await self._one(self._order_sql() + " LIMIT 1")
+                    if row is None:
+                        return None
+                    row = await self._one("SELECT id, attempts FROM jobs WHERE id=?", (row[0],))
+                job_id, attempts = row
+                if attempts >= MAX_ATTEMPTS:
+                    await db.execute(
+                        "UPDATE jobs SET state='failed', finished_at=?, worker=NULL, lease_expires_at=NULL, "
+                        "error=? WHERE id=?",
+                        (now, f"The render stopped its worker {attempts} times, so it was given up.", job_id),
+                    )
+                    log.warning("job %d failed after %d attempts", job_id, attempts)
+                    continue
+                await db.execute(
+                    "UPDATE jobs SET state='running', worker=?, lease_expires_at=?, attempts=attempts+1, "
+                    "started_at=COALESCE(started_at, ?) WHERE id=?",
+                    (worker, now + lease, now, job_id),
+                )
+                break
+        log.info("job %d claimed by %s (attempt %d)", job_id, worker, attempts + 1)
+        return await self.get(job_id)
+
+    async def renew(self, job_id: int, worker: str, lease_seconds: float | None = None) -> bool:
+        """Extend the lease; False when this worker no longer holds the job (it must stop)."""
+        lease = lease_seconds or self.settings.lease_seconds
+        async with self._write() as db:
+            cursor = await db.execute(
+                "UPDATE jobs SET lease_expires_at=? WHERE id=? AND worker=? AND state='running'",
+                (time.time() + lease, job_id, worker),
+            )
+            await db.execute("UPDATE workers SET seen_at=? WHERE name=?", (time.time(), worker))
+        return cursor.rowcount == 1
+
+    async def report_progress(self, job_id: int, worker: str, progress: Progress) -> None:
+        async with self._write() as db:
+            await db.execute(
+                "UPDATE jobs SET progress=? WHERE id=? AND worker=? AND state='running'",
+                (json.dumps(asdict(progress)), job_id, worker),
+            )
+
+    async def _finish(self, job_id: int, worker: str, state: JobState, **columns) -> bool:
+        sets = ", ".join(f"{k}=?" for k in columns)
+        extra = f", {sets}" if sets else ""
+        async with self._write() as db:
+            cursor = await db.execute(
+                f"UPDATE jobs SET state=?, finished_at=?, lease_expires_at=NULL{extra} "
+                "WHERE id=? AND worker=? AND state='running'",
+                (state.value, time.time(), *columns.values(), job_id, worker),
+            )
+        return cursor.rowcount == 1
+
+    async def complete(self, job_id: int, worker: str, video: str, fitted: dict[int, str]) -> bool:
+        result = json.dumps({"video": video, "fitted": {str(k): v for k, v in fitted.items()}})
+        done = await self._finish(job_id, worker, JobState.DONE, result=result)
+        if done:
+            log.info("job %d done by %s", job_id, worker)
+        return done
+
+    async def fail(self, job_id: int, worker: str, error: str) -> bool:
+        log.warning("job %d failed on %s: %s", job_id, worker, error)
+        return await self._finish(job_id, worker, JobState.FAILED, error=error[:2000])
+
+    async def mark_cancelled(self, job_id: int, worker: str) -> bool:
+        return await self._finish(job_id, worker, JobState.CANCELLED)
+
+    async def release(self, job_id: int, worker: str) -> bool:
+        """Give a job back to the queue on a clean shutdown; it resumes from its checkpoint and the
+        attempt does not count against it."""
+        async with self._write() as db:
+            cursor = await db.execute(
+                "UPDATE jobs SET state='queued', worker=NULL, lease_expires_at=NULL, attempts=MAX(attempts-1, 0) "
+                "WHERE id=? AND worker=? AND state='running'",
+                (job_id, worker),
+            )
+        return cursor.rowcount == 1
+
+    async def is_cancel_requested(self, job_id: int) -> bool:
+        row = await self._one("SELECT cancel_requested FROM jobs WHERE id=?", (job_id,))
+        return bool(row and row[0])
+
+    # ----- cancel ---------------------------------------------------------------------------------
+
+    async def cancel(self, job_id: int, platform: str, user_id: str, is_admin: bool = False) -> str:
+        """Cancel for a person: 'cancelled' (was waiting), 'stopping' (its worker stops within a step),
+        'finished' (too late), 'not_found', or 'not_allowed' (neither the owner nor an admin)."""
+        async with self._write() as db:
+            row = await self._one("SELECT platform, user_id, state FROM jobs WHERE id=?", (job_id,))
+            if row is None or row[0] != platform:
+                return "not_found"
+            if row[1] != user_id and not is_admin:
+                return "not_allowed"
+            state = JobState(row[2])
+            if state.finished:
+                return "finished"
+            if state is JobState.QUEUED:
+                await db.execute(
+                    "UPDATE jobs SET state='cancelled', cancel_requested=1, finished_at=? WHERE id=?",
+                    (time.time(), job_id),
+                )
+                log.info("job %d cancelled while queued", job_id)
+                return "cancelled"
+            await db.execute("UPDATE jobs SET cancel_requested=1 WHERE id=?", (job_id,))
+            log.info("job %d: cancel requested while running", job_id)
+            return "stopping"
+
+    # ----- housekeeping ---------------------------------------------------------------------------
+
+    async def delete_files(self, job_id: int) -> None:
+        shutil.rmtree(self.files.job_dir(job_id), ignore_errors=True)
+
