@@ -45,7 +45,9 @@ class ModelCache:
         import torch
 
         from engine.models import FramePackModels, load_encoders, load_transformer, resolve_device
+        from engine.sections import Variant
 
+        variant = Variant.parse(variant)
         if self.device is None:
             self.device = resolve_device(self.settings.engine_device)
         if self.encoders is None:

@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     max_queued_per_user: int = 3
     allowed_variants: str = "original,f1"
 
+    # Chat frontends: each one runs when its token is set.
+    discord_token: str | None = None
+    telegram_token: str | None = None
+
     # Queue and workers.
     engine_gpus: str | None = None  # "0,1": one worker per listed GPU; unset: every visible GPU
     engine_workers: int = 1  # workers when ENGINE_DEVICE=cpu
@@ -37,6 +41,7 @@ class Settings(BaseSettings):
     lease_seconds: float = 60.0  # a worker that stops renewing for this long has died
     default_seconds_per_step: float = 1.2  # ETA before a worker has measured itself (H100: 1.15)
     default_section_overhead: float = 6.0
+    shutdown_grace_seconds: float = 120.0  # how long `serve` waits for a worker to save and exit
 
     # Rendering defaults (SPEC.md section 9).
     default_seconds: float = 5.0

@@ -7,6 +7,7 @@ same `JobStore` methods with `SELECT ... FOR UPDATE SKIP LOCKED` claims.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -57,6 +58,8 @@ class SqliteJobStore:
         self.db = db
         self.settings = settings
         self.files = files
+        # One connection serves many coroutines: their transactions must not interleave.
+        self._lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, settings: Settings, path: Path | None = None) -> SqliteJobStore:
@@ -78,13 +81,14 @@ class SqliteJobStore:
     @contextlib.asynccontextmanager
     async def _write(self):
         """One write transaction that takes the database's write lock up front."""
-        await self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.db
-        except BaseException:
-            await self.db.execute("ROLLBACK")
-            raise
-        await self.db.execute("COMMIT")
+        async with self._lock:
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
+            await self.db.execute("COMMIT")
 
     async def _migrate(self) -> None:
         async with self._write() as db:

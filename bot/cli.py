@@ -1,0 +1,37 @@
+"""`framepack-bot`: serve the bot, or hand `animate` and `download` to the engine's own command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+
+ENGINE_COMMANDS = ("animate", "download")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ENGINE_COMMANDS:
+        # A process of its own: this side never imports the engine (or torch).
+        os.execv(sys.executable, [sys.executable, "-m", "engine.cli", *argv])
+
+    parser = argparse.ArgumentParser(prog="framepack-bot", description="Animate pictures with FramePack.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="run the chat bot(s) and one engine worker per GPU")
+    commands.add_parser("animate", help="render one video locally (framepack-bot animate --help)")
+    commands.add_parser("download", help="fetch the model weights (framepack-bot download --help)")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.command == "serve":
+        from bot.serve import serve
+        from storage.settings import get_settings
+
+        return asyncio.run(serve(get_settings()))
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""`framepack-bot serve`: the chat frontends in this process, one engine worker process per GPU.
+
+Workers are started as `python -m engine.worker` with their own CUDA_VISIBLE_DEVICES; this process
+never imports the engine. A worker that dies is restarted with a growing pause. SIGTERM or Ctrl-C
+asks every worker to finish its step, save and give its job back, then waits for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+from storage.settings import Settings
+from storage.store import open_store
+
+log = logging.getLogger("framepack.serve")
+
+FRONTEND_TOKENS = {"discord": "discord_token", "telegram": "telegram_token"}
+AVAILABLE_FRONTENDS: dict[str, str] = {}  # name -> module with `async def run(settings, store, stop)`
+BACKOFF_START, BACKOFF_MAX, STABLE_SECONDS = 1.0, 60.0, 300.0
+
+
+@dataclass(frozen=True)
+class WorkerSlot:
+    name: str
+    env: dict[str, str]
+
+
+def visible_gpus() -> list[str]:
+    """GPU indices this machine shows, without importing torch: CUDA_VISIBLE_DEVICES, else nvidia-smi."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [g.strip() for g in listed.split(",") if g.strip() and g.strip() != "-1"]
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return []
+    try:
+        out = subprocess.run([smi, "--query-gpu=index", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [line.strip() for line in out.stdout.splitlines() if line.strip().isdigit()]
+
+
+def worker_slots(settings: Settings) -> list[WorkerSlot]:
+    base = {**os.environ}
+    if (settings.engine_device or "").startswith("cpu"):
+        base["CUDA_VISIBLE_DEVICES"] = ""
+        return [WorkerSlot(f"cpu{i}", base) for i in range(settings.engine_workers)]
+    listed = [g.strip() for g in (settings.engine_gpus or "").split(",") if g.strip()]
+    gpus = listed or visible_gpus()
+    return [WorkerSlot(f"gpu{g}", {**base, "CUDA_VISIBLE_DEVICES": g}) for g in gpus]
+
+
+class WorkerProcess:
+    """Keeps one worker process running until told to stop."""
+
+    def __init__(self, slot: WorkerSlot, grace_seconds: float):
+        self.slot = slot
+        self.grace = grace_seconds
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        backoff = BACKOFF_START
+        while not stop.is_set():
+            started = time.monotonic()
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "engine.worker", "--name", self.slot.name, env=self.slot.env
+            )
+            log.info("worker %s started (pid %d)", self.slot.name, self.process.pid)
+            code = await self.process.wait()
+            if stop.is_set():
+                log.info("worker %s stopped (exit %d)", self.slot.name, code)
+                return
+            if time.monotonic() - started > STABLE_SECONDS:
+                backoff = BACKOFF_START
+            log.warning("worker %s exited with code %d; restarting in %.0f s", self.slot.name, code, backoff)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX)
+
+    async def stop(self) -> None:
+        process = self.process
+        if process is None or process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), timeout=self.grace)
+        except asyncio.TimeoutError:
+            log.warning("worker %s did not stop within %.0f s; killing it", self.slot.name, self.grace)
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+
+
+def _frontends(settings: Settings) -> list[str]:
+    names = []
+    for name, field in FRONTEND_TOKENS.items():
+        if not getattr(settings, field):
+            continue
+        if name not in AVAILABLE_FRONTENDS:
+            log.warning("%s is configured, but this version has no %s frontend yet; its token is unused.",
+                        field.upper(), name.capitalize())
+            continue
+        names.append(name)
+    if not names:
+        log.warning(
+            "No chat frontend is running: set DISCORD_TOKEN and/or TELEGRAM_TOKEN in .env (see .env.example "
+            "and README). Workers still render the jobs already in the queue."
+        )
+    return names
+
+
+async def serve(settings: Settings) -> int:
+    store = await open_store(settings)  # creates or migrates the database before anything starts
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    slots = worker_slots(settings)
+    if not slots:
+        log.error(
+            "No GPU found for the engine workers (nvidia-smi shows none). Set ENGINE_GPUS, or ENGINE_DEVICE=cpu "
+            "to render on the CPU (very slow with the full model). Queued jobs wait until a worker runs."
+        )
+    workers = [WorkerProcess(slot, settings.shutdown_grace_seconds) for slot in slots]
+    tasks = [asyncio.create_task(w.run(stop)) for w in workers]
+    frontends = _frontends(settings)
+    for name in frontends:
+        module = __import__(AVAILABLE_FRONTENDS[name], fromlist=["run"])
+        tasks.append(asyncio.create_task(module.run(settings, store, stop)))
+    log.info("serving with %d worker(s) and frontends: %s; data in %s", len(workers),
+             ", ".join(frontends) or "none", settings.data_dir)
+
+    await stop.wait()
+    log.info("shutting down: workers finish their current step and save")
+    await asyncio.gather(*(w.stop() for w in workers))
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await store.close()
+    log.info("stopped; queued and unfinished jobs continue on the next start")
+    return 0

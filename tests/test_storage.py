@@ -1,0 +1,309 @@
+"""The SQLite job queue: enqueue, quota, limits, claims and leases, fair order, cancel, ETA, delivery."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import multiprocessing
+import time
+
+import pytest
+from PIL import Image
+
+from storage.eta import Speed, start_and_finish
+from storage.inputs import InputError
+from storage.jobs import JobParams, JobState, NewJob, Progress, QueueFull
+from storage.settings import Settings
+from storage.sqlite_store import MAX_ATTEMPTS, SqliteJobStore
+
+
+def _png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 24), (200, 10, 10)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+PNG = _png()
+
+
+def _settings(tmp_path, **changes) -> Settings:
+    base = dict(data_dir=tmp_path / "data", max_queued_per_user=3, fair_queue=True, lease_seconds=30.0,
+                default_seconds_per_step=2.0, default_section_overhead=5.0)
+    return Settings(**{**base, **changes})
+
+
+@pytest.fixture()
+async def store(tmp_path):
+    s = await SqliteJobStore.open(_settings(tmp_path))
+    yield s
+    await s.close()
+
+
+def _job(user: str = "u1", platform: str = "telegram", **params) -> NewJob:
+    return NewJob(platform=platform, chat_id="chat", user_id=user, prompt="a cat", params=JobParams(**params))
+
+
+async def test_enqueue_stores_request_and_picture_together(store):
+    first = await store.enqueue(_job(), PNG)
+    second = await store.enqueue(_job("u2"), PNG)
+    assert (first.position, second.position) == (1, 2)
+    job = await store.get(first.job_id)
+    assert job.state is JobState.QUEUED and job.prompt == "a cat" and job.params.steps == 25
+    assert store.files.input_path(first.job_id).read_bytes() == PNG
+    assert store.files.input_path(first.job_id).parent.name == str(first.job_id)  # named by id only
+    assert await store.queue_length() == 2
+
+
+async def test_quota_is_enforced_and_a_refusal_stores_nothing(store):
+    for _ in range(3):
+        await store.enqueue(_job(), PNG)
+    with pytest.raises(QueueFull, match="limit is 3"):
+        await store.enqueue(_job(), PNG)
+    assert await store.queue_length() == 3
+    assert sorted(p.name for p in store.files.root.iterdir()) == ["1", "2", "3"]
+    await store.enqueue(_job("someone-else"), PNG)  # the quota is per person
+
+
+async def test_requests_over_the_limits_are_refused(store):
+    with pytest.raises(InputError, match="between 1 and 120"):
+        await store.enqueue(_job(seconds=121), PNG)
+    await store.set_limit("max_steps", "20", "admin")
+    with pytest.raises(InputError, match="Steps must be between 1 and 20"):
+        await store.enqueue(_job(steps=25), PNG)
+    await store.set_limit("allowed_variants", "f1", "admin")
+    with pytest.raises(InputError, match="switched off"):
+        await store.enqueue(_job(variant="original", steps=10), PNG)
+    assert await store.queue_length() == 0
+
+
+async def test_limits_persist_and_bad_values_are_rejected(tmp_path):
+    settings = _settings(tmp_path)
+    store = await SqliteJobStore.open(settings)
+    limits = await store.set_limit("max-seconds", "30", "admin:42")
+    assert limits.max_seconds == 30.0
+    await store.set_limit("allowed_variants", "f1, original", "admin:42")
+    for name, value, reason in [
+        ("max_seconds", "500", "between 1 and 120"),
+        ("max_seconds", "soon", "must be a number"),
+        ("max_steps", "2.5", "whole number"),
+        ("max_queued_per_user", "-1", "between 0 and 1000"),
+        ("allowed_variants", "f1,f2", "comma list"),
+        ("allowed_variants", "", "comma list"),
+        ("max_gpus", "3", "Unknown limit"),
+    ]:
+        with pytest.raises(InputError, match=reason):
+            await store.set_limit(name, value, "admin:42")
+    changes = await store.limit_changes()
+    assert changes["max_seconds"][0] == "admin:42"
+    await store.close()
+
+    reopened = await SqliteJobStore.open(settings)
+    limits = await reopened.get_limits()
+    assert limits.max_seconds == 30.0 and limits.allowed_variants == ("f1", "original")
+    assert limits.max_steps == settings.max_steps  # untouched by the rejected values
+    await reopened.close()
+
+
+async def test_fair_order_interleaves_people(tmp_path):
+    store = await SqliteJobStore.open(_settings(tmp_path, max_queued_per_user=10))
+    a = [(await store.enqueue(_job("a"), PNG)).job_id for _ in range(3)]
+    b = (await store.enqueue(_job("b"), PNG)).job_id
+    c = (await store.enqueue(_job("c"), PNG)).job_id
+    assert (await store.position(b))[0] == 2 and (await store.position(c))[0] == 3
+    assert (await store.position(a[1]))[0] == 4
+    order = [(await store.claim("w")).id for _ in range(5)]
+    assert order == [a[0], b, c, a[1], a[2]]
+    await store.close()
+
+
+async def test_fifo_order_when_fairness_is_off(tmp_path):
+    store = await SqliteJobStore.open(_settings(tmp_path, max_queued_per_user=10, fair_queue=False))
+    ids = [(await store.enqueue(_job(u), PNG)).job_id for u in ("a", "a", "a", "b")]
+    assert [(await store.claim("w")).id for _ in range(4)] == ids
+    await store.close()
+
+
+async def test_claims_lease_renew_and_takeover(store):
+    job_id = (await store.enqueue(_job(), PNG)).job_id
+    job = await store.claim("w1", lease_seconds=0.2)
+    assert job.id == job_id and job.state is JobState.RUNNING and job.attempts == 1
+    assert await store.claim("w2") is None  # nothing else to take while the lease holds
+    assert await store.renew(job_id, "w1", lease_seconds=0.2)
+    await asyncio.sleep(0.3)
+    taken = await store.claim("w2", lease_seconds=30)
+    assert taken.id == job_id and taken.worker == "w2" and taken.attempts == 2
+    assert not await store.renew(job_id, "w1")  # the old worker learns it lost the job
+    assert not await store.complete(job_id, "w1", "x.mp4", {})
+    assert await store.complete(job_id, "w2", "v.mp4", {1000: "v_1000.mp4"})
+    done = await store.get(job_id)
+    assert done.state is JobState.DONE and done.video == "v.mp4" and done.fitted == {1000: "v_1000.mp4"}
+    assert done.video_for_limit(5000) == "v_1000.mp4" and done.video_for_limit(10) == "v.mp4"
+
+
+async def test_a_job_that_keeps_killing_workers_is_failed(store):
+    job_id = (await store.enqueue(_job(), PNG)).job_id
+    for attempt in range(MAX_ATTEMPTS):
+        job = await store.claim(f"w{attempt}", lease_seconds=0.05)
+        assert job.id == job_id
+        await asyncio.sleep(0.1)
+    assert await store.claim("last") is None
+    failed = await store.get(job_id)
+    assert failed.state is JobState.FAILED and "3 times" in failed.error
+
+
+async def test_release_on_shutdown_does_not_count_as_an_attempt(store):
+    job_id = (await store.enqueue(_job(), PNG)).job_id
+    await store.claim("w1")
+    assert await store.release(job_id, "w1")
+    job = await store.get(job_id)
+    assert job.state is JobState.QUEUED and job.attempts == 0 and job.worker is None
+    assert (await store.claim("w2")).id == job_id
+
+
+async def test_cancel_rules(store):
+    queued = (await store.enqueue(_job("owner"), PNG)).job_id
+    running = (await store.enqueue(_job("owner"), PNG)).job_id
+    await store.claim("w")  # takes `queued`... the oldest
+    assert await store.cancel(running, "telegram", "stranger") == "not_allowed"
+    assert await store.cancel(running, "discord", "owner") == "not_found"  # other platform's ids are not visible
+    assert await store.cancel(999, "telegram", "owner") == "not_found"
+    assert await store.cancel(running, "telegram", "owner") == "cancelled"  # it was still waiting
+    assert (await store.get(running)).state is JobState.CANCELLED
+    assert await store.cancel(queued, "telegram", "admin", is_admin=True) == "stopping"
+    assert await store.is_cancel_requested(queued)
+    assert (await store.get(queued)).state is JobState.RUNNING  # the worker stops it within a step
+    assert await store.mark_cancelled(queued, "w")
+    assert await store.cancel(queued, "telegram", "owner") == "finished"
+
+
+async def test_undelivered_results_survive_until_marked(tmp_path):
+    settings = _settings(tmp_path)
+    store = await SqliteJobStore.open(settings)
+    job_id = (await store.enqueue(_job(), PNG)).job_id
+    failed_id = (await store.enqueue(_job(), PNG)).job_id
+    await store.claim("w")
+    await store.complete(job_id, "w", "v.mp4", {})
+    await store.claim("w")
+    await store.fail(failed_id, "w", "boom")
+    await store.close()
+    store = await SqliteJobStore.open(settings)
+    assert [j.id for j in await store.undelivered("telegram")] == [job_id, failed_id]
+    assert await store.undelivered("discord") == []
+    await store.mark_delivered(job_id)
+    assert [j.id for j in await store.undelivered("telegram")] == [failed_id]
+    await store.close()
+
+
+async def test_progress_is_written_only_by_the_lease_holder(store):
+    job_id = (await store.enqueue(_job(), PNG)).job_id
+    await store.claim("w1")
+    await store.report_progress(job_id, "w1", Progress(section=2, sections=4, step=5, steps=25))
+    await store.report_progress(job_id, "intruder", Progress(section=4, sections=4, step=25, steps=25))
+    job = await store.get(job_id)
+    assert (job.progress.section, job.progress.step, job.progress.steps_done) == (2, 5, 30)
+
+
+def test_list_scheduling_arithmetic():
+    assert start_and_finish([], [], 10, 1) == (0, 10)
+    assert start_and_finish([30], [10, 10], 5, 1) == (50, 55)
+    assert start_and_finish([30, 5], [10, 10], 5, 2) == (25, 30)  # 5+10 -> 15, 15+10 -> 25, then ours
+    assert start_and_finish([], [10, 20, 30], 1, 3) == (10, 11)  # three workers busy; ours waits for the first
+    assert start_and_finish([], [10, 20], 1, 3) == (0, 1)  # a third worker is free at once
+    assert Speed(2.0, 5.0).job_seconds(sections=4, steps_per_section=25) == 4 * (50 + 5)
+
+
+async def test_eta_uses_measured_speed_and_running_progress(store):
+    running = (await store.enqueue(_job("a", seconds=5, steps=25), PNG)).job_id
+    waiting = (await store.enqueue(_job("b", seconds=5, steps=25), PNG)).job_id
+    await store.claim("w1")
+    position, eta = await store.position(waiting)
+    per_job = 4 * (25 * 2.0 + 5.0)  # the default speed from settings
+    assert position == 1 and eta == pytest.approx(2 * per_job)
+    await store.record_speed("w1", seconds_per_step=1.0, section_overhead=3.0)
+    await store.report_progress(running, "w1", Progress(section=3, sections=4, step=25, steps=25))
+    position, eta = await store.position(waiting)
+    left = 25 * 1.0 + 2 * 3.0  # one section of steps left; sections 3 and 4 still owe their overhead
+    assert eta == pytest.approx(left + 4 * (25 * 1.0 + 3.0))
+    assert (await store.position(running)) == (0, pytest.approx(left))
+
+
+async def test_a_thousand_jobs_from_two_hundred_people_answer_positions_quickly(tmp_path):
+    store = await SqliteJobStore.open(_settings(tmp_path, max_queued_per_user=10))
+    ids = []
+    for i in range(1000):
+        ids.append((await store.enqueue(_job(f"user{i % 200}"), PNG)).job_id)
+    started = time.perf_counter()
+    positions = [(await store.position(job_id))[0] for job_id in ids[::10]]
+    elapsed = time.perf_counter() - started
+    assert sorted(positions) == sorted(set(positions)) and max(positions) <= 1000
+    # Fair order: every person's first job comes before anyone's second.
+    assert (await store.position(ids[199]))[0] == 200 and (await store.position(ids[200]))[0] == 201
+    assert elapsed < 20, f"100 position queries took {elapsed:.1f} s"
+    await store.close()
+
+
+def _claim_loop(data_dir: str, worker: str, results) -> None:
+    async def go():
+        store = await SqliteJobStore.open(Settings(data_dir=data_dir, lease_seconds=30))
+        claimed = []
+        while (job := await store.claim(worker)) is not None:
+            claimed.append(job.id)
+            assert await store.complete(job.id, worker, "v.mp4", {})
+        await store.close()
+        return claimed
+
+    results.put((worker, asyncio.run(go())))
+
+
+async def test_four_processes_never_claim_one_job_twice(tmp_path):
+    settings = _settings(tmp_path, max_queued_per_user=1000, fair_queue=False)
+    store = await SqliteJobStore.open(settings)
+    ids = {(await store.enqueue(_job(f"u{i % 7}"), PNG)).job_id for i in range(120)}
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_claim_loop, args=(str(settings.data_dir), f"w{i}", results)) for i in range(4)]
+    for p in procs:
+        p.start()
+    claimed = dict(results.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=30)
+    everything = [job_id for jobs in claimed.values() for job_id in jobs]
+    assert sorted(everything) == sorted(ids)  # each job exactly once
+    assert sum(1 for jobs in claimed.values() if jobs) >= 2  # they really competed
+    states = {(await store.get(i)).state for i in ids}
+    assert states == {JobState.DONE}
+    await store.close()
+
+
+async def test_concurrent_enqueue_and_drain_loses_nothing(tmp_path):
+    settings = _settings(tmp_path, max_queued_per_user=10_000, fair_queue=True)
+    producer_store = await SqliteJobStore.open(settings)
+    consumers = [await SqliteJobStore.open(settings) for _ in range(3)]
+    enqueued: list[int] = []
+    drained: list[int] = []
+    producing = True
+
+    async def produce():
+        nonlocal producing
+        for i in range(150):
+            enqueued.append((await producer_store.enqueue(_job(f"p{i % 13}"), PNG)).job_id)
+            if i % 10 == 0:
+                await asyncio.sleep(0)
+        producing = False
+
+    async def consume(store, name):
+        while producing or await store.queue_length():
+            job = await store.claim(name)
+            if job is None:
+                await asyncio.sleep(0.01)
+                continue
+            await store.report_progress(job.id, name, Progress(section=1, sections=1, step=1, steps=1))
+            assert await store.complete(job.id, name, "v.mp4", {})
+            drained.append(job.id)
+
+    await asyncio.wait_for(
+        asyncio.gather(produce(), *(consume(s, f"c{i}") for i, s in enumerate(consumers))), timeout=120
+    )
+    assert sorted(drained) == sorted(enqueued) and len(set(drained)) == 150
+    for s in (producer_store, *consumers):
+        await s.close()
