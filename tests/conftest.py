@@ -14,6 +14,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from tiny_models import build_tiny_models  # noqa: E402
 
 from engine.models import load_models  # noqa: E402
+from storage.settings import Settings  # noqa: E402
+from storage.sqlite_store import SqliteJobStore  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -47,3 +49,17 @@ def make_picture(width: int = 96, height: int = 80, seed: int = 0) -> Image.Imag
 @pytest.fixture()
 def picture() -> Image.Image:
     return make_picture()
+
+
+@pytest.fixture()
+async def stores():
+    """Opens stores for a test and always closes them: an open aiosqlite thread would hang pytest's exit."""
+    opened = []
+
+    async def open_store(settings: Settings) -> SqliteJobStore:
+        opened.append(await SqliteJobStore.open(settings))
+        return opened[-1]
+
+    yield open_store
+    for store in opened:
+        await store.close()

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import imageio_ffmpeg
 import numpy as np
 import pytest
 import torch
 from conftest import make_picture
+from helpers import video_frames
 from PIL import Image
 
 from engine.image_input import nearest_bucket, scaled_buckets
@@ -17,13 +17,6 @@ from engine.sections import frames_after_each_section, section_count
 from engine.video import probe
 
 TINY = dict(prompt="a cat dances", steps=3, resolution=64)
-
-
-def _frames(path: Path) -> np.ndarray:
-    reader = imageio_ffmpeg.read_frames(str(path))
-    meta = next(reader)
-    width, height = meta["size"]
-    return np.stack([np.frombuffer(f, np.uint8).reshape(height, width, 3) for f in reader])
 
 
 def _render(models, tmp: Path, name: str, **changes):
@@ -55,7 +48,7 @@ def test_same_seed_same_video_other_seed_other_video(original_models, tmp_path):
     a = _render(original_models, tmp_path, "a", seconds=2.4, seed=7)
     b = _render(original_models, tmp_path, "b", seconds=2.4, seed=7)
     c = _render(original_models, tmp_path, "c", seconds=2.4, seed=8)
-    fa, fb, fc = _frames(a.video), _frames(b.video), _frames(c.video)
+    fa, fb, fc = video_frames(a.video), video_frames(b.video), video_frames(c.video)
     assert np.array_equal(fa, fb)
     assert not np.array_equal(fa, fc)
     ha = torch.load(tmp_path / "a_work" / "checkpoint.pt", weights_only=False)["history"]
@@ -106,7 +99,7 @@ def test_resume_after_a_stop_equals_an_uninterrupted_run(tiny_models_dir, tmp_pa
 
     resumed = render(models, picture, request, tmp_path / "job", tmp_path / "job.mp4")
     assert resumed.resumed_from_section == 2
-    assert np.array_equal(_frames(resumed.video), _frames(whole.video))
+    assert np.array_equal(video_frames(resumed.video), video_frames(whole.video))
 
 
 def test_a_crash_after_a_checkpoint_resumes(original_models, tmp_path):
@@ -125,7 +118,7 @@ def test_a_crash_after_a_checkpoint_resumes(original_models, tmp_path):
                on_section=crash_after_first)
     resumed = render(original_models, picture, request, tmp_path / "job", tmp_path / "job.mp4")
     assert resumed.resumed_from_section == 1
-    assert np.array_equal(_frames(resumed.video), _frames(whole.video))
+    assert np.array_equal(video_frames(resumed.video), video_frames(whole.video))
 
 
 def test_a_checkpoint_of_another_request_is_not_reused(original_models, tmp_path):
@@ -136,7 +129,7 @@ def test_a_checkpoint_of_another_request_is_not_reused(original_models, tmp_path
     result = render(original_models, picture, second, tmp_path / "job", tmp_path / "b.mp4")
     assert result.resumed_from_section == 0
     fresh = render(original_models, picture, second, tmp_path / "fresh", tmp_path / "c.mp4")
-    assert np.array_equal(_frames(result.video), _frames(fresh.video))
+    assert np.array_equal(video_frames(result.video), video_frames(fresh.video))
 
 
 def test_cancel_before_start_raises_without_model_calls(original_models, tmp_path):
@@ -204,7 +197,7 @@ def test_pause_mid_section_resumes_at_that_step_with_the_same_video(models_for, 
                      on_step=lambda e: resumed_steps.append((e.section, e.step)))
     assert resumed_steps[0] == (2, 3)  # carried on from the very next step
     assert len(resumed_steps) == 2 + 4  # the rest of section 2, then section 3
-    assert np.array_equal(_frames(resumed.video), _frames(whole.video))
+    assert np.array_equal(video_frames(resumed.video), video_frames(whole.video))
 
 
 def test_pause_between_sections_needs_no_partial_state(original_models, tmp_path):
@@ -218,4 +211,4 @@ def test_pause_between_sections_needs_no_partial_state(original_models, tmp_path
     assert saved["sections_done"] == 1 and saved["partial"] is None
     resumed = render(original_models, picture, request, tmp_path / "job", tmp_path / "job.mp4")
     fresh = render(original_models, picture, request, tmp_path / "fresh", tmp_path / "fresh.mp4")
-    assert np.array_equal(_frames(resumed.video), _frames(fresh.video))
+    assert np.array_equal(video_frames(resumed.video), video_frames(fresh.video))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import video_frames
 from PIL import Image
 
 from engine.preview import GIF_MAX_BYTES, GIF_MAX_WIDTH, latent_preview, section_gif
@@ -35,20 +36,12 @@ def test_concat_keeps_every_frame_in_order(tmp_path):
     out = concat_segments(parts, tmp_path / "out.mp4")
     info = probe(out)
     assert info.frames == 60 and info.fps == 30.0 and info.seconds == pytest.approx(2.0, abs=0.04)
-    decoded = _decoded(out).astype(np.int32).reshape(60, -1)
+    decoded = video_frames(out).astype(np.int32).reshape(60, -1)
     source = frames.astype(np.int32).reshape(60, -1)
     errors = np.abs(decoded[:, None, :] - source[None, :, :]).mean(axis=2)
     assert errors.argmin(axis=1).tolist() == list(range(60))  # every frame there, once, in order
     data = out.read_bytes()
     assert data.find(b"moov") < data.find(b"mdat")  # +faststart: the index comes first
-
-
-def _decoded(path) -> np.ndarray:
-    import imageio_ffmpeg
-
-    reader = imageio_ffmpeg.read_frames(str(path))
-    width, height = next(reader)["size"]
-    return np.stack([np.frombuffer(f, np.uint8).reshape(height, width, 3) for f in reader])
 
 
 def test_frames_to_uint8_truncates_like_the_demos():

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import io
-import os
 import signal
 import subprocess
 import sys
@@ -13,89 +11,28 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_picture
-from test_render import _frames
+from helpers import picture_bytes, reference_video, video_frames, wait_for, worker_env, worker_settings
 
-from engine.models import load_models
-from engine.render import RenderRequest, render
 from engine.video import probe
 from engine.worker import Worker
 from storage.jobs import JobParams, JobState, NewJob
 from storage.settings import Settings
-from storage.sqlite_store import SqliteJobStore
 
 TINY_PARAMS = dict(resolution=64, steps=3)
 
 
-@pytest.fixture()
-async def stores():
-    """Opens stores for a test and always closes them: an open aiosqlite thread would hang pytest's exit."""
-    opened = []
-
-    async def open_store(settings: Settings) -> SqliteJobStore:
-        opened.append(await SqliteJobStore.open(settings))
-        return opened[-1]
-
-    yield open_store
-    for store in opened:
-        await store.close()
-
-
-def _picture_bytes() -> bytes:
-    buffer = io.BytesIO()
-    make_picture().save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _settings(tmp_path: Path, models_dir: Path, **changes) -> Settings:
-    base = dict(data_dir=tmp_path / "data", framepack_models_dir=models_dir, engine_device="cpu",
-                framepack_auto_download=False, lease_seconds=2.0, max_queued_per_user=50)
-    return Settings(**{**base, **changes})
-
-
-def _env(settings: Settings) -> dict[str, str]:
-    return {
-        **os.environ,
-        "DATA_DIR": str(settings.data_dir),
-        "FRAMEPACK_MODELS_DIR": str(settings.framepack_models_dir),
-        "ENGINE_DEVICE": "cpu",
-        "FRAMEPACK_AUTO_DOWNLOAD": "false",
-        "LEASE_SECONDS": str(settings.lease_seconds),
-        "HF_HUB_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-    }
-
-
 def _start_worker(settings: Settings, name: str, log: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "engine.worker", "--name", name], env=_env(settings),
+        [sys.executable, "-m", "engine.worker", "--name", name], env=worker_env(settings),
         stdout=log.open("ab"), stderr=subprocess.STDOUT,
     )
 
 
-def _reference_video(models_dir: Path, tmp_path: Path, params: JobParams, prompt: str) -> np.ndarray:
-    models = load_models(params.variant, "cpu", models_dir)
-    request = RenderRequest(prompt=prompt, seconds=params.seconds, variant=params.variant, seed=params.seed,
-                            steps=params.steps, resolution=params.resolution)
-    result = render(models, make_picture(), request, tmp_path / "reference", tmp_path / "reference.mp4")
-    return _frames(result.video)
-
-
-async def _wait_for(predicate, timeout: float = 120.0, every: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = await predicate()
-        if value:
-            return value
-        await asyncio.sleep(every)
-    raise TimeoutError("condition not met in time")
-
-
 async def test_a_worker_turns_a_queued_job_into_an_mp4_and_upload_copies(stores, tmp_path, tiny_models_dir):
-    settings = _settings(tmp_path, tiny_models_dir)
+    settings = worker_settings(tmp_path, tiny_models_dir)
     store = await stores(settings)
     params = JobParams(seconds=2.4, variant="f1", seed=4, upload_limits=(60_000, 10**9), **TINY_PARAMS)
-    job_id = (await store.enqueue(NewJob("telegram", "c", "u", "a cat waves", params), _picture_bytes())).job_id
+    job_id = (await store.enqueue(NewJob("telegram", "c", "u", "a cat waves", params), picture_bytes())).job_id
     worker = Worker(store, settings, "w1")
     await worker.run(max_jobs=1)
 
@@ -108,15 +45,15 @@ async def test_a_worker_turns_a_queued_job_into_an_mp4_and_upload_copies(stores,
     assert job.video_for_limit(10**9) == job.fitted[10**9]
     speed, workers = await store.speed()
     assert speed.seconds_per_step != settings.default_seconds_per_step  # measured, not the default
-    frames = _frames(Path(job.video))
-    assert np.array_equal(frames, _reference_video(tiny_models_dir, tmp_path, params, "a cat waves"))
+    frames = video_frames(Path(job.video))
+    assert np.array_equal(frames, reference_video(tiny_models_dir, tmp_path, params, "a cat waves"))
 
 
 async def test_cancel_of_a_running_job_stops_it_within_a_step(stores, tmp_path, tiny_models_dir):
-    settings = _settings(tmp_path, tiny_models_dir)
+    settings = worker_settings(tmp_path, tiny_models_dir)
     store = await stores(settings)
     params = JobParams(seconds=4.8, seed=1, resolution=64, steps=6)  # 4 sections of 6 steps
-    job_id = (await store.enqueue(NewJob("discord", "c", "owner", "waves", params), _picture_bytes())).job_id
+    job_id = (await store.enqueue(NewJob("discord", "c", "owner", "waves", params), picture_bytes())).job_id
     worker = Worker(store, settings, "w1")
     task = asyncio.create_task(worker.run(max_jobs=1))
 
@@ -124,7 +61,7 @@ async def test_cancel_of_a_running_job_stops_it_within_a_step(stores, tmp_path, 
         job = await store.get(job_id)
         return job.progress.section >= 2 and job.progress.step >= 1
 
-    await _wait_for(in_second_section)
+    await wait_for(in_second_section)
     assert await store.cancel(job_id, "discord", "owner") == "stopping"
     asked = await store.get(job_id)
     await asyncio.wait_for(task, 60)
@@ -137,11 +74,11 @@ async def test_cancel_of_a_running_job_stops_it_within_a_step(stores, tmp_path, 
 
 
 async def test_a_broken_job_fails_and_the_worker_takes_the_next(stores, tmp_path, tiny_models_dir):
-    settings = _settings(tmp_path, tiny_models_dir)
+    settings = worker_settings(tmp_path, tiny_models_dir)
     store = await stores(settings)
     broken = (await store.enqueue(NewJob("telegram", "c", "a", "x", JobParams(**TINY_PARAMS)), b"not a picture")).job_id
     good = (await store.enqueue(NewJob("telegram", "c", "b", "y", JobParams(seconds=1, **TINY_PARAMS)),
-                                _picture_bytes())).job_id
+                                picture_bytes())).job_id
     await Worker(store, settings, "w1").run(max_jobs=2)
     assert (await store.get(broken)).state is JobState.FAILED
     assert "not an image" in (await store.get(broken)).error
@@ -149,10 +86,10 @@ async def test_a_broken_job_fails_and_the_worker_takes_the_next(stores, tmp_path
 
 
 async def test_kill_9_mid_job_then_recovery_gives_the_uninterrupted_video(stores, tmp_path, tiny_models_dir):
-    settings = _settings(tmp_path, tiny_models_dir)
+    settings = worker_settings(tmp_path, tiny_models_dir)
     store = await stores(settings)
     params = JobParams(seconds=4.8, seed=21, resolution=64, steps=4)
-    job_id = (await store.enqueue(NewJob("telegram", "c", "u", "a dog runs", params), _picture_bytes())).job_id
+    job_id = (await store.enqueue(NewJob("telegram", "c", "u", "a dog runs", params), picture_bytes())).job_id
     log = tmp_path / "workers.log"
     first = _start_worker(settings, "doomed", log)
     try:
@@ -160,7 +97,7 @@ async def test_kill_9_mid_job_then_recovery_gives_the_uninterrupted_video(stores
             job = await store.get(job_id)
             return job.progress.section >= 3 and job.progress.step >= 2
 
-        await _wait_for(mid_section_three, timeout=180)
+        await wait_for(mid_section_three, timeout=180)
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
     finally:
@@ -173,21 +110,21 @@ async def test_kill_9_mid_job_then_recovery_gives_the_uninterrupted_video(stores
             job = await store.get(job_id)
             return job if job.state.finished else None
 
-        job = await _wait_for(finished, timeout=180)
+        job = await wait_for(finished, timeout=180)
     finally:
         second.send_signal(signal.SIGTERM)
         second.wait(timeout=60)
     assert job.state is JobState.DONE and job.worker == "rescuer" and job.attempts == 2, log.read_text()[-3000:]
     assert "resuming at section 3" in log.read_text()
-    reference = _reference_video(tiny_models_dir, tmp_path, params, "a dog runs")
-    assert np.array_equal(_frames(Path(job.video)), reference)
+    reference = reference_video(tiny_models_dir, tmp_path, params, "a dog runs")
+    assert np.array_equal(video_frames(Path(job.video)), reference)
 
 
 async def test_sigterm_gives_the_job_back_at_its_step_and_it_resumes(stores, tmp_path, tiny_models_dir):
-    settings = _settings(tmp_path, tiny_models_dir, lease_seconds=30.0)
+    settings = worker_settings(tmp_path, tiny_models_dir, lease_seconds=30.0)
     store = await stores(settings)
     params = JobParams(seconds=2.4, seed=8, resolution=64, steps=30)  # long sections: the stop lands inside one
-    job_id = (await store.enqueue(NewJob("discord", "c", "u", "leaves fall", params), _picture_bytes())).job_id
+    job_id = (await store.enqueue(NewJob("discord", "c", "u", "leaves fall", params), picture_bytes())).job_id
     log = tmp_path / "workers.log"
     first = _start_worker(settings, "first", log)
 
@@ -195,7 +132,7 @@ async def test_sigterm_gives_the_job_back_at_its_step_and_it_resumes(stores, tmp
         job = await store.get(job_id)
         return job.progress.section >= 1 and job.progress.step >= 3
 
-    await _wait_for(early_in_section_one, timeout=180)
+    await wait_for(early_in_section_one, timeout=180)
     stopped_at = time.monotonic()
     first.send_signal(signal.SIGTERM)
     assert first.wait(timeout=60) == 0
@@ -210,23 +147,23 @@ async def test_sigterm_gives_the_job_back_at_its_step_and_it_resumes(stores, tmp
             j = await store.get(job_id)
             return j if j.state.finished else None
 
-        job = await _wait_for(finished, timeout=180)
+        job = await wait_for(finished, timeout=180)
     finally:
         second.send_signal(signal.SIGTERM)
         second.wait(timeout=60)
     assert job.state is JobState.DONE, log.read_text()[-3000:]
     assert ", step " in log.read_text()  # resumed inside the section, not from its start
-    reference = _reference_video(tiny_models_dir, tmp_path, params, "leaves fall")
-    assert np.array_equal(_frames(Path(job.video)), reference)
+    reference = reference_video(tiny_models_dir, tmp_path, params, "leaves fall")
+    assert np.array_equal(video_frames(Path(job.video)), reference)
 
 
 async def test_four_worker_processes_run_each_job_once(stores, tmp_path, tiny_models_dir):
-    settings = _settings(tmp_path, tiny_models_dir, lease_seconds=30.0)
+    settings = worker_settings(tmp_path, tiny_models_dir, lease_seconds=30.0)
     store = await stores(settings)
     ids = []
     for i in range(8):
         params = JobParams(seconds=1, seed=i, resolution=64, steps=1)
-        ids.append((await store.enqueue(NewJob("telegram", "c", f"u{i}", "hi", params), _picture_bytes())).job_id)
+        ids.append((await store.enqueue(NewJob("telegram", "c", f"u{i}", "hi", params), picture_bytes())).job_id)
     log = tmp_path / "workers.log"
     workers = [_start_worker(settings, f"w{i}", log) for i in range(4)]
     try:
@@ -234,7 +171,7 @@ async def test_four_worker_processes_run_each_job_once(stores, tmp_path, tiny_mo
             jobs = [await store.get(i) for i in ids]
             return jobs if all(j.state.finished for j in jobs) else None
 
-        jobs = await _wait_for(all_done, timeout=240)
+        jobs = await wait_for(all_done, timeout=240)
     finally:
         for w in workers:
             w.send_signal(signal.SIGTERM)
@@ -249,11 +186,11 @@ async def test_four_worker_processes_run_each_job_once(stores, tmp_path, tiny_mo
 
 @pytest.mark.parametrize("variant", ["original"])
 async def test_variant_swap_keeps_one_transformer(stores, tmp_path, tiny_models_dir, variant):
-    settings = _settings(tmp_path, tiny_models_dir)
+    settings = worker_settings(tmp_path, tiny_models_dir)
     store = await stores(settings)
     for v in (variant, "f1"):
         await store.enqueue(NewJob("telegram", "c", "u", "x", JobParams(seconds=1, variant=v, **TINY_PARAMS)),
-                            _picture_bytes())
+                            picture_bytes())
     worker = Worker(store, settings, "w1")
     await worker.run(max_jobs=2)
     assert [v.value for v in worker.models.transformers] == ["f1"]

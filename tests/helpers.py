@@ -1,0 +1,67 @@
+"""Helpers shared by the worker and serve tests."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import time
+from pathlib import Path
+
+import imageio_ffmpeg
+import numpy as np
+from conftest import make_picture
+
+from engine.models import load_models
+from engine.render import RenderRequest, render
+from storage.jobs import JobParams
+from storage.settings import Settings
+
+
+def video_frames(path: Path) -> np.ndarray:
+    reader = imageio_ffmpeg.read_frames(str(path))
+    width, height = next(reader)["size"]
+    return np.stack([np.frombuffer(f, np.uint8).reshape(height, width, 3) for f in reader])
+
+
+def picture_bytes() -> bytes:
+    buffer = io.BytesIO()
+    make_picture().save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def worker_settings(tmp_path: Path, models_dir: Path, **changes) -> Settings:
+    base = dict(data_dir=tmp_path / "data", framepack_models_dir=models_dir, engine_device="cpu",
+                framepack_auto_download=False, lease_seconds=2.0, max_queued_per_user=50)
+    return Settings(**{**base, **changes})
+
+
+def worker_env(settings: Settings) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DATA_DIR": str(settings.data_dir),
+        "FRAMEPACK_MODELS_DIR": str(settings.framepack_models_dir),
+        "ENGINE_DEVICE": "cpu",
+        "FRAMEPACK_AUTO_DOWNLOAD": "false",
+        "LEASE_SECONDS": str(settings.lease_seconds),
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+
+
+def reference_video(models_dir: Path, tmp_path: Path, params: JobParams, prompt: str) -> np.ndarray:
+    models = load_models(params.variant, "cpu", models_dir)
+    request = RenderRequest(prompt=prompt, seconds=params.seconds, variant=params.variant, seed=params.seed,
+                            steps=params.steps, resolution=params.resolution)
+    result = render(models, make_picture(), request, tmp_path / "reference", tmp_path / "reference.mp4")
+    return video_frames(result.video)
+
+
+async def wait_for(predicate, timeout: float = 120.0, every: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = await predicate()
+        if value:
+            return value
+        await asyncio.sleep(every)
+    raise TimeoutError("condition not met in time")
