@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-ARGS ?= --help
+ARGS ?= serve
 
 .PHONY: run test lint clean
 

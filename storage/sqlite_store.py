@@ -20,7 +20,7 @@ import aiosqlite
 
 from storage.eta import Speed, start_and_finish
 from storage.files import JobFiles
-from storage.inputs import InputError
+from storage.inputs import InputError, load_image
 from storage.jobs import Enqueued, Job, JobParams, JobState, NewJob, Progress, QueueFull
 from storage.limits import LIMIT_NAMES, Limits, parse_limit
 from storage.schema import MIGRATIONS
@@ -154,6 +154,8 @@ class SqliteJobStore:
         """
         limits = await self.get_limits()
         self._check_request(job, limits)
+        # The frontends check the picture first; checking again here means nothing unreadable is ever stored.
+        await asyncio.to_thread(load_image, image, limits.max_image_pixels, limits.max_image_bytes)
         now = time.time()
         async with self._write() as db:
             (waiting,) = await self._one(

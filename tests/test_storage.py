@@ -307,3 +307,11 @@ async def test_concurrent_enqueue_and_drain_loses_nothing(tmp_path):
     assert sorted(drained) == sorted(enqueued) and len(set(drained)) == 150
     for s in (producer_store, *consumers):
         await s.close()
+
+
+async def test_a_picture_that_does_not_decode_is_never_stored(store):
+    with pytest.raises(InputError, match="not an image"):
+        await store.enqueue(_job(), b"GIF89a but not really")
+    with pytest.raises(InputError, match="damaged or truncated"):
+        await store.enqueue(_job(), PNG[: len(PNG) // 2])
+    assert await store.queue_length() == 0 and not store.files.root.exists()

@@ -76,7 +76,8 @@ async def test_cancel_of_a_running_job_stops_it_within_a_step(stores, tmp_path, 
 async def test_a_broken_job_fails_and_the_worker_takes_the_next(stores, tmp_path, tiny_models_dir):
     settings = worker_settings(tmp_path, tiny_models_dir)
     store = await stores(settings)
-    broken = (await store.enqueue(NewJob("telegram", "c", "a", "x", JobParams(**TINY_PARAMS)), b"not a picture")).job_id
+    broken = (await store.enqueue(NewJob("telegram", "c", "a", "x", JobParams(**TINY_PARAMS)), picture_bytes())).job_id
+    store.files.input_path(broken).write_bytes(b"damaged on disk")  # e.g. a bad sector after it was queued
     good = (await store.enqueue(NewJob("telegram", "c", "b", "y", JobParams(seconds=1, **TINY_PARAMS)),
                                 picture_bytes())).job_id
     await Worker(store, settings, "w1").run(max_jobs=2)
