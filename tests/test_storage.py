@@ -242,12 +242,15 @@ async def test_a_thousand_jobs_from_two_hundred_people_answer_positions_quickly(
     await store.close()
 
 
-def _claim_loop(data_dir: str, worker: str, results) -> None:
+def _claim_loop(data_dir: str, worker: str, ready, start, results) -> None:
     async def go():
         store = await SqliteJobStore.open(Settings(data_dir=data_dir, lease_seconds=30))
         claimed = []
+        ready.put(worker)
+        start.wait()  # all four begin together
         while (job := await store.claim(worker)) is not None:
             claimed.append(job.id)
+            await asyncio.sleep(0.002)  # a sliver of "work" so the others get their turns
             assert await store.complete(job.id, worker, "v.mp4", {})
         await store.close()
         return claimed
@@ -260,10 +263,14 @@ async def test_four_processes_never_claim_one_job_twice(tmp_path):
     store = await SqliteJobStore.open(settings)
     ids = {(await store.enqueue(_job(f"u{i % 7}"), PNG)).job_id for i in range(120)}
     ctx = multiprocessing.get_context("spawn")
-    results = ctx.Queue()
-    procs = [ctx.Process(target=_claim_loop, args=(str(settings.data_dir), f"w{i}", results)) for i in range(4)]
+    results, ready, start = ctx.Queue(), ctx.Queue(), ctx.Event()
+    procs = [ctx.Process(target=_claim_loop, args=(str(settings.data_dir), f"w{i}", ready, start, results))
+             for i in range(4)]
     for p in procs:
         p.start()
+    for _ in procs:
+        ready.get(timeout=120)
+    start.set()
     claimed = dict(results.get(timeout=120) for _ in procs)
     for p in procs:
         p.join(timeout=30)
