@@ -24,7 +24,8 @@ from storage.store import open_store
 log = logging.getLogger("framepack.serve")
 
 FRONTEND_TOKENS = {"discord": "discord_token", "telegram": "telegram_token"}
-AVAILABLE_FRONTENDS: dict[str, str] = {}  # name -> module with `async def run(settings, store, stop)`
+# name -> module with `async def run(settings, store, stop)`
+AVAILABLE_FRONTENDS = {"telegram": "bot.telegram_frontend"}
 BACKOFF_START, BACKOFF_MAX, STABLE_SECONDS = 1.0, 60.0, 300.0
 
 

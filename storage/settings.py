@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     # Chat frontends: each one runs when its token is set.
     discord_token: str | None = None
     telegram_token: str | None = None
+    telegram_api_url: str = "https://api.telegram.org"  # a self-hosted Bot API server or a test server
+    telegram_admin_ids: str = ""  # comma-separated Telegram user ids
+    telegram_upload_limit: int = 50_000_000  # bytes; a self-hosted Bot API server allows up to 2 GB
 
     # Queue and workers.
     engine_gpus: str | None = None  # "0,1": one worker per listed GPU; unset: every visible GPU
@@ -47,6 +50,7 @@ class Settings(BaseSettings):
     default_seconds: float = 5.0
     default_steps: int = 25
     default_seed: int = 31337
+    render_resolution: int = 640  # the bucket size chat jobs render at
     video_crf: int = 16
 
 

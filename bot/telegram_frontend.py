@@ -1,0 +1,340 @@
+"""Telegram: a photo with a caption becomes a job; progress and the video come back as replies.
+
+python-telegram-bot 22 (asyncio Application) talks to the Bot API at TELEGRAM_API_URL, so a
+self-hosted Bot API server (bigger uploads) or a test server can stand in for Telegram's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from telegram import InlineKeyboardButton, InlineKeyboardMarkup, InputMediaAnimation, Message, Update
+from telegram.constants import ChatType
+from telegram.error import BadRequest, RetryAfter, TelegramError
+from telegram.ext import (
+    Application,
+    ApplicationBuilder,
+    CallbackQueryHandler,
+    CommandHandler,
+    ContextTypes,
+    MessageHandler,
+    filters,
+)
+
+from bot import texts
+from bot.options import Request, new_seed, parse_caption
+from bot.watcher import Frontend, Watcher
+from storage.inputs import InputError
+from storage.jobs import Job, JobParams, JobState, NewJob, QueueFull
+from storage.settings import Settings
+from storage.store import JobStore
+
+log = logging.getLogger(__name__)
+
+PLATFORM = "telegram"
+EXAMPLE = "Send a photo with a caption, e.g. \"The girl dances gracefully\" --seconds 5"
+PRIVATE_EDIT_SECONDS, GROUP_EDIT_SECONDS = 5.0, 15.0
+
+
+def _admin_ids(settings: Settings) -> set[str]:
+    return {i.strip() for i in settings.telegram_admin_ids.split(",") if i.strip()}
+
+
+def _buttons(job_id: int, done: bool = False) -> InlineKeyboardMarkup:
+    if done:
+        return InlineKeyboardMarkup([[InlineKeyboardButton("Re-roll", callback_data=f"reroll:{job_id}")]])
+    return InlineKeyboardMarkup([[InlineKeyboardButton("Cancel", callback_data=f"cancel:{job_id}")]])
+
+
+class TelegramBot:
+    def __init__(self, settings: Settings, store: JobStore):
+        self.settings = settings
+        self.store = store
+        self.admins = _admin_ids(settings)
+        root = settings.telegram_api_url.rstrip("/")
+        self.app: Application = (
+            ApplicationBuilder().token(settings.telegram_token).base_url(f"{root}/bot")
+            .base_file_url(f"{root}/file/bot").concurrent_updates(True).build()
+        )
+        self.watcher = Watcher(store, Frontend(PLATFORM, self.show_progress, self.deliver, self._edit_interval))
+        app = self.app
+        app.add_handler(CommandHandler(["start", "help"], self.on_help))
+        app.add_handler(CommandHandler("queue", self.on_queue))
+        app.add_handler(CommandHandler("cancel", self.on_cancel))
+        app.add_handler(CommandHandler("limits", self.on_limits))
+        app.add_handler(CommandHandler("setlimit", self.on_setlimit))
+        app.add_handler(CommandHandler("animate", self.on_animate_command))
+        app.add_handler(MessageHandler(filters.PHOTO | filters.Document.IMAGE, self.on_picture))
+        app.add_handler(MessageHandler(filters.Document.ALL, self.on_not_a_picture))
+        app.add_handler(CallbackQueryHandler(self.on_button))
+
+    # ----- lifecycle ------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async with self.app:
+            await self.app.start()
+            await self.app.updater.start_polling(poll_interval=0.0, timeout=10)
+            log.info("telegram: polling as @%s", self.app.bot.username)
+            try:
+                await self.watcher.run(stop)
+            finally:
+                await self.app.updater.stop()
+                await self.app.stop()
+
+    # ----- requests -------------------------------------------------------------------------------
+
+    def _addressed(self, message: Message, text: str) -> bool:
+        """In groups, only captions that start with /animate or mention the bot are for us."""
+        if message.chat.type == ChatType.PRIVATE:
+            return True
+        mention = f"@{self.app.bot.username}".lower()
+        return text.lower().startswith("/animate") or mention in text.lower()
+
+    def _clean_caption(self, text: str) -> str:
+        mention = f"@{self.app.bot.username}"
+        text = text.replace(mention, " ").replace(mention.lower(), " ").strip()
+        return text[len("/animate"):].strip() if text.lower().startswith("/animate") else text
+
+    async def on_picture(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        message = update.effective_message
+        caption = message.caption or ""
+        if not self._addressed(message, caption):
+            return
+        caption = self._clean_caption(caption)
+        if not caption:
+            await message.reply_text("Add a caption to the photo: it is the prompt.\n" + EXAMPLE)
+            return
+        await self._submit(message, message, caption)
+
+    async def on_animate_command(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        message = update.effective_message
+        target = message.reply_to_message
+        if target is None or not (target.photo or (target.document and _is_image_document(target))):
+            await message.reply_text("Reply to a photo with /animate and a prompt.\n" + EXAMPLE)
+            return
+        text = " ".join(context.args or [])
+        if not text:
+            await message.reply_text("Write the prompt after /animate.")
+            return
+        await self._submit(message, target, text)
+
+    async def on_not_a_picture(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        message = update.effective_message
+        if self._addressed(message, message.caption or ""):
+            await message.reply_text("That file is not a picture. Send a photo (or an image file) with a caption.")
+
+    async def _download(self, source: Message) -> bytes:
+        limits = await self.store.get_limits()
+        if source.photo:
+            item = max(source.photo, key=lambda p: p.width * p.height)
+            size = item.file_size
+        else:
+            item = source.document
+            size = item.file_size
+        if size and size > limits.max_image_bytes:
+            raise InputError(f"The picture is {size / 1e6:.1f} MB; the limit is {limits.max_image_bytes / 1e6:g} MB.")
+        file = await item.get_file()
+        return bytes(await file.download_as_bytearray())
+
+    async def _submit(self, reply_to: Message, source: Message, caption: str, seed: int | None = None) -> None:
+        user = reply_to.from_user
+        try:
+            request = parse_caption(caption)
+            if not request.prompt:
+                raise InputError("The prompt is empty.\n" + EXAMPLE)
+            image = await self._download(source)
+            enqueued = await self.store.enqueue(self._new_job(reply_to, user, request, seed), image)
+        except (InputError, QueueFull) as error:
+            await reply_to.reply_text(str(error))
+            return
+        status = await reply_to.reply_text(
+            texts.queued(enqueued.job_id, enqueued.position, enqueued.eta_seconds),
+            reply_markup=_buttons(enqueued.job_id),
+        )
+        await self.store.set_status_message(enqueued.job_id, f"t:{status.message_id}")
+
+    def _new_job(self, message: Message, user, request: Request, seed: int | None) -> NewJob:
+        params = JobParams(
+            seconds=request.seconds if request.seconds is not None else self.settings.default_seconds,
+            variant=request.variant or "original",
+            seed=seed if seed is not None else (request.seed if request.seed is not None else new_seed()),
+            steps=request.steps if request.steps is not None else self.settings.default_steps,
+            resolution=self.settings.render_resolution,
+            upload_limits=(self.settings.telegram_upload_limit,),
+        )
+        return NewJob(
+            platform=PLATFORM, chat_id=str(message.chat_id), user_id=str(user.id), prompt=request.prompt,
+            params=params, reply_to=str(message.message_id), user_name=user.username or user.full_name,
+        )
+
+    # ----- commands -------------------------------------------------------------------------------
+
+    async def on_help(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        await update.effective_message.reply_text(texts.help_text(await self.store.get_limits(), EXAMPLE))
+
+    async def on_queue(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        jobs = await self.store.user_jobs(PLATFORM, str(update.effective_user.id))
+        lines = []
+        for job in jobs:
+            position, eta = await self.store.position(job.id)
+            lines.append(texts.progress(job, eta) if position == 0 else texts.queued(job.id, position, eta))
+        total = await self.store.queue_length()
+        lines.append(f"{total} job(s) waiting in all.")
+        await update.effective_message.reply_text("\n".join(lines) if jobs else f"You have no jobs. {lines[-1]}")
+
+    async def on_cancel(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        user_id = str(update.effective_user.id)
+        if context.args:
+            try:
+                job_id = int(context.args[0].lstrip("#"))
+            except ValueError:
+                await update.effective_message.reply_text("Usage: /cancel JOB_NUMBER")
+                return
+        else:
+            mine = await self.store.user_jobs(PLATFORM, user_id)
+            if not mine:
+                await update.effective_message.reply_text("You have no job to cancel.")
+                return
+            job_id = mine[-1].id
+        outcome = await self.store.cancel(job_id, PLATFORM, user_id, is_admin=user_id in self.admins)
+        await update.effective_message.reply_text(texts.CANCEL_OUTCOMES[outcome])
+
+    async def _require_admin(self, update: Update) -> bool:
+        if str(update.effective_user.id) in self.admins:
+            return True
+        await update.effective_message.reply_text("Only the bot's admins can do that.")
+        return False
+
+    async def on_limits(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        if await self._require_admin(update):
+            await update.effective_message.reply_text(texts.limits(await self.store.get_limits()))
+
+    async def on_setlimit(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        if not await self._require_admin(update):
+            return
+        if not context.args or len(context.args) < 2:
+            await update.effective_message.reply_text("Usage: /setlimit NAME VALUE, e.g. /setlimit max_seconds 30")
+            return
+        name, value = context.args[0], " ".join(context.args[1:])
+        try:
+            limits = await self.store.set_limit(name, value, f"telegram:{update.effective_user.id}")
+        except InputError as error:
+            await update.effective_message.reply_text(str(error))
+            return
+        await update.effective_message.reply_text("Limit changed.\n" + texts.limits(limits))
+
+    async def on_button(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        query = update.callback_query
+        action, _, raw_id = (query.data or "").partition(":")
+        user_id = str(query.from_user.id)
+        try:
+            job_id = int(raw_id)
+        except ValueError:
+            await query.answer("That button is out of date.")
+            return
+        if action == "cancel":
+            outcome = await self.store.cancel(job_id, PLATFORM, user_id, is_admin=user_id in self.admins)
+            await query.answer(texts.CANCEL_OUTCOMES[outcome], show_alert=outcome == "not_allowed")
+            return
+        if action == "reroll":
+            await query.answer("Queued with a new seed.")
+            await self._reroll(job_id, query.message, query.from_user)
+            return
+        await query.answer()
+
+    async def _reroll(self, job_id: int, message: Message, user) -> None:
+        old = await self.store.get(job_id)
+        if old is None or old.platform != PLATFORM:
+            return
+        image = Path(self.store.files.input_path(job_id)).read_bytes()
+        params = JobParams(**{**old.params.__dict__, "seed": new_seed()})
+        job = NewJob(PLATFORM, old.chat_id, str(user.id), old.prompt, params, str(message.message_id),
+                     user.username or user.full_name)
+        try:
+            enqueued = await self.store.enqueue(job, image)
+        except (InputError, QueueFull) as error:
+            await message.reply_text(str(error))
+            return
+        status = await message.reply_text(texts.queued(enqueued.job_id, enqueued.position, enqueued.eta_seconds),
+                                          reply_markup=_buttons(enqueued.job_id))
+        await self.store.set_status_message(enqueued.job_id, f"t:{status.message_id}")
+
+    # ----- progress and delivery (called by the watcher) -------------------------------------------
+
+    def _edit_interval(self, job: Job) -> float:
+        return PRIVATE_EDIT_SECONDS if int(job.chat_id) > 0 else GROUP_EDIT_SECONDS
+
+    async def show_progress(self, job: Job, text: str, preview: str | None) -> None:
+        kind, _, raw = job.status_message.partition(":")
+        message_id = int(raw)
+        bot = self.app.bot
+        try:
+            if preview and kind == "t":
+                # A text message cannot become an animation: send the preview, then drop the text.
+                with open(preview, "rb") as gif:
+                    sent = await bot.send_animation(job.chat_id, gif, caption=text, reply_markup=_buttons(job.id),
+                                                    reply_to_message_id=int(job.reply_to))
+                await self.store.set_status_message(job.id, f"a:{sent.message_id}")
+                await _quietly(bot.delete_message(job.chat_id, message_id))
+            elif preview:
+                with open(preview, "rb") as gif:
+                    await bot.edit_message_media(InputMediaAnimation(gif, caption=text), chat_id=job.chat_id,
+                                                 message_id=message_id, reply_markup=_buttons(job.id))
+            else:
+                await bot.edit_message_text(text, chat_id=job.chat_id, message_id=message_id,
+                                            reply_markup=_buttons(job.id))
+        except RetryAfter as wait:
+            log.info("telegram: flood control, progress edit skipped for %s s", wait.retry_after)
+        except BadRequest as error:
+            if "not modified" in str(error).lower():
+                return
+            if "not found" in str(error).lower():  # the person deleted it: post a new one
+                sent = await bot.send_message(job.chat_id, text, reply_markup=_buttons(job.id))
+                await self.store.set_status_message(job.id, f"t:{sent.message_id}")
+                return
+            raise
+
+    async def deliver(self, job: Job) -> None:
+        bot = self.app.bot
+        reply_to = int(job.reply_to) if job.reply_to else None
+        while True:
+            try:
+                if job.state is JobState.DONE:
+                    path = job.video_for_limit(self.settings.telegram_upload_limit)
+                    with open(path, "rb") as video:
+                        await bot.send_video(
+                            job.chat_id, video, caption=texts.finished(job)[:1024], supports_streaming=True,
+                            reply_to_message_id=reply_to, reply_markup=_buttons(job.id, done=True),
+                            allow_sending_without_reply=True, read_timeout=300, write_timeout=300,
+                        )
+                else:
+                    await bot.send_message(job.chat_id, texts.finished(job), reply_to_message_id=reply_to,
+                                           allow_sending_without_reply=True)
+                break
+            except RetryAfter as wait:  # never drop a finished video: wait as long as Telegram asks
+                log.info("telegram: flood control, delivering job %d in %s s", job.id, wait.retry_after)
+                await asyncio.sleep(_seconds(wait.retry_after))
+        if job.status_message:
+            kind, _, raw = job.status_message.partition(":")
+            await _quietly(bot.delete_message(job.chat_id, int(raw)))
+
+
+def _seconds(value) -> float:
+    return value.total_seconds() if hasattr(value, "total_seconds") else float(value)
+
+
+def _is_image_document(message: Message) -> bool:
+    return bool(message.document and (message.document.mime_type or "").startswith("image/"))
+
+
+async def _quietly(coroutine) -> None:
+    try:
+        await coroutine
+    except TelegramError as error:
+        log.info("telegram: ignored %s", error)
+
+
+async def run(settings: Settings, store: JobStore, stop: asyncio.Event) -> None:
+    await TelegramBot(settings, store).run(stop)

@@ -1,0 +1,66 @@
+"""What the bot says, the same on every platform."""
+
+from __future__ import annotations
+
+from storage.jobs import Job, JobState
+from storage.limits import Limits
+
+
+def duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(seconds, 1):.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def queued(job_id: int, position: int, eta_seconds: float) -> str:
+    where = "next in line" if position <= 1 else f"#{position} in the queue"
+    return f"Job {job_id} is {where}; done in about {duration(eta_seconds)}."
+
+
+def progress(job: Job, eta_seconds: float) -> str:
+    p = job.progress
+    if job.state is JobState.QUEUED:
+        return f"Job {job.id}: waiting; done in about {duration(eta_seconds)}."
+    if not p.sections:
+        return f"Job {job.id}: starting (loading the models)..."
+    return (f"Job {job.id}: section {p.section}/{p.sections}, step {p.step}/{p.steps}, "
+            f"about {duration(eta_seconds)} left.")
+
+
+def settings_line(job: Job) -> str:
+    p = job.params
+    return f"seed {p.seed}, {p.seconds:g} s, {p.variant}, {p.steps} steps"
+
+
+def finished(job: Job) -> str:
+    if job.state is JobState.DONE:
+        return f"Done: \"{job.prompt[:200]}\" ({settings_line(job)})."
+    if job.state is JobState.CANCELLED:
+        return f"Job {job.id} was cancelled."
+    return f"Job {job.id} failed: {job.error or 'unknown error'}"
+
+
+def limits(values: Limits) -> str:
+    return "\n".join(f"{name}: {text}" for name, text in values.describe().items())
+
+
+def help_text(values: Limits, example: str) -> str:
+    return (
+        "I animate a picture into a video with FramePack.\n\n"
+        f"{example}\n\n"
+        "Options after the prompt: --seconds N, --seed N, --steps N, --f1 (forward sampler).\n"
+        f"Limits now: up to {values.max_seconds:g} s, {values.max_steps} steps, "
+        f"{values.max_queued_per_user} waiting jobs per person; variants: {', '.join(values.allowed_variants)}.\n"
+        "/queue shows your jobs, /cancel N cancels one."
+    )
+
+
+CANCEL_OUTCOMES = {
+    "cancelled": "Cancelled.",
+    "stopping": "Stopping it within a step.",
+    "finished": "That job has already finished.",
+    "not_found": "No such job.",
+    "not_allowed": "Only the person who asked for it (or an admin) can cancel that job.",
+}

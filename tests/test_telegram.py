@@ -1,0 +1,217 @@
+"""The Telegram frontend against a fake Bot API server, with a tiny-model worker behind the queue."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import pytest
+from fake_telegram import BOT_USER, FakeTelegram
+from helpers import picture_bytes, worker_settings
+
+from bot.options import parse_caption
+from bot.telegram_frontend import TelegramBot
+from engine.worker import Worker
+from storage.inputs import InputError
+from storage.jobs import JobState
+
+TOKEN = "123456:TEST-token"
+OWNER, STRANGER, ADMIN = 501, 502, 900
+
+
+@pytest.fixture()
+async def telegram(stores, tmp_path, tiny_models_dir):
+    fake = FakeTelegram(TOKEN)
+    url = await fake.start()
+    settings = worker_settings(
+        tmp_path, tiny_models_dir, telegram_token=TOKEN, telegram_api_url=url, telegram_admin_ids=str(ADMIN),
+        render_resolution=64, default_steps=2, lease_seconds=30.0, max_queued_per_user=2,
+    )
+    store = await stores(settings)
+    bot = TelegramBot(settings, store)
+    bot.watcher.poll = 0.2
+    stop = asyncio.Event()
+    bot_task = asyncio.create_task(bot.run(stop))
+    await fake.wait_for("getMe", timeout=30)
+    env = type("Env", (), {"fake": fake, "store": store, "settings": settings, "bot": bot, "stop": stop})()
+    env.worker_task = None
+
+    def start_worker():
+        env.worker = Worker(store, settings, "w1")
+        env.worker_task = asyncio.create_task(env.worker.run())
+
+    env.start_worker = start_worker
+    yield env
+    stop.set()
+    if env.worker_task:
+        env.worker.request_stop()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(env.worker_task, 60)
+    await asyncio.wait_for(bot_task, 30)
+    await fake.stop()
+
+
+def _text_replies(fake, chat_id):
+    return [p.get("text", "") for p in fake.calls_to("sendMessage") if int(p["chat_id"]) == chat_id]
+
+
+async def test_photo_with_caption_to_video_reply(telegram):
+    fake = telegram.fake
+    telegram.start_worker()
+    photo = fake.send_photo(OWNER, OWNER, picture_bytes(), caption="a cat turns its head --seconds 3.6 --seed 77")
+    queued = await fake.wait_for("sendMessage", lambda p: "next in line" in p.get("text", ""))
+    assert queued["reply_markup"]["inline_keyboard"][0][0]["callback_data"].startswith("cancel:")
+    preview = await fake.wait_for("sendAnimation", timeout=120)
+    assert "/3, step" in preview["caption"] and preview["_files"]["animation"].startswith(b"GIF8")
+    video = await fake.wait_for("sendVideo", timeout=120)
+    assert int(video["reply_parameters"]["message_id"]) == photo["message_id"]
+    assert "seed 77" in video["caption"] and video["supports_streaming"] in ("true", True)
+    assert video["reply_markup"]["inline_keyboard"][0][0]["callback_data"].startswith("reroll:")
+    assert len(video["_files"]["video"]) <= telegram.settings.telegram_upload_limit
+    job = (await telegram.store.user_jobs("telegram", str(OWNER), include_finished=True))[0]
+    assert job.state is JobState.DONE and job.params.seed == 77 and job.params.seconds == 3.6
+    for _ in range(50):
+        if (await telegram.store.get(job.id)).delivered:
+            break
+        await asyncio.sleep(0.1)
+    assert (await telegram.store.get(job.id)).delivered
+
+
+async def test_bad_inputs_get_a_clear_reply_and_create_nothing(telegram):
+    fake, store = telegram.fake, telegram.store
+    fake.send_photo(OWNER, OWNER, picture_bytes(), caption="waves --seconds 500")
+    await fake.wait_for("sendMessage", lambda p: "between 1 and 120" in p.get("text", ""))
+    fake.send_photo(OWNER, OWNER, picture_bytes(), caption="waves --steps lots")
+    await fake.wait_for("sendMessage", lambda p: "takes a number" in p.get("text", ""))
+    fake.send_photo(OWNER, OWNER, picture_bytes())
+    await fake.wait_for("sendMessage", lambda p: "Add a caption" in p.get("text", ""))
+    fake.send_document(OWNER, OWNER, b"%PDF-1.4", "application/pdf", "animate this")
+    await fake.wait_for("sendMessage", lambda p: "not a picture" in p.get("text", ""))
+    fake.send_document(OWNER, OWNER, b"not really a png", "image/png", "animate this")
+    await fake.wait_for("sendMessage", lambda p: "not an image" in p.get("text", ""))
+    assert await store.queue_length() == 0
+    for _ in range(2):
+        fake.send_photo(OWNER, OWNER, picture_bytes(), caption="ok --seconds 1")
+    fake.send_photo(OWNER, OWNER, picture_bytes(), caption="one too many --seconds 1")
+    await fake.wait_for("sendMessage", lambda p: "the limit is 2" in p.get("text", ""))
+    assert await store.queue_length() == 2
+
+
+async def test_document_image_and_reply_to_photo_with_animate(telegram):
+    fake, store = telegram.fake, telegram.store
+    fake.send_document(OWNER, OWNER, picture_bytes(), "image/png", "a file picture --seconds 1")
+    await fake.wait_for("sendMessage", lambda p: "Job 1" in p.get("text", ""))
+    photo = fake.send_photo(STRANGER, STRANGER, picture_bytes())
+    await fake.wait_for("sendMessage", lambda p: "Add a caption" in p.get("text", "") and int(p["chat_id"]) == STRANGER)
+    fake.send_text(STRANGER, STRANGER, "/animate the sea glitters --f1", reply_to=photo)
+    await fake.wait_for("sendMessage", lambda p: "Job 2" in p.get("text", ""))
+    job = await store.get(2)
+    assert job.prompt == "the sea glitters" and job.params.variant == "f1"
+    fake.send_text(OWNER, OWNER, "/animate no photo here")
+    await fake.wait_for("sendMessage", lambda p: "Reply to a photo" in p.get("text", ""))
+
+
+async def test_groups_only_answer_when_addressed(telegram):
+    fake, store = telegram.fake, telegram.store
+    group = -100
+    fake.send_photo(group, OWNER, picture_bytes(), caption="just sharing my holiday")
+    fake.send_photo(group, OWNER, picture_bytes(), caption=f"@{BOT_USER['username']} make it snow --seconds 1")
+    await fake.wait_for("sendMessage", lambda p: "Job 1" in p.get("text", ""))
+    await asyncio.sleep(0.5)
+    assert await store.queue_length() == 1
+    assert (await store.get(1)).prompt == "make it snow"
+
+
+async def test_cancel_button_owner_and_stranger(telegram):
+    fake, store = telegram.fake, telegram.store
+    fake.send_photo(OWNER, OWNER, picture_bytes(), caption="rain --seconds 1")
+    queued = await fake.wait_for("sendMessage", lambda p: "Job 1" in p.get("text", ""))
+    data = queued["reply_markup"]["inline_keyboard"][0][0]["callback_data"]
+    fake.click(OWNER, STRANGER, 1, data)
+    refused = await fake.wait_for("answerCallbackQuery", lambda p: "Only the person" in p.get("text", ""))
+    assert refused["show_alert"] in ("true", True)
+    assert (await store.get(1)).state is JobState.QUEUED
+    fake.click(OWNER, OWNER, 1, data)
+    await fake.wait_for("answerCallbackQuery", lambda p: p.get("text") == "Cancelled.")
+    assert (await store.get(1)).state is JobState.CANCELLED
+    await fake.wait_for("sendMessage", lambda p: "was cancelled" in p.get("text", ""))  # delivered as a result
+
+
+async def test_queue_and_cancel_commands(telegram):
+    fake, store = telegram.fake, telegram.store
+    fake.send_photo(OWNER, OWNER, picture_bytes(), caption="rain --seconds 1")
+    await fake.wait_for("sendMessage", lambda p: "Job 1" in p.get("text", ""))
+    fake.send_text(OWNER, OWNER, "/queue")
+    await fake.wait_for("sendMessage", lambda p: "1 job(s) waiting in all" in p.get("text", ""))
+    fake.send_text(STRANGER, STRANGER, "/cancel 1")
+    await fake.wait_for("sendMessage", lambda p: "Only the person" in p.get("text", ""))
+    fake.send_text(ADMIN, ADMIN, "/cancel 1")
+    await fake.wait_for("sendMessage", lambda p: p.get("text") == "Cancelled." and int(p["chat_id"]) == ADMIN)
+    assert (await store.get(1)).state is JobState.CANCELLED
+
+
+async def test_admin_limits(telegram):
+    fake, store = telegram.fake, telegram.store
+    fake.send_text(STRANGER, STRANGER, "/setlimit max_seconds 10")
+    await fake.wait_for("sendMessage", lambda p: "Only the bot's admins" in p.get("text", ""))
+    assert (await store.get_limits()).max_seconds == 120
+    fake.send_text(ADMIN, ADMIN, "/setlimit max_seconds lots")
+    await fake.wait_for("sendMessage", lambda p: "must be a number" in p.get("text", ""))
+    fake.send_text(ADMIN, ADMIN, "/setlimit max_seconds 10")
+    await fake.wait_for("sendMessage", lambda p: "Limit changed" in p.get("text", ""))
+    assert (await store.get_limits()).max_seconds == 10
+    fake.send_text(ADMIN, ADMIN, "/limits")
+    await fake.wait_for("sendMessage", lambda p: "max_seconds: 10 s" in p.get("text", ""))
+    fake.send_photo(OWNER, OWNER, picture_bytes(), caption="long --seconds 20")
+    await fake.wait_for("sendMessage", lambda p: "between 1 and 10" in p.get("text", ""))
+
+
+async def test_undelivered_results_are_delivered_after_a_restart_despite_flood_control(telegram):
+    fake, store = telegram.fake, telegram.store
+    fake.fail_next["sendVideo"] = 1  # Telegram says "retry after 1 s" once
+    fake.send_photo(OWNER, OWNER, picture_bytes(), caption="snow --seconds 1")
+    await fake.wait_for("sendMessage", lambda p: "Job 1" in p.get("text", ""))
+    # The bot goes down; a worker finishes the job meanwhile.
+    telegram.stop.set()
+    await asyncio.sleep(1.0)
+    worker = Worker(store, telegram.settings, "w1")
+    await worker.run(max_jobs=1)
+    assert (await store.get(1)).state is JobState.DONE and not (await store.get(1)).delivered
+    restarted = TelegramBot(telegram.settings, store)
+    restarted.watcher.poll = 0.2
+    stop = asyncio.Event()
+    task = asyncio.create_task(restarted.run(stop))
+    try:
+        video = await fake.wait_for("sendVideo", lambda p: "_files" not in p or True, timeout=60)
+        assert video["caption"].startswith("Done")
+        for _ in range(100):
+            if (await store.get(1)).delivered:
+                break
+            await asyncio.sleep(0.1)
+        assert (await store.get(1)).delivered
+        assert len(fake.calls_to("sendVideo")) == 2  # the 429, then the real upload
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+def test_caption_options():
+    request = parse_caption("a cat dances --seconds 10 --seed 42 --f1 --steps 20")
+    assert (request.prompt, request.seconds, request.seed, request.variant, request.steps) == (
+        "a cat dances", 10.0, 42, "f1", 20)
+    assert parse_caption("just words -- with dashes").prompt == "just words -- with dashes"
+    for bad in ("x --seconds", "x --colour red", "x --seed -3", "x --seconds ten"):
+        with pytest.raises(InputError):
+            parse_caption(bad)
+
+
+async def test_reroll_queues_the_same_picture_and_prompt_with_a_new_seed(telegram):
+    fake, store = telegram.fake, telegram.store
+    fake.send_photo(OWNER, OWNER, picture_bytes(), caption="a fox --seconds 1 --seed 5")
+    await fake.wait_for("sendMessage", lambda p: "Job 1" in p.get("text", ""))
+    fake.click(OWNER, STRANGER, 77, "reroll:1")  # anyone who sees the result may re-roll it, for themselves
+    await fake.wait_for("sendMessage", lambda p: "Job 2" in p.get("text", ""))
+    first, second = await store.get(1), await store.get(2)
+    assert second.prompt == first.prompt and second.user_id == str(STRANGER)
+    assert second.params.seed != first.params.seed and second.params.seconds == first.params.seconds
+    assert store.files.input_path(2).read_bytes() == store.files.input_path(1).read_bytes()
