@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
 
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup, InputMediaAnimation, Message, Update
 from telegram.constants import ChatType
@@ -26,6 +25,7 @@ from telegram.ext import (
 from bot import texts
 from bot.options import Request, new_seed, parse_caption
 from bot.watcher import Frontend, Watcher
+from storage.files import JobFiles
 from storage.inputs import InputError
 from storage.jobs import Job, JobParams, JobState, NewJob, QueueFull
 from storage.settings import Settings
@@ -248,7 +248,7 @@ class TelegramBot:
         old = await self.store.get(job_id)
         if old is None or old.platform != PLATFORM:
             return
-        image = Path(self.store.files.input_path(job_id)).read_bytes()
+        image = JobFiles(self.settings.data_dir).input_path(job_id).read_bytes()
         params = JobParams(**{**old.params.__dict__, "seed": new_seed()})
         job = NewJob(PLATFORM, old.chat_id, str(user.id), old.prompt, params, str(message.message_id),
                      user.username or user.full_name)
