@@ -36,7 +36,7 @@ class Watcher:
         self.frontend = frontend
         self.poll = poll_seconds
         self.shown: dict[int, tuple[str, str | None]] = {}
-        self.last_edit: dict[int, float] = {}
+        self.last_edit: dict[str, float] = {}  # per chat: platforms rate-limit edits per chat
 
     async def tick(self) -> None:
         for job in await self.store.active_jobs(self.frontend.platform):
@@ -48,7 +48,7 @@ class Watcher:
             if self.shown.get(job.id) == (text, preview):
                 continue
             new_preview = preview != (self.shown.get(job.id) or (None, None))[1]
-            waited = time.monotonic() - self.last_edit.get(job.id, 0.0)
+            waited = time.monotonic() - self.last_edit.get(job.chat_id, 0.0)
             if not new_preview and waited < self.frontend.min_edit_seconds(job):
                 continue
             try:
@@ -56,7 +56,7 @@ class Watcher:
             except Exception:  # a deleted message or a flaky network must not stop the loop
                 log.exception("progress update for job %d failed", job.id)
             self.shown[job.id] = (text, preview)
-            self.last_edit[job.id] = time.monotonic()
+            self.last_edit[job.chat_id] = time.monotonic()
         for job in await self.store.undelivered(self.frontend.platform):
             try:
                 await self.frontend.deliver(job)
@@ -65,7 +65,6 @@ class Watcher:
                 continue
             await self.store.mark_delivered(job.id)
             self.shown.pop(job.id, None)
-            self.last_edit.pop(job.id, None)
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

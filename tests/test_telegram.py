@@ -215,3 +215,42 @@ async def test_reroll_queues_the_same_picture_and_prompt_with_a_new_seed(telegra
     assert second.prompt == first.prompt and second.user_id == str(STRANGER)
     assert second.params.seed != first.params.seed and second.params.seconds == first.params.seconds
     assert store.files.input_path(2).read_bytes() == store.files.input_path(1).read_bytes()
+
+
+async def test_later_previews_replace_the_animation_in_place(telegram):
+    fake = telegram.fake
+    telegram.start_worker()
+    fake.send_photo(OWNER, OWNER, picture_bytes(), caption="clouds drift --seconds 3.6 --steps 6")
+    first = await fake.wait_for("sendAnimation", timeout=120)
+    assert first["reply_markup"]["inline_keyboard"][0][0]["callback_data"] == "cancel:1"
+    edited = await fake.wait_for("editMessageMedia", timeout=120)
+    media = edited["media"]
+    assert media["type"] == "animation" and "/3, step" in media["caption"]
+    attached = media["media"].removeprefix("attach://")
+    assert edited["_files"][attached].startswith(b"GIF8")
+    await fake.wait_for("sendVideo", timeout=120)
+    # The status message (the text, then the animation) is removed once the video is posted.
+    assert fake.calls_to("deleteMessage")
+
+
+async def test_progress_messages_resume_after_a_bot_restart(telegram):
+    fake, store = telegram.fake, telegram.store
+    fake.send_photo(OWNER, OWNER, picture_bytes(), caption="waves roll --seconds 3.6 --steps 6")
+    await fake.wait_for("sendMessage", lambda p: "Job 1" in p.get("text", ""))
+    status = (await store.get(1)).status_message
+    assert status.startswith("t:")
+    telegram.stop.set()  # the bot goes down; the fixture's task ends
+    await asyncio.sleep(1.0)
+    restarted = TelegramBot(telegram.settings, store)
+    restarted.watcher.poll = 0.2
+    stop = asyncio.Event()
+    task = asyncio.create_task(restarted.run(stop))
+    telegram.start_worker()
+    try:
+        await fake.wait_for("sendAnimation", timeout=120)
+        # The new process took over the old status message: it replaced it with the preview.
+        await fake.wait_for("deleteMessage", lambda p: int(p["message_id"]) == int(status[2:]), timeout=30)
+        await fake.wait_for("sendVideo", timeout=120)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
