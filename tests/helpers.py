@@ -65,3 +65,9 @@ async def wait_for(predicate, timeout: float = 120.0, every: float = 0.1):
             return value
         await asyncio.sleep(every)
     raise TimeoutError("condition not met in time")
+
+
+async def job_finished(store, job_id: int):
+    """The job once it has finished (done, failed or cancelled), else None: a wait_for predicate."""
+    job = await store.get(job_id)
+    return job if job.state.finished else None

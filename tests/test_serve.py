@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import picture_bytes, reference_video, video_frames, wait_for, worker_env, worker_settings
+from helpers import job_finished, picture_bytes, reference_video, video_frames, wait_for, worker_env, worker_settings
 
 from bot.serve import worker_slots
 from storage.jobs import JobParams, JobState, NewJob
@@ -30,11 +30,6 @@ def _stop(process: subprocess.Popen, timeout: float = 90) -> int:
     return process.wait(timeout=timeout)
 
 
-async def _finished(store, job_id):
-    job = await store.get(job_id)
-    return job if job.state.finished else None
-
-
 async def test_serve_renders_queued_jobs_and_says_no_frontend_is_configured(stores, tmp_path, tiny_models_dir):
     settings = worker_settings(tmp_path, tiny_models_dir)
     store = await stores(settings)
@@ -43,7 +38,7 @@ async def test_serve_renders_queued_jobs_and_says_no_frontend_is_configured(stor
     log = tmp_path / "serve.log"
     serve = _start_serve(settings, log)
     try:
-        job = await wait_for(lambda: _finished(store, job_id), timeout=180)
+        job = await wait_for(lambda: job_finished(store, job_id), timeout=180)
     finally:
         assert _stop(serve) == 0
     text = log.read_text()
@@ -78,8 +73,8 @@ async def test_restart_keeps_queued_running_and_undelivered_jobs(stores, tmp_pat
 
     serve = _start_serve(settings, log)
     try:
-        long_job = await wait_for(lambda: _finished(store, long_id), timeout=240)
-        waiting = await wait_for(lambda: _finished(store, waiting_id), timeout=120)
+        long_job = await wait_for(lambda: job_finished(store, long_id), timeout=240)
+        waiting = await wait_for(lambda: job_finished(store, waiting_id), timeout=120)
     finally:
         assert _stop(serve) == 0
     assert long_job.state is JobState.DONE and waiting.state is JobState.DONE
@@ -104,7 +99,7 @@ async def test_a_dead_worker_is_restarted_and_its_job_finishes(stores, tmp_path,
             return int(out.stdout.split()[0]) if out.stdout.strip() else None
 
         os.kill(await wait_for(worker_pid, timeout=180), signal.SIGKILL)
-        job = await wait_for(lambda: _finished(store, job_id), timeout=240)
+        job = await wait_for(lambda: job_finished(store, job_id), timeout=240)
     finally:
         assert _stop(serve) == 0
     text = log.read_text()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import picture_bytes, reference_video, video_frames, wait_for, worker_env, worker_settings
+from helpers import job_finished, picture_bytes, reference_video, video_frames, wait_for, worker_env, worker_settings
 
 from engine.video import probe
 from engine.worker import Worker
@@ -26,6 +26,16 @@ def _start_worker(settings: Settings, name: str, log: Path) -> subprocess.Popen:
         [sys.executable, "-m", "engine.worker", "--name", name], env=worker_env(settings),
         stdout=log.open("ab"), stderr=subprocess.STDOUT,
     )
+
+
+async def _run_until_finished(settings, store, job_id: int, name: str, log: Path):
+    """Start a worker process, wait until the job has finished, stop the worker; returns the job."""
+    worker = _start_worker(settings, name, log)
+    try:
+        return await wait_for(lambda: job_finished(store, job_id), timeout=180)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=60)
 
 
 async def test_a_worker_turns_a_queued_job_into_an_mp4_and_upload_copies(stores, tmp_path, tiny_models_dir):
@@ -105,16 +115,7 @@ async def test_kill_9_mid_job_then_recovery_gives_the_uninterrupted_video(stores
         first.kill()
     assert (await store.get(job_id)).state is JobState.RUNNING  # still leased by the dead worker
 
-    second = _start_worker(settings, "rescuer", log)
-    try:
-        async def finished():
-            job = await store.get(job_id)
-            return job if job.state.finished else None
-
-        job = await wait_for(finished, timeout=180)
-    finally:
-        second.send_signal(signal.SIGTERM)
-        second.wait(timeout=60)
+    job = await _run_until_finished(settings, store, job_id, "rescuer", log)
     assert job.state is JobState.DONE and job.worker == "rescuer" and job.attempts == 2, log.read_text()[-3000:]
     assert "resuming at section 3" in log.read_text()
     reference = reference_video(tiny_models_dir, tmp_path, params, "a dog runs")
@@ -142,16 +143,7 @@ async def test_sigterm_gives_the_job_back_at_its_step_and_it_resumes(stores, tmp
     assert job.state is JobState.QUEUED and job.attempts == 0  # a clean stop is not a failure
     assert "given back to the queue" in log.read_text()
 
-    second = _start_worker(settings, "second", log)
-    try:
-        async def finished():
-            j = await store.get(job_id)
-            return j if j.state.finished else None
-
-        job = await wait_for(finished, timeout=180)
-    finally:
-        second.send_signal(signal.SIGTERM)
-        second.wait(timeout=60)
+    job = await _run_until_finished(settings, store, job_id, "second", log)
     assert job.state is JobState.DONE, log.read_text()[-3000:]
     assert ", step " in log.read_text()  # resumed inside the section, not from its start
     reference = reference_video(tiny_models_dir, tmp_path, params, "leaves fall")
