@@ -89,6 +89,14 @@ async def test_bad_inputs_get_a_clear_reply_and_create_nothing(telegram):
     await fake.wait_for("sendMessage", lambda p: "not a picture" in p.get("text", ""))
     fake.send_document(OWNER, OWNER, b"not really a png", "image/png", "animate this")
     await fake.wait_for("sendMessage", lambda p: "not an image" in p.get("text", ""))
+    await store.set_limit("max_image_bytes", "10000", "test")
+    big = picture_bytes()
+    assert len(big) > 10_000
+    downloads = len(fake.calls_to("getFile"))
+    fake.send_photo(OWNER, OWNER, big, caption="too big a picture")
+    await fake.wait_for("sendMessage", lambda p: "the limit is 0.01 MB" in p.get("text", ""))
+    assert len(fake.calls_to("getFile")) == downloads  # refused from its declared size, before downloading
+    await store.set_limit("max_image_bytes", "30000000", "test")
     assert await store.queue_length() == 0
     for _ in range(2):
         fake.send_photo(OWNER, OWNER, picture_bytes(), caption="ok --seconds 1")
