@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
+import subprocess
+import sys
 
 import pytest
 from fake_telegram import BOT_USER, FakeTelegram
-from helpers import picture_bytes, worker_settings
+from helpers import picture_bytes, worker_env, worker_settings
 
 from bot.options import parse_caption
 from bot.telegram_frontend import TelegramBot
@@ -262,3 +266,28 @@ async def test_progress_messages_resume_after_a_bot_restart(telegram):
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
+
+
+async def test_serve_runs_the_telegram_frontend_with_a_worker_process(tmp_path, tiny_models_dir):
+    """The product path: `framepack-bot serve` with a token, a worker subprocess, the fake Bot API."""
+    fake = FakeTelegram(TOKEN)
+    url = await fake.start()
+    settings = worker_settings(tmp_path, tiny_models_dir)
+    env = {**worker_env(settings), "TELEGRAM_TOKEN": TOKEN, "TELEGRAM_API_URL": url, "RENDER_RESOLUTION": "64",
+           "DEFAULT_STEPS": "2", "ENGINE_WORKERS": "1"}
+    log = tmp_path / "serve.log"
+    serve = subprocess.Popen([sys.executable, "-m", "bot.cli", "serve"], env=env, stdout=log.open("wb"),
+                             stderr=subprocess.STDOUT)
+    try:
+        await fake.wait_for("getMe", timeout=60)
+        photo = fake.send_photo(OWNER, OWNER, picture_bytes(), caption="a lantern sways --seconds 1")
+        video = await fake.wait_for("sendVideo", timeout=180)
+        assert int(video["reply_parameters"]["message_id"]) == photo["message_id"]
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        code = serve.wait(timeout=90)
+        await fake.stop()
+    text = log.read_text()
+    assert code == 0, text[-3000:]
+    assert "telegram: polling as @framepack_test_bot" in text and "No chat frontend" not in text
+    assert os.path.exists(settings.data_dir / "jobs" / "1" / "video.mp4")
