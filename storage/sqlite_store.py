@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -421,9 +420,3 @@ class SqliteJobStore:
             await db.execute("UPDATE jobs SET cancel_requested=1 WHERE id=?", (job_id,))
             log.info("job %d: cancel requested while running", job_id)
             return "stopping"
-
-    # ----- housekeeping ---------------------------------------------------------------------------
-
-    async def delete_files(self, job_id: int) -> None:
-        shutil.rmtree(self.files.job_dir(job_id), ignore_errors=True)
-
