@@ -122,10 +122,9 @@ def _locate_local(models_dir: Path, parts: list[Part]) -> dict[str, Path]:
 
 def _snapshot(repo: str, parts: list[Part], allow_download: bool) -> Path | None:
     """The cached (or freshly downloaded) snapshot of `repo`, or None when it is not in the cache."""
-    patterns = [f"{p.subfolder}/*" if p.subfolder else "*" for p in parts]
     offline = hf_constants.HF_HUB_OFFLINE or not allow_download
     try:
-        return Path(snapshot_download(repo, allow_patterns=patterns, local_files_only=offline))
+        return Path(snapshot_download(repo, allow_patterns=_patterns(parts), local_files_only=offline))
     except LocalEntryNotFoundError:
         return None
     except (HfHubHTTPError, OSError) as error:
@@ -135,12 +134,21 @@ def _snapshot(repo: str, parts: list[Part], allow_download: bool) -> Path | None
         ) from None
 
 
-def _locate_hub(parts: list[Part], allow_download: bool) -> dict[str, Path]:
-    by_repo: dict[str, list[Part]] = {}
+def _by_repo(parts: list[Part]) -> dict[str, list[Part]]:
+    grouped: dict[str, list[Part]] = {}
     for part in parts:
-        by_repo.setdefault(part.repo, []).append(part)
+        grouped.setdefault(part.repo, []).append(part)
+    return grouped
+
+
+def _patterns(parts: list[Part]) -> list[str]:
+    """Only the folders the engine reads: HunyuanVideo's own 25 GB transformer is never fetched."""
+    return [f"{p.subfolder}/*" if p.subfolder else "*" for p in parts]
+
+
+def _locate_hub(parts: list[Part], allow_download: bool) -> dict[str, Path]:
     roots, missing = {}, []
-    for repo, repo_parts in by_repo.items():
+    for repo, repo_parts in _by_repo(parts).items():
         root = _snapshot(repo, repo_parts, allow_download)
         if root is None:
             missing += repo_parts
@@ -168,12 +176,9 @@ def locate(parts: list[Part], models_dir: Path | None, allow_download: bool) -> 
 
 def download(variants: list[Variant], models_dir: Path | None = None) -> dict[str, Path]:
     """Fetch every weight the engine needs (huggingface_hub shows a progress bar per file)."""
-    by_repo: dict[str, list[Part]] = {}
-    for part in parts_for(variants):
-        by_repo.setdefault(part.repo, []).append(part)
     roots = {}
-    for repo, parts in by_repo.items():
-        patterns = [f"{p.subfolder}/*" if p.subfolder else "*" for p in parts]
+    for repo, parts in _by_repo(parts_for(variants)).items():
+        patterns = _patterns(parts)
         local_dir = Path(models_dir) / repo if models_dir is not None else None
         log.info("downloading %s (%s)", repo, ", ".join(p.subfolder or "root" for p in parts))
         roots[repo] = Path(snapshot_download(repo, allow_patterns=patterns, local_dir=local_dir))
