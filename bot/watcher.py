@@ -39,10 +39,11 @@ class Watcher:
         self.last_edit: dict[str, float] = {}  # per chat: platforms rate-limit edits per chat
 
     async def tick(self) -> None:
+        positions = await self.store.positions()  # one pass for every job, not one per job
         for job in await self.store.active_jobs(self.frontend.platform):
-            if job.status_message is None:
+            if job.status_message is None or job.id not in positions:
                 continue
-            position, eta = await self.store.position(job.id)
+            position, eta = positions[job.id]
             text = texts.progress(job, eta) if position == 0 else texts.queued(job.id, position, eta)
             preview = job.progress.preview
             if self.shown.get(job.id) == (text, preview):

@@ -15,15 +15,23 @@ class Speed:
         return sections * (steps_per_section * self.seconds_per_step + self.section_overhead)
 
 
-def start_and_finish(
-    running_left: list[float], ahead: list[float], own: float, workers: int
-) -> tuple[float, float]:
-    """When a job starts and ends, given the seconds left on running jobs, the durations of the queued
-    jobs ahead of it in order, its own duration, and the number of workers (at least one)."""
+def finish_times(running_left: list[float], queued: list[float], workers: int) -> list[float]:
+    """When each queued job (durations in queue order) ends, given the seconds left on the running
+    jobs and the number of workers (at least one): each job goes to the worker that is free first."""
     workers = max(workers, 1, len(running_left))
     free = sorted(running_left) + [0.0] * (workers - len(running_left))
     heapq.heapify(free)
-    for duration in ahead:
-        heapq.heappush(free, heapq.heappop(free) + duration)
-    start = heapq.heappop(free)
-    return start, start + own
+    finishes = []
+    for duration in queued:
+        finish = heapq.heappop(free) + duration
+        heapq.heappush(free, finish)
+        finishes.append(finish)
+    return finishes
+
+
+def start_and_finish(
+    running_left: list[float], ahead: list[float], own: float, workers: int
+) -> tuple[float, float]:
+    """When one job starts and ends, behind the queued jobs `ahead` of it."""
+    finish = finish_times(running_left, [*ahead, own], workers)[-1]
+    return finish - own, finish

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import aiosqlite
 
-from storage.eta import Speed, start_and_finish
+from storage.eta import Speed, finish_times
 from storage.files import JobFiles
 from storage.inputs import InputError, load_image
 from storage.jobs import Enqueued, Job, JobParams, JobState, NewJob, Progress, QueueFull
@@ -253,33 +253,34 @@ class SqliteJobStore:
             sps, overhead = self.settings.default_seconds_per_step, self.settings.default_section_overhead
         return Speed(sps, overhead), max(len(rows), 1)
 
-    async def position(self, job_id: int) -> tuple[int, float]:
-        """(position, seconds until done): position 0 means it is rendering now."""
-        job = await self.get(job_id)
-        if job is None:
-            raise KeyError(job_id)
+    async def positions(self) -> dict[int, tuple[int, float]]:
+        """(position, seconds until done) of every queued and running job, from one pass over the
+        queue: position 0 means it is rendering now."""
         speed, workers = await self.speed()
-        running = await self._all(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state='running'")
-        running_left = []
-        for row in running:
+        result, running_left = {}, []
+        for row in await self._all(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state='running'"):
             r = _job_from_row(row)
             left_steps = max(r.params.total_steps - r.progress.steps_done, 0)
             left_sections = max(r.params.sections - max(r.progress.section - 1, 0), 0)
             running_left.append(left_steps * speed.seconds_per_step + left_sections * speed.section_overhead)
-        if job.state is JobState.RUNNING:
-            own_left = running_left[[r[0] for r in running].index(job_id)]
-            return 0, own_left
-        if job.state.finished:
-            return 0, 0.0
-        ahead = []
-        for other_id, params in await self._all(self._order_sql()):
-            if other_id == job_id:
-                break
+            result[r.id] = (0, running_left[-1])
+        queued_ids, durations = [], []
+        for job_id, params in await self._all(self._order_sql()):
             p = json.loads(params)
-            ahead.append(speed.job_seconds(JobParams(seconds=p["seconds"]).sections, p["steps"]))
-        own = speed.job_seconds(job.params.sections, job.params.steps)
-        _, finish = start_and_finish(running_left, ahead, own, workers)
-        return len(ahead) + 1, finish
+            queued_ids.append(job_id)
+            durations.append(speed.job_seconds(JobParams(seconds=p["seconds"]).sections, p["steps"]))
+        for position, (job_id, finish) in enumerate(
+            zip(queued_ids, finish_times(running_left, durations, workers), strict=True), start=1
+        ):
+            result[job_id] = (position, finish)
+        return result
+
+    async def position(self, job_id: int) -> tuple[int, float]:
+        """(position, seconds until done) of one job; (0, 0) once it has finished."""
+        job = await self.get(job_id)
+        if job is None:
+            raise KeyError(job_id)
+        return (await self.positions()).get(job_id, (0, 0.0))
 
     # ----- worker side ----------------------------------------------------------------------------
 
