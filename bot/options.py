@@ -8,6 +8,8 @@ import shlex
 from dataclasses import dataclass
 
 from storage.inputs import InputError
+from storage.jobs import JobParams
+from storage.settings import Settings
 
 _OPTION = re.compile(r"(?:^|\s)--[a-z]")
 
@@ -60,3 +62,17 @@ def parse_caption(text: str) -> Request:
 
 def new_seed() -> int:
     return random.SystemRandom().randrange(0, 2**31)
+
+
+def job_params(request: Request, settings: Settings, upload_limit: int, seed: int | None = None) -> JobParams:
+    """The job's parameters: what the person asked for, the configured defaults for the rest."""
+    if seed is None:
+        seed = request.seed if request.seed is not None else new_seed()
+    return JobParams(
+        seconds=request.seconds if request.seconds is not None else settings.default_seconds,
+        variant=request.variant or "original",
+        seed=seed,
+        steps=request.steps if request.steps is not None else settings.default_steps,
+        resolution=settings.render_resolution,
+        upload_limits=(upload_limit,),
+    )

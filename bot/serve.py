@@ -25,7 +25,7 @@ log = logging.getLogger("framepack.serve")
 
 FRONTEND_TOKENS = {"discord": "discord_token", "telegram": "telegram_token"}
 # name -> module with `async def run(settings, store, stop)`
-AVAILABLE_FRONTENDS = {"telegram": "bot.telegram_frontend"}
+AVAILABLE_FRONTENDS = {"discord": "bot.discord_frontend", "telegram": "bot.telegram_frontend"}
 BACKOFF_START, BACKOFF_MAX, STABLE_SECONDS = 1.0, 60.0, 300.0
 
 

@@ -23,7 +23,7 @@ from telegram.ext import (
 )
 
 from bot import texts
-from bot.options import Request, new_seed, parse_caption
+from bot.options import Request, job_params, new_seed, parse_caption
 from bot.watcher import Frontend, Watcher
 from storage.files import JobFiles
 from storage.inputs import InputError
@@ -156,14 +156,7 @@ class TelegramBot:
         await self.store.set_status_message(enqueued.job_id, f"t:{status.message_id}")
 
     def _new_job(self, message: Message, user, request: Request, seed: int | None) -> NewJob:
-        params = JobParams(
-            seconds=request.seconds if request.seconds is not None else self.settings.default_seconds,
-            variant=request.variant or "original",
-            seed=seed if seed is not None else (request.seed if request.seed is not None else new_seed()),
-            steps=request.steps if request.steps is not None else self.settings.default_steps,
-            resolution=self.settings.render_resolution,
-            upload_limits=(self.settings.telegram_upload_limit,),
-        )
+        params = job_params(request, self.settings, self.settings.telegram_upload_limit, seed)
         return NewJob(
             platform=PLATFORM, chat_id=str(message.chat_id), user_id=str(user.id), prompt=request.prompt,
             params=params, reply_to=str(message.message_id), user_name=user.username or user.full_name,
@@ -176,13 +169,8 @@ class TelegramBot:
 
     async def on_queue(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         jobs = await self.store.user_jobs(PLATFORM, str(update.effective_user.id))
-        lines = []
-        for job in jobs:
-            position, eta = await self.store.position(job.id)
-            lines.append(texts.progress(job, eta) if position == 0 else texts.queued(job.id, position, eta))
-        total = await self.store.queue_length()
-        lines.append(f"{total} job(s) waiting in all.")
-        await update.effective_message.reply_text("\n".join(lines) if jobs else f"You have no jobs. {lines[-1]}")
+        text = texts.queue_summary(jobs, await self.store.positions(), await self.store.queue_length())
+        await update.effective_message.reply_text(text)
 
     async def on_cancel(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         user_id = str(update.effective_user.id)

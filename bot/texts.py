@@ -46,15 +46,27 @@ def limits(values: Limits) -> str:
     return "\n".join(f"{name}: {text}" for name, text in values.describe().items())
 
 
-def help_text(values: Limits, example: str) -> str:
+def help_text(values: Limits, example: str, discord: bool = False) -> str:
+    options = ("Options: seconds, seed, steps, variant (original, or f1 for the forward sampler). "
+               "Or right-click a message with a picture: Apps > Animate this image." if discord else
+               "Options after the prompt: --seconds N, --seed N, --steps N, --f1 (forward sampler).")
     return (
         "I animate a picture into a video with FramePack.\n\n"
-        f"{example}\n\n"
-        "Options after the prompt: --seconds N, --seed N, --steps N, --f1 (forward sampler).\n"
+        f"{example}\n\n{options}\n"
         f"Limits now: up to {values.max_seconds:g} s, {values.max_steps} steps, "
         f"{values.max_queued_per_user} waiting jobs per person; variants: {', '.join(values.allowed_variants)}.\n"
         "/queue shows your jobs, /cancel N cancels one."
     )
+
+
+def queue_summary(jobs: list[Job], positions: dict[int, tuple[int, float]], total: int) -> str:
+    """A person's waiting and running jobs, each with its place and time, then the queue's length."""
+    lines = []
+    for job in jobs:
+        position, eta = positions.get(job.id, (0, 0.0))
+        lines.append(progress(job, eta) if position == 0 else queued(job.id, position, eta))
+    everyone = f"{total} job(s) waiting in all."
+    return "\n".join([*lines, everyone]) if jobs else f"You have no jobs. {everyone}"
 
 
 CANCEL_OUTCOMES = {

@@ -32,6 +32,10 @@ class Settings(BaseSettings):
 
     # Chat frontends: each one runs when its token is set.
     discord_token: str | None = None
+    discord_api_url: str = "https://discord.com/api/v10"  # a proxy or a test server; its /gateway/bot names the gateway
+    discord_guild_ids: str = ""  # comma-separated: commands appear there at once (global sync can take an hour)
+    discord_admin_user_ids: str = ""  # comma-separated Discord user ids that may change limits anywhere
+    discord_manage_server_admins: bool = True  # members with Manage Server may change limits too
     telegram_token: str | None = None
     telegram_api_url: str = "https://api.telegram.org"  # a self-hosted Bot API server or a test server
     telegram_admin_ids: str = ""  # comma-separated Telegram user ids

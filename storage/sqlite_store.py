@@ -145,6 +145,23 @@ class SqliteJobStore:
         if len(job.prompt) > self.settings.max_prompt_chars:
             raise InputError(f"The prompt is longer than {self.settings.max_prompt_chars} characters.")
 
+    async def _check_quota(self, job: NewJob, limits: Limits) -> None:
+        (waiting,) = await self._one(
+            "SELECT COUNT(*) FROM jobs WHERE platform=? AND user_id=? AND state IN ('queued', 'running')",
+            (job.platform, job.user_id),
+        )
+        if waiting >= limits.max_queued_per_user:
+            raise QueueFull(
+                f"You already have {waiting} video(s) waiting; the limit is {limits.max_queued_per_user}. "
+                "Wait for one to finish or cancel one."
+            )
+
+    async def check_request(self, job: NewJob) -> None:
+        """Everything enqueue checks except the picture: lets a frontend refuse before it downloads anything."""
+        limits = await self.get_limits()
+        self._check_request(job, limits)
+        await self._check_quota(job, limits)
+
     async def enqueue(self, job: NewJob, image: bytes) -> Enqueued:
         """Store the request and its picture in one transaction; returns the job id and its position.
 
@@ -157,15 +174,7 @@ class SqliteJobStore:
         await asyncio.to_thread(load_image, image, limits.max_image_pixels, limits.max_image_bytes)
         now = time.time()
         async with self._write() as db:
-            (waiting,) = await self._one(
-                "SELECT COUNT(*) FROM jobs WHERE platform=? AND user_id=? AND state IN ('queued', 'running')",
-                (job.platform, job.user_id),
-            )
-            if waiting >= limits.max_queued_per_user:
-                raise QueueFull(
-                    f"You already have {waiting} video(s) waiting; the limit is {limits.max_queued_per_user}. "
-                    "Wait for one to finish or cancel one."
-                )
+            await self._check_quota(job, limits)
             cursor = await db.execute(
                 "INSERT INTO jobs (platform, chat_id, reply_to, user_id, user_name, prompt, params, state, "
                 "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?)",

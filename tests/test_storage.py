@@ -76,6 +76,19 @@ async def test_requests_over_the_limits_are_refused(store):
     assert await store.queue_length() == 0
 
 
+async def test_check_request_refuses_like_enqueue_without_a_picture(store):
+    """Frontends call it before downloading anything; it must agree with enqueue and store nothing."""
+    await store.check_request(_job())
+    with pytest.raises(InputError, match="between 1 and 120"):
+        await store.check_request(_job(seconds=121))
+    for _ in range(3):
+        await store.enqueue(_job(), PNG)
+    with pytest.raises(QueueFull, match="limit is 3"):
+        await store.check_request(_job())
+    await store.check_request(_job("someone-else"))
+    assert await store.queue_length() == 3
+
+
 async def test_limits_persist_and_bad_values_are_rejected(tmp_path):
     settings = _settings(tmp_path)
     store = await SqliteJobStore.open(settings)

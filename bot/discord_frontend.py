@@ -1,0 +1,414 @@
+"""Discord: `/animate` with a picture becomes a job; progress and the video come back in the channel.
+
+discord.py 2 with application commands. Every interaction is answered well inside Discord's 3
+seconds: the cheap checks (declared type and size, limits, quota) run first and refuse with an
+ephemeral message; only then is the reply deferred and the picture downloaded.
+
+The job's status message is the interaction's reply. While the interaction token is fresh (15
+minutes) it is edited through the token; after that, or after a restart, through the channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Literal
+
+import aiohttp
+import discord
+import yarl
+from discord import app_commands
+
+from bot import texts
+from bot.discord_views import CancelButton, PromptModal, RerollButton, cancel_view, reroll_view
+from bot.downloads import download_capped
+from bot.options import Request, job_params, parse_caption
+from bot.watcher import Frontend, Watcher
+from storage.files import JobFiles
+from storage.inputs import InputError
+from storage.jobs import Enqueued, Job, JobState, NewJob, QueueFull
+from storage.limits import LIMIT_NAMES, Limits
+from storage.settings import Settings
+from storage.store import JobStore
+
+log = logging.getLogger(__name__)
+
+PLATFORM = "discord"
+DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024  # unboosted servers and DMs, when an interaction does not say
+EDIT_SECONDS = 5.0  # Discord allows about 5 message edits per 5 s per channel; previews also upload a GIF
+TOKEN_SECONDS = 14 * 60  # interaction tokens expire after 15 minutes
+DOWNLOAD_SECONDS = 60.0
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+EXAMPLE = '/animate image:<your picture> prompt:"The girl dances gracefully, with clear movements" seconds:5'
+
+
+def _ids(raw: str) -> set[int]:
+    return {int(part) for part in raw.replace(" ", ",").split(",") if part.strip()}
+
+
+def check_attachment(attachment: discord.Attachment, limits: Limits) -> None:
+    """Refuse from what Discord declares, before a byte is downloaded; the decode proves the rest."""
+    declared = (attachment.content_type or "").split(";")[0].strip().lower()
+    suffix = Path(attachment.filename).suffix.lower()
+    if (declared and not declared.startswith("image/")) or (not declared and suffix not in IMAGE_SUFFIXES):
+        raise InputError(f"{attachment.filename} is not a picture. Attach a PNG, JPEG or WebP image.")
+    if attachment.size > limits.max_image_bytes:
+        raise InputError(f"The picture is {attachment.size / 1e6:.1f} MB; the limit is "
+                         f"{limits.max_image_bytes / 1e6:g} MB.")
+    if attachment.width and attachment.height and attachment.width * attachment.height > limits.max_image_pixels:
+        raise InputError(f"The picture is {attachment.width}x{attachment.height}; the limit is "
+                         f"{limits.max_image_pixels / 1e6:g} megapixels.")
+
+
+class FramePackClient(discord.Client):
+    def __init__(self, frontend: DiscordBot):
+        # No privileged intents: slash commands, buttons and modals need none.
+        super().__init__(intents=discord.Intents(guilds=True))
+        self.framepack = frontend
+        self.tree = app_commands.CommandTree(self)
+
+    async def setup_hook(self) -> None:
+        await self.framepack.setup()
+
+
+class DiscordBot:
+    def __init__(self, settings: Settings, store: JobStore):
+        self.settings = settings
+        self.store = store
+        self.admins = _ids(settings.discord_admin_user_ids)
+        self.guild_ids = _ids(settings.discord_guild_ids)
+        self.files = JobFiles(settings.data_dir)
+        self.client = FramePackClient(self)
+        self.edit_seconds = EDIT_SECONDS
+        self.interactions: dict[int, tuple[discord.Interaction, float]] = {}  # job id -> (its interaction, expiry)
+        self.session: aiohttp.ClientSession | None = None
+        self.ready = asyncio.Event()
+        self.watcher = Watcher(store, Frontend(PLATFORM, self.show_progress, self.deliver,
+                                               lambda job: self.edit_seconds))
+        self._add_commands()
+        self.client.tree.on_error = self.on_command_error
+
+    # ----- lifecycle ------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        discord.http.Route.BASE = self.settings.discord_api_url.rstrip("/")
+        async with self.client:
+            connection = asyncio.create_task(self.client.start(self.settings.discord_token))
+            stopping = asyncio.create_task(stop.wait())
+            watching = asyncio.create_task(self._watch(stop))
+            try:
+                await asyncio.wait({connection, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if connection.done() and connection.exception():
+                    log.error("discord: the connection ended: %s", connection.exception())
+            finally:
+                for task in (stopping, watching):
+                    task.cancel()
+                await asyncio.gather(stopping, watching, return_exceptions=True)
+        connection.cancel()
+        await asyncio.gather(connection, return_exceptions=True)
+        if self.session:
+            await self.session.close()
+
+    async def _watch(self, stop: asyncio.Event) -> None:
+        await self.ready.wait()  # deliveries need a logged-in client
+        await self.watcher.run(stop)
+
+    async def setup(self) -> None:
+        """Runs once logged in, before the gateway connects."""
+        self.session = aiohttp.ClientSession()
+        self.client.add_dynamic_items(CancelButton, RerollButton)
+        # The gateway's address comes from the API server, so a proxy or a test server works too.
+        _, url, _ = await self.client.http.get_bot_gateway()
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(url)
+        tree = self.client.tree
+        if self.guild_ids:
+            for guild_id in sorted(self.guild_ids):
+                guild = discord.Object(guild_id)
+                tree.copy_global_to(guild=guild)
+                await tree.sync(guild=guild)
+        else:
+            await tree.sync()
+        log.info("discord: commands synced to %s", sorted(self.guild_ids) or "every server (global)")
+        self.ready.set()
+
+    # ----- commands -------------------------------------------------------------------------------
+
+    def _add_commands(self) -> None:
+        tree = self.client.tree
+
+        @tree.command(name="animate", description="Animate a picture into a video with FramePack")
+        @app_commands.describe(
+            image="The picture to animate", prompt="What happens in the video",
+            seconds="Length of the video in seconds", variant="original (anti-drifting) or f1 (forward)",
+            seed="The same seed, picture and prompt give the same video", steps="Sampling steps per section",
+        )
+        async def animate(interaction: discord.Interaction, image: discord.Attachment, prompt: str,
+                          seconds: app_commands.Range[float, 1, 120] | None = None,
+                          variant: Literal["original", "f1"] | None = None,
+                          seed: app_commands.Range[int, 0, 2**53 - 1] | None = None,
+                          steps: app_commands.Range[int, 1, 100] | None = None) -> None:
+            request = Request(prompt=prompt.strip(), seconds=seconds, seed=seed, steps=steps, variant=variant)
+            await self.submit_attachment(interaction, image, request)
+
+        @tree.context_menu(name="Animate this image")
+        async def animate_message(interaction: discord.Interaction, message: discord.Message) -> None:
+            await self.on_animate_message(interaction, message)
+
+        @tree.command(name="queue", description="Your videos in the queue, with their place and time")
+        async def queue(interaction: discord.Interaction) -> None:
+            jobs = await self.store.user_jobs(PLATFORM, str(interaction.user.id))
+            text = texts.queue_summary(jobs, await self.store.positions(), await self.store.queue_length())
+            await interaction.response.send_message(text, ephemeral=True)
+
+        @tree.command(name="cancel", description="Cancel one of your videos (your newest when no number is given)")
+        @app_commands.describe(job="The job number")
+        async def cancel(interaction: discord.Interaction, job: int | None = None) -> None:
+            if job is None:
+                mine = await self.store.user_jobs(PLATFORM, str(interaction.user.id))
+                if not mine:
+                    await interaction.response.send_message("You have no job to cancel.", ephemeral=True)
+                    return
+                job = mine[-1].id
+            await self._cancel(interaction, job)
+
+        @tree.command(name="help", description="What this bot does, its limits, and an example")
+        async def help_(interaction: discord.Interaction) -> None:
+            text = texts.help_text(await self.store.get_limits(), EXAMPLE, discord=True)
+            await interaction.response.send_message(text, ephemeral=True)
+
+        admin = app_commands.Group(name="admin", description="The bot's limits (admins only)",
+                                   default_permissions=discord.Permissions(manage_guild=True))
+
+        @admin.command(name="limits", description="Show the current limits")
+        async def show_limits(interaction: discord.Interaction) -> None:
+            if await self._require_admin(interaction):
+                await interaction.response.send_message(texts.limits(await self.store.get_limits()), ephemeral=True)
+
+        @admin.command(name="set-limit", description="Change a limit for everyone")
+        @app_commands.describe(name="Which limit", value="The new value, e.g. 30 or original,f1")
+        @app_commands.choices(name=[app_commands.Choice(name=n, value=n) for n in LIMIT_NAMES])
+        async def set_limit(interaction: discord.Interaction, name: str, value: str) -> None:
+            if not await self._require_admin(interaction):
+                return
+            try:
+                limits = await self.store.set_limit(name, value, f"discord:{interaction.user.id}")
+            except InputError as error:
+                await interaction.response.send_message(str(error), ephemeral=True)
+                return
+            await interaction.response.send_message("Limit changed.\n" + texts.limits(limits), ephemeral=True)
+
+        tree.add_command(admin)
+
+    async def on_command_error(self, interaction: discord.Interaction, error: Exception) -> None:
+        log.error("discord: command failed", exc_info=error)
+        await self._tell(interaction, "Something went wrong on my side. /queue shows what is queued.")
+
+    async def _tell(self, interaction: discord.Interaction, text: str) -> None:
+        """An ephemeral answer, whether or not the interaction was answered already."""
+        with contextlib.suppress(discord.HTTPException):
+            if interaction.response.is_done():
+                await interaction.followup.send(text, ephemeral=True)
+            else:
+                await interaction.response.send_message(text, ephemeral=True)
+
+    def is_admin(self, interaction: discord.Interaction) -> bool:
+        """Checked here, not only through Discord's command permissions, which server owners can change."""
+        if interaction.user.id in self.admins:
+            return True
+        return bool(self.settings.discord_manage_server_admins and interaction.guild_id is not None
+                    and interaction.permissions.manage_guild)
+
+    async def _require_admin(self, interaction: discord.Interaction) -> bool:
+        if self.is_admin(interaction):
+            return True
+        await interaction.response.send_message("Only the bot's admins can do that.", ephemeral=True)
+        return False
+
+    async def _cancel(self, interaction: discord.Interaction, job_id: int) -> None:
+        outcome = await self.store.cancel(job_id, PLATFORM, str(interaction.user.id),
+                                          is_admin=self.is_admin(interaction))
+        await interaction.response.send_message(texts.CANCEL_OUTCOMES[outcome], ephemeral=True)
+
+    # ----- making jobs ----------------------------------------------------------------------------
+
+    def _new_job(self, interaction: discord.Interaction, request: Request) -> NewJob:
+        upload_limit = getattr(interaction, "filesize_limit", None) or DEFAULT_UPLOAD_LIMIT
+        return NewJob(
+            platform=PLATFORM, chat_id=str(interaction.channel_id), user_id=str(interaction.user.id),
+            prompt=request.prompt, params=job_params(request, self.settings, upload_limit),
+            user_name=interaction.user.name,
+        )
+
+    async def submit_attachment(self, interaction: discord.Interaction, attachment: discord.Attachment,
+                                request: Request) -> None:
+        limits = await self.store.get_limits()
+        job = self._new_job(interaction, request)
+        try:
+            if not request.prompt:
+                raise InputError("The prompt is empty. Example: " + EXAMPLE)
+            check_attachment(attachment, limits)
+            await self.store.check_request(job)
+        except (InputError, QueueFull) as error:
+            await interaction.response.send_message(str(error), ephemeral=True)
+            return
+        await interaction.response.defer(thinking=True)
+        try:
+            image = await download_capped(self.session, attachment.url, limits.max_image_bytes, DOWNLOAD_SECONDS)
+            enqueued = await self.store.enqueue(job, image)
+        except (InputError, QueueFull) as error:
+            await self._refuse_after_defer(interaction, str(error))
+            return
+        await self._show_queued(interaction, enqueued)
+
+    async def _refuse_after_defer(self, interaction: discord.Interaction, text: str) -> None:
+        """Only the person sees why: the public "thinking" reply goes, an ephemeral one says why."""
+        with contextlib.suppress(discord.HTTPException):
+            await interaction.delete_original_response()
+        await interaction.followup.send(text, ephemeral=True)
+
+    async def _show_queued(self, interaction: discord.Interaction, enqueued: Enqueued) -> None:
+        text = texts.queued(enqueued.job_id, enqueued.position, enqueued.eta_seconds)
+        message = await interaction.edit_original_response(content=text, view=cancel_view(enqueued.job_id))
+        self.interactions[enqueued.job_id] = (interaction, time.monotonic() + TOKEN_SECONDS)
+        await self.store.set_status_message(enqueued.job_id, str(message.id))
+
+    async def on_animate_message(self, interaction: discord.Interaction, message: discord.Message) -> None:
+        pictures = [a for a in message.attachments if (a.content_type or "").startswith("image/")
+                    or Path(a.filename).suffix.lower() in IMAGE_SUFFIXES]
+        if not pictures:
+            await interaction.response.send_message("That message has no picture attached.", ephemeral=True)
+            return
+        try:
+            check_attachment(pictures[0], await self.store.get_limits())
+        except InputError as error:
+            await interaction.response.send_message(str(error), ephemeral=True)
+            return
+        await interaction.response.send_modal(PromptModal(pictures[0]))
+
+    async def on_prompt_modal(self, interaction: discord.Interaction, attachment: discord.Attachment,
+                              prompt: str, seconds: str) -> None:
+        try:
+            request = parse_caption(prompt)
+            if seconds.strip():
+                request = Request(**{**request.__dict__, "seconds": float(seconds.replace(",", "."))})
+        except ValueError as error:  # InputError is a ValueError
+            text = str(error) if isinstance(error, InputError) else f"Seconds takes a number, not {seconds!r}."
+            await interaction.response.send_message(text, ephemeral=True)
+            return
+        await self.submit_attachment(interaction, attachment, request)
+
+    async def on_cancel_button(self, interaction: discord.Interaction, job_id: int) -> None:
+        await self._cancel(interaction, job_id)
+
+    async def on_reroll_button(self, interaction: discord.Interaction, job_id: int) -> None:
+        """Same picture and prompt, a new seed, queued for whoever clicked."""
+        old = await self.store.get(job_id)
+        picture = self.files.input_path(job_id)
+        if old is None or old.platform != PLATFORM or not picture.is_file():
+            await interaction.response.send_message("That video's picture is no longer stored.", ephemeral=True)
+            return
+        p = old.params
+        job = self._new_job(interaction, Request(old.prompt, p.seconds, None, p.steps, p.variant))
+        try:
+            await self.store.check_request(job)
+        except (InputError, QueueFull) as error:
+            await interaction.response.send_message(str(error), ephemeral=True)
+            return
+        await interaction.response.defer(thinking=True)
+        try:
+            enqueued = await self.store.enqueue(job, await asyncio.to_thread(picture.read_bytes))
+        except (InputError, QueueFull) as error:
+            await self._refuse_after_defer(interaction, str(error))
+            return
+        await self._show_queued(interaction, enqueued)
+
+    # ----- progress and delivery (called by the watcher) -------------------------------------------
+
+    def _fresh_interaction(self, job_id: int) -> discord.Interaction | None:
+        interaction, expiry = self.interactions.get(job_id, (None, 0.0))
+        if interaction is not None and time.monotonic() < expiry:
+            return interaction
+        self.interactions.pop(job_id, None)
+        return None
+
+    def _channel(self, job: Job) -> discord.PartialMessageable:
+        return self.client.get_partial_messageable(int(job.chat_id))
+
+    async def _edit_status(self, job: Job, **fields) -> None:
+        """Edit the status message through the interaction token while fresh, else through the channel."""
+        interaction = self._fresh_interaction(job.id)
+        if interaction is not None:
+            try:
+                await interaction.edit_original_response(**fields)
+                return
+            except discord.NotFound as error:
+                if error.code == 10008:  # Unknown Message: deleted, the channel would not find it either
+                    raise
+                self.interactions.pop(job.id, None)  # Unknown Webhook: the token ended early
+        await self._channel(job).get_partial_message(int(job.status_message)).edit(**fields)
+
+    async def show_progress(self, job: Job, text: str, preview: str | None) -> None:
+        fields: dict = {"content": text, "view": cancel_view(job.id)}
+        if preview:
+            fields["attachments"] = [discord.File(preview, filename=f"job{job.id}_preview.gif")]
+        try:
+            await self._edit_status(job, **fields)
+        except discord.NotFound:  # the person deleted the message: post a new one
+            self.interactions.pop(job.id, None)
+            files = fields.pop("attachments", [])
+            try:
+                sent = await self._channel(job).send(files=files, **fields)
+            except discord.HTTPException as error:  # cannot post here: carry on silently, deliver at the end
+                log.info("discord: no progress message for job %d: %s", job.id, error)
+                await self.store.set_status_message(job.id, None)
+                return
+            await self.store.set_status_message(job.id, str(sent.id))
+        except discord.Forbidden as error:
+            log.info("discord: progress for job %d not shown: %s", job.id, error)
+
+    async def deliver(self, job: Job) -> None:
+        limit = job.params.upload_limits[0] if job.params.upload_limits else DEFAULT_UPLOAD_LIMIT
+        content = f"<@{job.user_id}> {texts.finished(job)}"
+        path = job.video_for_limit(limit) if job.state is JobState.DONE else None
+        if path and os.path.getsize(path) > limit:
+            content += f"\nThe video is larger than this chat's upload limit ({limit / 1e6:g} MB)."
+            path = None
+        message: dict = {
+            "content": content[:2000],
+            "allowed_mentions": discord.AllowedMentions(everyone=False, roles=False,
+                                                        users=[discord.Object(int(job.user_id))]),
+        }
+        if job.state is JobState.DONE:
+            message["view"] = reroll_view(job.id)
+
+        def files() -> list[discord.File]:  # a File is consumed by one upload attempt
+            return [discord.File(path, filename=f"framepack_{job.id}.mp4")] if path else []
+
+        reference = None
+        if job.status_message:
+            reference = discord.MessageReference(message_id=int(job.status_message), channel_id=int(job.chat_id),
+                                                 fail_if_not_exists=False)
+        try:
+            await self._channel(job).send(files=files(), reference=reference, **message)
+        except discord.Forbidden:  # no Send Messages in that channel: the follow-up, else a direct message
+            interaction = self._fresh_interaction(job.id)
+            try:
+                if interaction is not None:
+                    await interaction.followup.send(files=files(), **message)
+                else:
+                    user = await self.client.fetch_user(int(job.user_id))
+                    await user.send(files=files(), **message)
+            except discord.Forbidden as error:
+                log.warning("discord: job %d cannot be delivered anywhere (%s); giving up", job.id, error)
+        if job.status_message:
+            with contextlib.suppress(discord.HTTPException):
+                await self._edit_status(job, content=texts.finished(job)[:2000], attachments=[], view=None)
+        self.interactions.pop(job.id, None)
+
+
+async def run(settings: Settings, store: JobStore, stop: asyncio.Event) -> None:
+    await DiscordBot(settings, store).run(stop)

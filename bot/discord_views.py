@@ -1,0 +1,75 @@
+"""Discord buttons and the prompt modal.
+
+The buttons are DynamicItems: their custom id carries the job number, so a click is understood by
+any later run of the bot, not only by the process that sent the message.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+import discord
+
+if TYPE_CHECKING:
+    from bot.discord_frontend import DiscordBot
+
+
+def _frontend(interaction: discord.Interaction) -> DiscordBot:
+    return interaction.client.framepack  # set by FramePackClient
+
+
+class CancelButton(discord.ui.DynamicItem[discord.ui.Button], template=r"framepack:cancel:(?P<job>\d+)"):
+    def __init__(self, job_id: int):
+        super().__init__(discord.ui.Button(label="Cancel", style=discord.ButtonStyle.danger,
+                                           custom_id=f"framepack:cancel:{job_id}"))
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item, match: re.Match[str]) -> CancelButton:
+        return cls(int(match["job"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        await _frontend(interaction).on_cancel_button(interaction, self.job_id)
+
+
+class RerollButton(discord.ui.DynamicItem[discord.ui.Button], template=r"framepack:reroll:(?P<job>\d+)"):
+    def __init__(self, job_id: int):
+        super().__init__(discord.ui.Button(label="Re-roll", style=discord.ButtonStyle.primary, emoji="\N{DIE FACE-5}",
+                                           custom_id=f"framepack:reroll:{job_id}"))
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item, match: re.Match[str]) -> RerollButton:
+        return cls(int(match["job"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        await _frontend(interaction).on_reroll_button(interaction, self.job_id)
+
+
+def cancel_view(job_id: int) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(CancelButton(job_id))
+    return view
+
+
+def reroll_view(job_id: int) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(RerollButton(job_id))
+    return view
+
+
+class PromptModal(discord.ui.Modal, title="Animate this image"):
+    """Asked by the "Animate this image" message command: the picture is the message's."""
+
+    prompt = discord.ui.TextInput(label="Prompt", style=discord.TextStyle.paragraph,
+                                  placeholder="The girl dances gracefully, with clear movements", max_length=4000)
+    seconds = discord.ui.TextInput(label="Seconds (optional)", required=False, max_length=6, placeholder="5")
+
+    def __init__(self, attachment: discord.Attachment):
+        super().__init__(timeout=15 * 60)
+        self.attachment = attachment
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        await _frontend(interaction).on_prompt_modal(interaction, self.attachment, self.prompt.value,
+                                                     self.seconds.value)
