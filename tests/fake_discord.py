@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import json
 import mimetypes
@@ -185,8 +186,11 @@ class _Gateway:
         while (item := await self.outbox.get()) is not None:
             if callable(item):
                 item()
-            elif not self.ws.closed:
+                continue
+            try:
                 await self.ws.send_str(item)
+            except (ConnectionError, RuntimeError):
+                return  # the client went away; the socket handler cleans up
 
 
 class FakeDiscord:
@@ -332,6 +336,12 @@ class FakeDiscord:
             self._schema_option(schema, key, name)
             level.append({"name": key, "type": ATTACHMENT_OPTION, "value": str(attachment["id"])})
             resolved[str(attachment["id"])] = {**self._attachment_payload(attachment), "ephemeral": True}
+        if any(o["type"] in (SUB_COMMAND, SUB_COMMAND_GROUP) for o in schema):
+            raise LookupError(f"/{name} {subcommand or ''} needs a subcommand: {[o['name'] for o in schema]}")
+        given = {option["name"] for option in level}
+        missing = [o["name"] for o in schema if o.get("required") and o["name"] not in given]
+        if missing:  # Discord's own client does not let a person send the command without them
+            raise LookupError(f"/{name} needs options {missing}")
         data = {"id": command["id"], "name": name, "type": CHAT_INPUT, "options": top}
         if resolved:
             data["resolved"] = {"attachments": resolved}
@@ -695,6 +705,8 @@ class FakeDiscord:
             if kind == 7:
                 self._edit(message, data, files, limit=interaction.attachment_size_limit)
             return message
+        if kind == 6 and interaction.type == MODAL_SUBMIT:
+            return None  # a plain acknowledgement of a modal opened by a command: nothing to update
         if kind == 9 and interaction.type in (APPLICATION_COMMAND, MESSAGE_COMPONENT):
             return None
         if kind == 8 and interaction.type == AUTOCOMPLETE:
@@ -776,7 +788,7 @@ class FakeDiscord:
         for limit in self._rate_limits:
             if limit[1] > 0 and limit[0] in route:
                 limit[1] -= 1
-                return self._too_many_requests(limit[2])
+                return self._too_many_requests(limit[2], bucket=limit[0])
         public = ("/interactions/", "/webhooks/")
         if not request.headers.get("Authorization", "").startswith("Bot ") and not any(
                 p in request.path for p in public):
@@ -791,13 +803,13 @@ class FakeDiscord:
             return json_response({"message": "405: Method Not Allowed", "code": 0}, 405)
 
     @staticmethod
-    def _too_many_requests(retry_after: float) -> web.Response:
+    def _too_many_requests(retry_after: float, bucket: str) -> web.Response:
         # discord.py retries a 429 only when a Via header is present (else it assumes a Cloudflare ban)
         headers = {"Via": "1.1 google", "Retry-After": str(max(1, round(retry_after))),
                    "X-RateLimit-Limit": "5", "X-RateLimit-Remaining": "0",
                    "X-RateLimit-Reset": f"{time.time() + retry_after:.3f}",
-                   "X-RateLimit-Reset-After": f"{retry_after:.3f}", "X-RateLimit-Bucket": "fake-bucket",
-                   "X-RateLimit-Scope": "user"}
+                   "X-RateLimit-Reset-After": f"{retry_after:.3f}",
+                   "X-RateLimit-Bucket": hashlib.sha1(bucket.encode()).hexdigest()[:32], "X-RateLimit-Scope": "user"}
         body = {"message": "You are being rate limited.", "retry_after": retry_after, "global": False}
         return json_response(body, 429, headers)
 

@@ -50,6 +50,9 @@ class Bot(discord.Client):
         self.tree = app_commands.CommandTree(self)
         self.seen = seen
 
+    async def on_message(self, message: discord.Message) -> None:
+        self.seen.setdefault("on_message", []).append((message.author.id, message.content))
+
     async def setup_hook(self) -> None:
         # Route.BASE points REST at the fake; the gateway address comes from the fake's /gateway/bot
         _, url, _ = await self.http.get_bot_gateway()
@@ -75,6 +78,22 @@ def build_commands(bot: Bot, guild: discord.Object, gates: dict[str, asyncio.Eve
         seen["followup_id"] = followup.id
         await interaction.edit_original_response(content="section 1/3")
         seen["animate_done"] = True
+
+    @tree.command(name="result", description="A file and a button in the first response", guild=guild)
+    async def result(interaction: discord.Interaction):
+        view = discord.ui.View(timeout=60)
+        button = discord.ui.Button(label="Re-roll")
+
+        async def reroll(clicked: discord.Interaction) -> None:
+            await clicked.response.defer()
+            await clicked.edit_original_response(content="re-rolling", view=None)
+            note = await clicked.followup.send("queued again", ephemeral=True, wait=True)
+            await note.edit(content="queued again, position 1")
+            seen["reroll_done"] = True
+
+        button.callback = reroll
+        view.add_item(button)
+        await interaction.response.send_message("done", file=discord.File(io.BytesIO(VIDEO), "v.mp4"), view=view)
 
     @tree.command(name="progress", description="A message the test deletes", guild=guild)
     async def progress(interaction: discord.Interaction):
@@ -135,30 +154,42 @@ class Env:
 
 @pytest.fixture()
 async def connect(monkeypatch):
-    """connect(**fake_options) starts a fake and a real discord.py client on it, synced; closes both after."""
-    opened: list[tuple[FakeDiscord, Bot, asyncio.Task]] = []
+    """connect(**fake_options) starts a fake and a real discord.py client on it, synced; connect(fake=...) starts
+    another client on an existing fake (a bot restart). Everything is closed after the test."""
+    bots: list[tuple[Bot, asyncio.Task]] = []
+    fakes: list[FakeDiscord] = []
     monkeypatch.setattr(DiscordWebSocket, "DEFAULT_GATEWAY", DiscordWebSocket.DEFAULT_GATEWAY)  # restored after
 
-    async def open_env(**options) -> Env:
-        fake = FakeDiscord(**options)
-        await fake.start()
+    async def open_env(fake: FakeDiscord | None = None, **options) -> Env:
+        if fake is None:
+            fake = FakeDiscord(**options)
+            await fake.start()
+            fakes.append(fake)
         monkeypatch.setattr(discord.http.Route, "BASE", fake.base_url)
         seen: dict[str, Any] = {}
         bot = Bot(seen)
         env = Env(fake, bot, seen, {"deleted": asyncio.Event()})
         build_commands(bot, discord.Object(fake.guild_id), env.gates)
         task = asyncio.create_task(bot.start("fake-token"))
-        opened.append((fake, bot, task))
-        await fake.wait_ready()
+        bots.append((bot, task))
         await asyncio.wait_for(bot.wait_until_ready(), 5)
+        await fake.wait_ready()
         await bot.tree.sync(guild=discord.Object(fake.guild_id))
         await bot.tree.sync()
         return env
 
+    async def close(env: Env) -> None:
+        for bot, task in bots:
+            if bot is env.bot:
+                await bot.close()
+                await asyncio.wait_for(task, 5)
+
+    open_env.close = close
     yield open_env
-    for fake, bot, task in opened:
+    for bot, task in bots:
         await bot.close()
         await asyncio.wait_for(task, 5)
+    for fake in fakes:
         await fake.stop()
 
 
@@ -172,7 +203,7 @@ async def test_connects_identifies_and_syncs(connect):
     assert guild.me.id == bot.user.id == fake.bot_user_id and bot.application_id == fake.application_id
     assert guild.filesize_limit == 10 * 1024 * 1024
     names = {(c["name"], c["type"]) for c in fake.commands[fake.guild_id]}
-    assert names == {("animate", 1), ("progress", 1), ("whoami", 1), ("admin", 1), ("slow", 1),
+    assert names == {("animate", 1), ("result", 1), ("progress", 1), ("whoami", 1), ("admin", 1), ("slow", 1),
                      ("Animate this image", 3)}
     assert [c["name"] for c in fake.commands[None]] == ["ping"]
     assert [c.name for c in await bot.tree.fetch_commands(guild=discord.Object(fake.guild_id))] == [
@@ -355,3 +386,48 @@ async def test_dm_interaction(connect):
     with pytest.raises(discord.HTTPException) as error:  # DMs allow 10 MiB whatever the guild allows
         await dm.send(file=discord.File(io.BytesIO(b"x" * (10 * 1024 * 1024 + 1)), "big.mp4"))
     assert error.value.status == 413 and error.value.code == 40005
+
+
+async def test_file_and_view_in_the_first_response_then_component_defer_and_edits(connect):
+    env = await connect()
+    fake = env.fake
+    interaction = await fake.slash_command("result", PERSON)
+    response = await interaction.wait_response()
+    message = interaction.original()
+    assert response["type"] == 4 and message.attachments[0]["data"] == VIDEO
+    custom_id = message.components[0]["components"][0]["custom_id"]  # discord.py made one up
+    click = await fake.click(custom_id, PERSON, message)
+    await fake.wait_for(lambda: env.seen.get("reroll_done"))
+    assert click.response["type"] == 6 and click.original() is message  # the original of a click: its message
+    assert message.content == "re-rolling" and message.components == [] and message.edits == 1
+    note = click.followups()[0]
+    assert note.ephemeral and note.content == "queued again, position 1" and note.edits == 1
+    assert message.attachments[0]["data"] == VIDEO  # an edit without `attachments` keeps them
+
+
+async def test_user_messages_arrive_without_content_and_the_bots_own_with_it(connect):
+    env = await connect()
+    fake = env.fake
+    fake.post_user_message(PERSON, "secret words")
+    await (await fake.slash_command("result", PERSON)).wait_response()
+    seen = await fake.wait_for(lambda: len(env.seen.get("on_message", [])) >= 2 and env.seen["on_message"])
+    assert seen == [(PERSON, ""), (fake.bot_user_id, "done")]  # no message content intent
+
+
+async def test_rest_429_is_retried_and_a_restarted_bot_picks_up_old_messages(connect):
+    env = await connect()
+    fake = env.fake
+    interaction = await fake.slash_command("animate", PERSON, {"prompt": "p"},
+                                           attachments={"image": fake.upload("a.png", PICTURE)})
+    await fake.wait_for(lambda: "animate_done" in env.seen)
+    message = interaction.original()
+    await connect.close(env)
+    restarted = await connect(fake=fake)
+    assert fake.commands[fake.guild_id]  # commands stay registered
+    fake.rate_limit_next("PATCH /api/v10/channels/", times=1)
+    channel = restarted.bot.get_channel(fake.channel_id)
+    await channel.get_partial_message(message.id).edit(content="delivered", attachments=[])
+    assert len(fake.requests_to("PATCH /api/v10/channels/")) == 2
+    assert message.content == "delivered" and message.attachments == []
+    click = await fake.click("cancel:7", PERSON, message)  # the persistent view answers on the new client
+    assert (await click.wait_response())["type"] == 7 and restarted.seen["cancel_by"] == PERSON
