@@ -204,6 +204,9 @@ class DiscordBot:
         tree.add_command(admin)
 
     async def on_command_error(self, interaction: discord.Interaction, error: Exception) -> None:
+        if isinstance(error, app_commands.TransformerError):  # e.g. a number outside the option's range
+            await self._tell(interaction, f"{error.value!r} is not a value this option takes. /help lists them.")
+            return
         log.error("discord: command failed", exc_info=error)
         await self._tell(interaction, "Something went wrong on my side. /queue shows what is queued.")
 

@@ -62,12 +62,13 @@ def reroll_view(job_id: int) -> discord.ui.View:
 class PromptModal(discord.ui.Modal, title="Animate this image"):
     """Asked by the "Animate this image" message command: the picture is the message's."""
 
-    prompt = discord.ui.TextInput(label="Prompt", style=discord.TextStyle.paragraph,
+    prompt = discord.ui.TextInput(label="Prompt", style=discord.TextStyle.paragraph, custom_id="prompt",
                                   placeholder="The girl dances gracefully, with clear movements", max_length=4000)
-    seconds = discord.ui.TextInput(label="Seconds (optional)", required=False, max_length=6, placeholder="5")
+    seconds = discord.ui.TextInput(label="Seconds (optional)", required=False, max_length=6, placeholder="5",
+                                   custom_id="seconds")
 
     def __init__(self, attachment: discord.Attachment):
-        super().__init__(timeout=15 * 60)
+        super().__init__(timeout=15 * 60)  # the default custom id is random: discord.py keys open modals by it
         self.attachment = attachment
 
     async def on_submit(self, interaction: discord.Interaction) -> None:

@@ -21,7 +21,7 @@ from storage.eta import Speed, finish_times
 from storage.files import JobFiles
 from storage.inputs import InputError, load_image
 from storage.jobs import Enqueued, Job, JobParams, JobState, NewJob, Progress, QueueFull
-from storage.limits import LIMIT_NAMES, Limits, parse_limit
+from storage.limits import LIMIT_NAMES, VARIANTS, Limits, parse_limit
 from storage.schema import MIGRATIONS
 from storage.settings import Settings
 
@@ -136,6 +136,10 @@ class SqliteJobStore:
 
     def _check_request(self, job: NewJob, limits: Limits) -> None:
         p = job.params
+        if p.variant not in VARIANTS:
+            raise InputError(f"Unknown variant {p.variant!r}; the variants are {', '.join(VARIANTS)}.")
+        if not 0 <= p.seed < 2**63:
+            raise InputError("The seed must be a whole number from 0 to 2^63-1.")
         if p.variant not in limits.allowed_variants:
             raise InputError(f"The {p.variant} variant is switched off here; use {', '.join(limits.allowed_variants)}.")
         if not 1 <= p.seconds <= limits.max_seconds:

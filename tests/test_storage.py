@@ -81,6 +81,10 @@ async def test_check_request_refuses_like_enqueue_without_a_picture(store):
     await store.check_request(_job())
     with pytest.raises(InputError, match="between 1 and 120"):
         await store.check_request(_job(seconds=121))
+    with pytest.raises(InputError, match="Unknown variant 'sdxl'"):
+        await store.check_request(_job(variant="sdxl"))
+    with pytest.raises(InputError, match="seed must be"):
+        await store.check_request(_job(seed=-1))
     for _ in range(3):
         await store.enqueue(_job(), PNG)
     with pytest.raises(QueueFull, match="limit is 3"):

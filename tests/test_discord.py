@@ -1,0 +1,333 @@
+"""The Discord frontend against the fake Discord (REST + gateway), with a tiny-model worker behind the queue."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import time
+
+import pytest
+from fake_discord import MANAGE_GUILD, FakeDiscord
+from helpers import picture_bytes, worker_settings
+from PIL import Image
+
+from bot import discord_frontend
+from bot.discord_frontend import DiscordBot
+from bot.downloads import download_capped
+from engine.worker import Worker
+from storage.jobs import JobState
+
+OWNER, STRANGER, MODERATOR, ADMIN = 701, 702, 703, 900
+UPLOAD_LIMIT = 9_000_000  # not a default anywhere: proves the limit comes from the interaction
+
+
+class Env:
+    """One fake Discord, one store, and a bot that can be stopped and started again."""
+
+    def __init__(self, fake: FakeDiscord, settings, store):
+        self.fake, self.settings, self.store = fake, settings, store
+        self.bot: DiscordBot | None = None
+        self.stop = self.task = self.worker = self.worker_task = None
+
+    async def start_bot(self) -> DiscordBot:
+        self.bot = DiscordBot(self.settings, self.store)
+        self.bot.watcher.poll = 0.2
+        self.bot.edit_seconds = 0.3
+        self.stop = asyncio.Event()
+        self.task = asyncio.create_task(self.bot.run(self.stop))
+        await asyncio.wait_for(self.bot.ready.wait(), 20)
+        await self.fake.wait_ready(20)
+        return self.bot
+
+    async def stop_bot(self) -> None:
+        self.stop.set()
+        await asyncio.wait_for(self.task, 30)
+
+    async def restart_bot(self, **setting_changes) -> DiscordBot:
+        await self.stop_bot()
+        self.settings = self.settings.model_copy(update=setting_changes)
+        return await self.start_bot()
+
+    def start_worker(self) -> None:
+        self.worker = Worker(self.store, self.settings, "w1")
+        self.worker_task = asyncio.create_task(self.worker.run())
+
+    async def stop_worker(self) -> None:
+        self.worker.request_stop()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.worker_task, 60)
+        self.worker_task = None
+
+    def picture(self, data: bytes | None = None, name: str = "cat.png", content_type: str = "image/png") -> dict:
+        return self.fake.upload(name, picture_bytes() if data is None else data, content_type)
+
+    async def animate(self, user: int = OWNER, guild: bool = True, attachment: dict | None = None, **options):
+        options.setdefault("prompt", "a cat turns its head")
+        interaction = await self.fake.slash_command("animate", user, options,
+                                                    attachments={"image": attachment or self.picture()}, guild=guild)
+        await interaction.wait_response()
+        return interaction
+
+    async def ephemeral_answer(self, interaction) -> str:
+        """The text the person alone saw: the response itself, or a follow-up after a withdrawn defer."""
+        def answer():
+            if interaction.response and interaction.response["type"] == 4:
+                return interaction.original()
+            return next((m for m in interaction.followups() if m.ephemeral), None)
+        message = await self.fake.wait_for(answer, 10)
+        assert message.ephemeral
+        return message.content
+
+
+@pytest.fixture()
+async def env(stores, tmp_path, tiny_models_dir):
+    fake = FakeDiscord(guild_upload_limit=UPLOAD_LIMIT)
+    await fake.start()
+    fake.add_member(OWNER, name="owner")
+    fake.add_member(STRANGER, name="stranger")
+    fake.add_member(MODERATOR, name="moderator", permissions=MANAGE_GUILD)
+    settings = worker_settings(
+        tmp_path, tiny_models_dir, discord_token="fake-token", discord_api_url=fake.base_url,
+        discord_guild_ids=str(fake.guild_id), discord_admin_user_ids=str(ADMIN), render_resolution=64,
+        default_steps=2, lease_seconds=30.0, max_queued_per_user=2,
+    )
+    env = Env(fake, settings, await stores(settings))
+    await env.start_bot()
+    yield env
+    if env.worker_task:
+        await env.stop_worker()
+    if not env.task.done():
+        await env.stop_bot()
+    await fake.stop()
+
+
+def _video_message(fake: FakeDiscord, job_id: int):
+    return next((m for m in fake.messages.values() if not m.deleted and any(
+        a["filename"] == f"framepack_{job_id}.mp4" for a in m.attachments)), None)
+
+
+async def _delivered(store, job_id: int, fake: FakeDiscord):
+    async def check():
+        return (await store.get(job_id)).delivered
+    deadline = time.monotonic() + 120
+    while not await check():
+        assert time.monotonic() < deadline, "not delivered in time"
+        await asyncio.sleep(0.1)
+
+
+async def test_commands_are_synced_to_the_configured_guild(env):
+    names = {c["name"] for c in env.fake.commands[env.fake.guild_id]}
+    assert {"animate", "queue", "cancel", "help", "admin", "Animate this image"} <= names
+    animate = next(c for c in env.fake.commands[env.fake.guild_id] if c["name"] == "animate")
+    assert [o["name"] for o in animate["options"]][:2] == ["image", "prompt"]
+
+
+async def test_animate_to_video_reply_with_previews_and_reroll(env):
+    fake, store = env.fake, env.store
+    started = time.monotonic()
+    interaction = await env.animate(prompt="a cat turns its head", seconds=3.6, seed=77)
+    assert time.monotonic() - started < 3.0 and interaction.response["type"] == 5  # deferred in time
+    status = await fake.wait_for(lambda: (m := interaction.original()) and "next in line" in m.content and m)
+    assert "framepack:cancel:1" in status.custom_ids()
+    job = await store.get(1)
+    assert job.params.upload_limits == (UPLOAD_LIMIT,) and job.params.seed == 77 and job.chat_id == str(fake.channel_id)
+
+    env.start_worker()
+    await fake.wait_for(lambda: any(a["filename"].endswith(".gif") for a in status.attachments)
+                        and "/3, step" in status.content, 120)
+    gif = next(a for a in status.attachments if a["filename"].endswith(".gif"))
+    assert gif["data"].startswith(b"GIF8")
+    video = await fake.wait_for(lambda: _video_message(fake, 1), 120)
+    await _delivered(store, 1, fake)
+    assert video.content.startswith(f"<@{OWNER}>") and "seed 77" in video.content
+    assert video.message_reference["message_id"] == str(status.id)
+    mp4 = video.attachments[0]
+    assert mp4["data"][4:8] == b"ftyp" and len(mp4["data"]) <= UPLOAD_LIMIT
+    assert "framepack:reroll:1" in video.custom_ids()
+    assert not status.attachments and not status.custom_ids() and "Done" in status.content  # tidied up
+
+    reroll = await fake.click("framepack:reroll:1", STRANGER, video)
+    await reroll.wait_response()
+    second = await fake.wait_for(lambda: (m := reroll.original()) and "Job 2" in m.content and m)
+    assert "framepack:cancel:2" in second.custom_ids()
+    job2 = await store.get(2)
+    assert job2.user_id == str(STRANGER) and job2.prompt == job.prompt and job2.params.seconds == 3.6
+    assert job2.params.seed != 77
+    assert env.bot.watcher is not None
+
+
+async def test_bad_inputs_are_ephemeral_and_create_nothing(env, monkeypatch):
+    fake, store = env.fake, env.store
+    fetched = []
+
+    async def counted(session, url, *args):
+        fetched.append(url)
+        return await download_capped(session, url, *args)
+
+    monkeypatch.setattr(discord_frontend, "download_capped", counted)
+    downloads = fetched.__len__
+
+    pdf = env.picture(b"%PDF-1.4 not a picture", "paper.pdf", "application/pdf")
+    assert "not a picture" in await env.ephemeral_answer(await env.animate(attachment=pdf))
+    huge = env.picture(b"\x89PNG" + b"\0" * 40_000, "huge.png")
+    await store.set_limit("max_image_bytes", "30000", "test")
+    assert "the limit is 0.03 MB" in await env.ephemeral_answer(await env.animate(attachment=huge))
+    await store.set_limit("max_image_bytes", "30000000", "test")
+    buffer = io.BytesIO()
+    Image.new("L", (8000, 8000)).save(buffer, format="PNG")  # 64 megapixels in 64 KB
+    bomb = env.picture(buffer.getvalue(), "bomb.png")
+    assert "megapixels" in await env.ephemeral_answer(await env.animate(attachment=bomb))
+    assert downloads() == 0  # all three refused from what Discord declared, before downloading
+    buffer = io.BytesIO()
+    Image.new("L", (20000, 20000)).save(buffer, format="PNG")  # 400 megapixels in 0.4 MB
+    bigger = env.picture(buffer.getvalue(), "bigger.png")
+    assert "megapixels" in await env.ephemeral_answer(await env.animate(attachment=bigger))
+
+    truncated = env.picture(picture_bytes()[:300], "cut.png")
+    answer = await env.ephemeral_answer(await env.animate(attachment=truncated))
+    assert "damaged or truncated" in answer and fetched[-1].endswith("/cut.png")
+    assert "longer than 1000 characters" in await env.ephemeral_answer(await env.animate(prompt="waves " * 500))
+    assert "between 1 and 120" in await env.ephemeral_answer(await env.animate(seconds=500.0))
+    await store.set_limit("max_seconds", "10", "test")
+    assert "between 1 and 10 " in await env.ephemeral_answer(await env.animate(seconds=30.0))
+    assert "seed must be" in await env.ephemeral_answer(await env.animate(seed=-5))
+    assert await store.queue_length() == 0
+    assert not [m for m in fake.messages.values() if not m.ephemeral and not m.deleted and m.author_id != OWNER]
+
+    for _ in range(2):
+        await env.animate(seconds=1.0)
+    assert "the limit is 2" in await env.ephemeral_answer(await env.animate(seconds=1.0))
+    assert await store.queue_length() == 2
+
+
+async def test_cancel_button_owner_and_stranger_and_queue(env):
+    fake, store = env.fake, env.store
+    first = await env.animate(seconds=1.0)
+    status = await fake.wait_for(lambda: (m := first.original()) and "Job 1" in m.content and m)
+    await env.animate(seconds=1.0)
+    queue = await fake.slash_command("queue", OWNER)
+    text = await env.ephemeral_answer(queue)
+    assert "Job 1" in text and "Job 2" in text and "2 job(s) waiting" in text
+
+    denied = await fake.click("framepack:cancel:1", STRANGER, status)
+    assert "Only the person who asked" in await env.ephemeral_answer(denied)
+    assert (await store.get(1)).state is JobState.QUEUED
+    allowed = await fake.click("framepack:cancel:1", OWNER, status)
+    assert await env.ephemeral_answer(allowed) == "Cancelled."
+    assert (await store.get(1)).state is JobState.CANCELLED
+    await _delivered(store, 1, fake)
+    notice = await fake.wait_for(lambda: next((m for m in fake.messages.values()
+                                               if "Job 1 was cancelled" in m.content and m.id != status.id), None))
+    assert notice.content.startswith(f"<@{OWNER}>")
+
+    by_command = await fake.slash_command("cancel", STRANGER, {"job": 2})
+    assert "Only the person who asked" in await env.ephemeral_answer(by_command)
+    by_admin = await fake.slash_command("cancel", ADMIN, {"job": 2})
+    assert await env.ephemeral_answer(by_admin) == "Cancelled."
+    missing = await fake.slash_command("cancel", OWNER, {"job": 99})
+    assert await env.ephemeral_answer(missing) == "No such job."
+
+
+async def test_admin_commands_are_checked_by_the_bot(env):
+    fake, store = env.fake, env.store
+    refused = await fake.slash_command("admin", STRANGER, subcommand="limits")
+    assert "Only the bot's admins" in await env.ephemeral_answer(refused)
+    refused = await fake.slash_command("admin", STRANGER, {"name": "max_seconds", "value": "5"},
+                                       subcommand="set-limit")
+    assert "Only the bot's admins" in await env.ephemeral_answer(refused)
+    assert (await store.get_limits()).max_seconds == 120
+
+    shown = await fake.slash_command("admin", ADMIN, subcommand="limits")
+    assert "max_seconds: 120 s" in await env.ephemeral_answer(shown)
+    changed = await fake.slash_command("admin", MODERATOR, {"name": "max_seconds", "value": "30"},
+                                       subcommand="set-limit")
+    assert "max_seconds: 30 s" in await env.ephemeral_answer(changed)
+    bad = await fake.slash_command("admin", MODERATOR, {"name": "max_seconds", "value": "lots"},
+                                   subcommand="set-limit")
+    assert "must be a number" in await env.ephemeral_answer(bad)
+    unknown = await fake.slash_command("admin", ADMIN, {"name": "max_fun", "value": "1"}, subcommand="set-limit")
+    assert "Unknown limit" in await env.ephemeral_answer(unknown)
+    assert (await store.get_limits()).max_seconds == 30
+
+    help_ = await fake.slash_command("help", STRANGER)
+    assert "up to 30 s" in await env.ephemeral_answer(help_)
+
+
+async def test_global_commands_reach_direct_messages(env):
+    """Without DISCORD_GUILD_IDS the commands are global, so they work in DMs too, with the DM upload limit."""
+    fake, store = env.fake, env.store
+    await env.restart_bot(discord_guild_ids="")
+    assert {"animate", "admin"} <= {c["name"] for c in fake.commands[None]}
+    interaction = await env.animate(guild=False, seconds=1.0)
+    await fake.wait_for(lambda: (m := interaction.original()) and "Job 1" in m.content)
+    job = await store.get(1)
+    assert job.params.upload_limits == (10 * 1024 * 1024,) and job.chat_id == str(fake.dm_channel_id(OWNER))
+    dm = await fake.slash_command("admin", MODERATOR, {"name": "max_seconds", "value": "60"},
+                                  subcommand="set-limit", guild=False)  # Manage Server means nothing in a DM
+    assert "Only the bot's admins" in await env.ephemeral_answer(dm)
+    assert (await store.get_limits()).max_seconds == 120
+
+
+async def test_context_menu_opens_a_modal_and_queues(env):
+    fake, store = env.fake, env.store
+    post = fake.post_user_message(STRANGER, "look at this", [env.picture()])
+    opened = await fake.message_command("Animate this image", OWNER, post)
+    response = await opened.wait_response()
+    assert response["type"] == 9
+    submitted = await fake.submit_modal(response["data"]["custom_id"], OWNER,
+                                        {"prompt": "the sea glitters --f1", "seconds": "2"})
+    await submitted.wait_response()
+    await fake.wait_for(lambda: (m := submitted.original()) and "Job 1" in m.content)
+    job = await store.get(1)
+    assert job.user_id == str(OWNER) and job.prompt == "the sea glitters"
+    assert job.params.variant == "f1" and job.params.seconds == 2.0
+
+    text_only = fake.post_user_message(STRANGER, "no picture here")
+    refused = await fake.message_command("Animate this image", OWNER, text_only)
+    assert "no picture" in await env.ephemeral_answer(refused)
+    opened = await fake.message_command("Animate this image", OWNER, post)
+    response = await opened.wait_response()
+    bad = await fake.submit_modal(response["data"]["custom_id"], OWNER, {"prompt": "waves", "seconds": "soon"})
+    assert "Seconds takes a number" in await env.ephemeral_answer(bad)
+    assert await store.queue_length() == 1
+
+
+async def test_deleted_progress_message_and_rate_limits_do_not_stop_the_job(env):
+    fake, store = env.fake, env.store
+    interaction = await env.animate(seconds=2.4)
+    status = await fake.wait_for(lambda: (m := interaction.original()) and "Job 1" in m.content and m)
+    fake.delete_message(status.id)
+    fake.rate_limit_next("/messages", times=2)
+    env.start_worker()
+    fresh = await fake.wait_for(lambda: next((m for m in fake.messages.values() if not m.deleted
+                                              and "Job 1: section" in m.content and m.id != status.id), None), 120)
+    assert (await store.get(1)).status_message == str(fresh.id)
+    await fake.wait_for(lambda: _video_message(fake, 1), 120)
+    await _delivered(store, 1, fake)
+
+
+async def test_restart_delivers_finished_jobs_and_resumes_progress(env):
+    fake, store = env.fake, env.store
+    done = await env.animate(seconds=1.0)
+    done_status = await fake.wait_for(lambda: (m := done.original()) and "Job 1" in m.content and m)
+    waiting = await env.animate(user=STRANGER, seconds=2.4)
+    waiting_status = await fake.wait_for(lambda: (m := waiting.original()) and "Job 2" in m.content and m)
+    await env.stop_bot()
+
+    env.start_worker()  # the bot is down: job 1 finishes unseen
+    deadline = time.monotonic() + 120
+    while (await store.get(1)).state is not JobState.DONE:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+    assert not (await store.get(1)).delivered and _video_message(fake, 1) is None
+
+    await env.start_bot()  # a new process: no interaction tokens, only what storage holds
+    video = await fake.wait_for(lambda: _video_message(fake, 1), 60)
+    assert video.message_reference["message_id"] == str(done_status.id)
+    await _delivered(store, 1, fake)
+    edits_before = waiting_status.edits
+    await fake.wait_for(lambda: waiting_status.edits > edits_before and "Job 2: section" in waiting_status.content,
+                        120)
+    assert fake.requests_to(f"PATCH /api/v10/channels/{fake.channel_id}/messages/{waiting_status.id}")
+    await fake.wait_for(lambda: _video_message(fake, 2), 120)
