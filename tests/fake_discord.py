@@ -33,14 +33,16 @@ API_PREFIX = "/api/v10"
 DISCORD_EPOCH_MS = 1420070400000
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024  # what DMs and unboosted guilds allow
 
-# Message flags and permission bits (https://discord.com/developers/docs/topics/permissions)
-EPHEMERAL = 1 << 6
-LOADING = 1 << 7
+# Message flags (https://discord.com/developers/docs/resources/message#message-object-message-flags)
+SUPPRESS_EMBEDS, EPHEMERAL, LOADING, SUPPRESS_NOTIFICATIONS, IS_COMPONENTS_V2 = 1 << 2, 1 << 6, 1 << 7, 1 << 12, 1 << 15
+EDIT_FLAGS = SUPPRESS_EMBEDS | IS_COMPONENTS_V2  # what an edit may add
+SEND_FLAGS = EDIT_FLAGS | SUPPRESS_NOTIFICATIONS  # what a channel message may carry; interaction replies add EPHEMERAL
+# Permission bits (https://discord.com/developers/docs/topics/permissions)
 ADMINISTRATOR = 1 << 3
 MANAGE_GUILD = 1 << 5
 ALL_PERMISSIONS = (1 << 51) - 1
-EVERYONE_PERMISSIONS = (1 << 10) | (1 << 11) | (1 << 14) | (1 << 15) | (1 << 16) | (1 << 31)  # view, send, embed,
-# attach, read history, use application commands: what a fresh server gives @everyone
+# view channel, send, embed links, attach files, read history, use application commands: a fresh server's @everyone
+EVERYONE_PERMISSIONS = (1 << 10) | (1 << 11) | (1 << 14) | (1 << 15) | (1 << 16) | (1 << 31)
 GUILD_MEMBERS_INTENT = 1 << 1
 MESSAGE_CONTENT_INTENT = 1 << 15
 
@@ -120,6 +122,7 @@ class FakeInteraction:
     followup_ids: list[int] = field(default_factory=list)
     attachment_size_limit: int = DEFAULT_UPLOAD_LIMIT
     created: float = field(default_factory=time.monotonic)
+    expired: bool = False  # the token's 15 minutes are over: webhook calls get 401 Invalid Webhook Token
     fake: FakeDiscord | None = field(default=None, repr=False)
 
     def followups(self) -> list[FakeMessage]:
@@ -202,6 +205,8 @@ class FakeDiscord:
         self.application_id = self.bot_user_id = application_id  # equal for every app made since 2019
         self.owner_id = owner_id
         self.ack_deadline = 3.0  # seconds Discord waits for an interaction callback
+        self.token_lifetime = 15 * 60.0  # seconds an interaction token works for follow-ups and edits
+        self.forbidden_channels: set[int] = set()  # channels where the bot may not send (403 Missing Permissions)
         self.commands: dict[int | None, list[dict]] = {}
         self.messages: dict[int, FakeMessage] = {}
         self.responses: list[dict] = []
@@ -307,6 +312,14 @@ class FakeDiscord:
         """The next `times` REST calls whose "METHOD /path" contains route_substring get a 429."""
         self._rate_limits.append([route_substring, times, retry_after])
 
+    def expire_token(self, interaction: FakeInteraction) -> None:
+        """As if 15 minutes had passed: the interaction's webhook calls get 401 Invalid Webhook Token."""
+        interaction.expired = True
+
+    def forbid_channel(self, channel_id: int) -> None:
+        """The bot loses Send Messages there (or, for a DM channel, the person closes DMs)."""
+        self.forbidden_channels.add(channel_id)
+
     def requests_to(self, substring: str) -> list[tuple[str, str]]:
         return [r for r in self.requests if substring in f"{r[0]} {r[1]}"]
 
@@ -371,13 +384,16 @@ class FakeDiscord:
         return await self._interact(MESSAGE_COMPONENT, user_id, data, guild=message.guild_id is not None,
                                     message=message)
 
-    async def submit_modal(self, custom_id: str, user_id: int, values: dict[str, str]) -> FakeInteraction:
-        """A person fills in and submits the modal the bot last showed them with this custom_id."""
+    async def submit_modal(self, custom_id: str | None, user_id: int, values: dict[str, str]) -> FakeInteraction:
+        """A person fills in and submits the modal the bot last showed them with this custom_id (None: the last
+        modal shown to them, for bots whose modals get random custom ids). Discord's own client enforces the text
+        inputs' required and length rules, so values that break them raise ValueError here."""
         opened = next((i for i in reversed(list(self.interactions.values()))
                        if i.user_id == user_id and i.response and i.response["type"] == 9
-                       and i.response["data"].get("custom_id") == custom_id), None)
+                       and custom_id in (None, i.response["data"].get("custom_id"))), None)
         if opened is None:
             raise LookupError(f"no modal {custom_id!r} was shown to user {user_id}")
+        custom_id = opened.response["data"]["custom_id"]
         components, unknown = self._modal_answers(opened.response["data"].get("components", []), values)
         if unknown:
             raise LookupError(f"modal {custom_id!r} has no text inputs {sorted(unknown)}")
@@ -532,10 +548,12 @@ class FakeDiscord:
         if any(len(data) > limit for _, data in files.values()):
             raise DiscordError(413, 40005, "Request entity too large")
 
-    def _apply(self, message: FakeMessage, payload: dict, files: dict[int, tuple[str, bytes]], *, edit: bool) -> None:
+    def _apply(self, message: FakeMessage, payload: dict, files: dict[int, tuple[str, bytes]], *, edit: bool,
+               flag_mask: int = EDIT_FLAGS) -> None:
         """Applies a create/edit body: fields present replace; on edits `attachments` lists the ones to keep."""
         if edit:
             message.history.append(message.snapshot())
+        message.flags |= int(payload.get("flags") or 0) & flag_mask
         if "content" in payload:
             message.content = payload["content"] or ""
         for key in ("embeds", "components"):
@@ -567,13 +585,14 @@ class FakeDiscord:
         if not (message.content or message.embeds or message.attachments or message.components or message.loading):
             raise DiscordError(400, 50006, "Cannot send an empty message")
 
-    def _create(self, channel_id: int, payload: dict, files: dict, *, limit: int, **fields) -> FakeMessage:
+    def _create(self, channel_id: int, payload: dict, files: dict, *, limit: int, flag_mask: int = SEND_FLAGS,
+                **fields) -> FakeMessage:
         """A new bot message; validated before it is stored so that a refused one leaves no trace."""
         self._check_files(files, limit)
         guild_id = None if self._is_dm(channel_id) else self.guild_id
         message = FakeMessage(id=self._snowflake(), channel_id=channel_id, author_id=self.bot_user_id,
                               guild_id=guild_id, **fields)
-        self._apply(message, payload, files, edit=False)
+        self._apply(message, payload, files, edit=False, flag_mask=flag_mask)
         self.messages[message.id] = message
         if not message.ephemeral:
             self._dispatch("MESSAGE_CREATE", self._message_payload(message))
@@ -633,6 +652,9 @@ class FakeDiscord:
                 return None
             unknown.discard(item["custom_id"])
             value = values.get(item["custom_id"], item.get("value") or "")
+            low, high = item.get("min_length") or 0, item.get("max_length") or 4000
+            if (not value and item.get("required", True)) or (value and not low <= len(value) <= high):
+                raise ValueError(f"text input {item['custom_id']!r} takes {low}..{high} characters, not {value!r}")
             return {"type": TEXT_INPUT, "custom_id": item["custom_id"], "value": value}
 
         submitted = []
@@ -681,6 +703,8 @@ class FakeDiscord:
         if application_id == str(self.application_id):
             for interaction in self.interactions.values():
                 if interaction.token == token:
+                    if interaction.expired or time.monotonic() - interaction.created > self.token_lifetime:
+                        raise DiscordError(401, 50027, "Invalid Webhook Token")
                     return interaction
         raise DiscordError(404, 10015, "Unknown Webhook")
 
@@ -690,7 +714,7 @@ class FakeDiscord:
         on_message = interaction.message_id is not None
         if kind == 4:
             message = self._create(interaction.channel_id, data, files, limit=interaction.attachment_size_limit,
-                                   flags=data.get("flags", 0) & EPHEMERAL, **self._response_fields(interaction))
+                                   flag_mask=SEND_FLAGS | EPHEMERAL, **self._response_fields(interaction))
             interaction.original_id = message.id
             return message
         if kind == 5:
@@ -969,7 +993,7 @@ class FakeDiscord:
             message = self._edit(original, body, files, limit=interaction.attachment_size_limit, fill=True)
         else:
             message = self._create(interaction.channel_id, body, files, limit=interaction.attachment_size_limit,
-                                   flags=body.get("flags", 0) & EPHEMERAL, webhook_id=self.application_id,
+                                   flag_mask=SEND_FLAGS | EPHEMERAL, webhook_id=self.application_id,
                                    interaction_id=interaction.id)
         interaction.followup_ids.append(message.id)
         if request.query.get("wait") in ("1", "true", "True"):
@@ -1020,6 +1044,10 @@ class FakeDiscord:
 
     async def _post_channel_message(self, request: web.Request) -> web.Response:
         channel_id = self._channel_id(request)
+        if channel_id in self.forbidden_channels:
+            if self._is_dm(channel_id):
+                raise DiscordError(403, 50007, "Cannot send messages to this user")
+            raise DiscordError(403, 50013, "Missing Permissions")
         body, files = await self._body(request)
         reference = body.get("message_reference")
         fields: dict[str, Any] = {}

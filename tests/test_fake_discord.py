@@ -32,6 +32,22 @@ class CancelView(discord.ui.View):
         await interaction.response.edit_message(content="cancelled", view=None)
 
 
+class RerollButton(discord.ui.DynamicItem[discord.ui.Button], template=r"test:reroll:(?P<job>\d+)"):
+    """A button any later run of the bot understands: the job is in its custom_id."""
+
+    def __init__(self, job: int):
+        super().__init__(discord.ui.Button(label="Re-roll", custom_id=f"test:reroll:{job}"))
+        self.job = job
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item, match) -> RerollButton:
+        return cls(int(match["job"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        interaction.client.seen["reroll_job"] = self.job
+        await interaction.response.send_message("queued again", ephemeral=True)
+
+
 class PromptModal(discord.ui.Modal, title="Animate this image"):
     prompt = discord.ui.TextInput(label="Prompt", custom_id="prompt", max_length=200)
 
@@ -58,6 +74,7 @@ class Bot(discord.Client):
         _, url, _ = await self.http.get_bot_gateway()
         DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(url)
         self.add_view(CancelView(self.seen))
+        self.add_dynamic_items(RerollButton)
 
 
 def build_commands(bot: Bot, guild: discord.Object, gates: dict[str, asyncio.Event]) -> None:
@@ -94,6 +111,7 @@ def build_commands(bot: Bot, guild: discord.Object, gates: dict[str, asyncio.Eve
         button.callback = reroll
         view.add_item(button)
         await interaction.response.send_message("done", file=discord.File(io.BytesIO(VIDEO), "v.mp4"), view=view)
+        seen["result_interaction"] = interaction
 
     @tree.command(name="progress", description="A message the test deletes", guild=guild)
     async def progress(interaction: discord.Interaction):
@@ -431,3 +449,41 @@ async def test_rest_429_is_retried_and_a_restarted_bot_picks_up_old_messages(con
     assert message.content == "delivered" and message.attachments == []
     click = await fake.click("cancel:7", PERSON, message)  # the persistent view answers on the new client
     assert (await click.wait_response())["type"] == 7 and restarted.seen["cancel_by"] == PERSON
+
+
+async def test_expired_token_forbidden_channel_and_closed_dms(connect):
+    env = await connect()
+    fake, bot = env.fake, env.bot
+    fake_interaction = await fake.slash_command("result", PERSON)
+    await fake_interaction.wait_response()
+    interaction = await fake.wait_for(lambda: env.seen.get("result_interaction"))
+    fake.expire_token(fake_interaction)
+    with pytest.raises(discord.HTTPException) as error:
+        await interaction.edit_original_response(content="too late")
+    assert (error.value.status, error.value.code) == (401, 50027)
+    fake.forbid_channel(fake.channel_id)
+    with pytest.raises(discord.Forbidden) as error:
+        await bot.get_channel(fake.channel_id).send("hello")
+    assert error.value.code == 50013
+    fake.forbid_channel(fake.dm_channel_id(PERSON))
+    with pytest.raises(discord.Forbidden) as error:
+        await (await bot.fetch_user(PERSON)).send("hello")
+    assert error.value.code == 50007
+
+
+async def test_dynamic_item_button_and_modal_rules(connect):
+    env = await connect()
+    fake, bot = env.fake, env.bot
+    view = discord.ui.View(timeout=None)
+    view.add_item(RerollButton(42))
+    sent = await bot.get_channel(fake.channel_id).send("result", view=view)
+    click = await fake.click("test:reroll:42", PERSON, fake.messages[sent.id])
+    assert (await click.wait_response())["data"]["flags"] == EPHEMERAL and env.seen["reroll_job"] == 42
+    posted = fake.post_user_message(PERSON, attachments=[fake.upload("dog.png", PICTURE)])
+    await (await fake.message_command("Animate this image", PERSON, posted)).wait_response()
+    with pytest.raises(ValueError):
+        await fake.submit_modal(None, PERSON, {"prompt": ""})  # required
+    with pytest.raises(ValueError):
+        await fake.submit_modal(None, PERSON, {"prompt": "x" * 201})  # over max_length
+    submitted = await fake.submit_modal(None, PERSON, {"prompt": "a dog"})  # None: the last modal shown
+    assert (await submitted.wait_response())["data"]["content"] == "queued a dog"
