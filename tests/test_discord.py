@@ -331,3 +331,19 @@ async def test_restart_delivers_finished_jobs_and_resumes_progress(env):
                         120)
     assert fake.requests_to(f"PATCH /api/v10/channels/{fake.channel_id}/messages/{waiting_status.id}")
     await fake.wait_for(lambda: _video_message(fake, 2), 120)
+
+
+async def test_without_send_permission_the_video_comes_as_a_follow_up_or_a_dm(env):
+    fake, store = env.fake, env.store
+    fake.forbidden_channels.add(fake.channel_id)  # slash commands still work there; channel posts do not
+    fresh = await env.animate(seconds=1.0)
+    await fake.wait_for(lambda: (m := fresh.original()) and "Job 1" in m.content)
+    stale = await env.animate(seconds=1.0)
+    await fake.wait_for(lambda: (m := stale.original()) and "Job 2" in m.content)
+    env.bot.interactions.pop(2)  # as if its 15-minute token had run out
+    env.start_worker()
+    follow_up = await fake.wait_for(lambda: _video_message(fake, 1), 120)
+    assert follow_up.channel_id == fake.channel_id and follow_up.interaction_id == fresh.id
+    direct = await fake.wait_for(lambda: _video_message(fake, 2), 120)
+    assert direct.channel_id == fake.dm_channel_id(OWNER) and "framepack:reroll:2" in direct.custom_ids()
+    await _delivered(store, 2, fake)
