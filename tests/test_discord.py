@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
 from fake_discord import MANAGE_GUILD, FakeDiscord
-from helpers import picture_bytes, worker_settings
+from helpers import picture_bytes, worker_env, worker_settings
 from PIL import Image
 
 from bot import discord_frontend
@@ -347,3 +350,32 @@ async def test_without_send_permission_the_video_comes_as_a_follow_up_or_a_dm(en
     direct = await fake.wait_for(lambda: _video_message(fake, 2), 120)
     assert direct.channel_id == fake.dm_channel_id(OWNER) and "framepack:reroll:2" in direct.custom_ids()
     await _delivered(store, 2, fake)
+
+
+async def test_serve_runs_the_discord_frontend_with_a_worker_process(tmp_path, tiny_models_dir):
+    """The product path: `framepack-bot serve` with a token, a worker subprocess, the fake Discord."""
+    fake = FakeDiscord(guild_upload_limit=UPLOAD_LIMIT)
+    await fake.start()
+    settings = worker_settings(tmp_path, tiny_models_dir)
+    env = {**worker_env(settings), "DISCORD_TOKEN": "fake-token", "DISCORD_API_URL": fake.base_url,
+           "DISCORD_GUILD_IDS": str(fake.guild_id), "RENDER_RESOLUTION": "64", "DEFAULT_STEPS": "2",
+           "ENGINE_WORKERS": "1"}
+    log = tmp_path / "serve.log"
+    serve = subprocess.Popen([sys.executable, "-m", "bot.cli", "serve"], env=env, stdout=log.open("wb"),
+                             stderr=subprocess.STDOUT)
+    try:
+        await fake.wait_ready(60)
+        await fake.wait_for(lambda: fake.commands.get(fake.guild_id), 30)
+        interaction = await fake.slash_command("animate", OWNER, {"prompt": "a lantern sways", "seconds": 1.0},
+                                               attachments={"image": fake.upload("lantern.png", picture_bytes(),
+                                                                                 "image/png")})
+        assert (await interaction.wait_response())["type"] == 5
+        video = await fake.wait_for(lambda: _video_message(fake, 1), 180)
+        assert video.content.startswith(f"<@{OWNER}>") and len(video.attachments[0]["data"]) <= UPLOAD_LIMIT
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(serve.wait, 90)
+        await fake.stop()
+    text = log.read_text()
+    assert code == 0, text[-3000:]
+    assert "discord: commands synced" in text and "No chat frontend" not in text
