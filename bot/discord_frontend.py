@@ -348,10 +348,11 @@ class DiscordBot:
             try:
                 await interaction.edit_original_response(**fields)
                 return
-            except discord.NotFound as error:
+            except discord.HTTPException as error:
                 if error.code == 10008:  # Unknown Message: deleted, the channel would not find it either
                     raise
-                self.interactions.pop(job.id, None)  # Unknown Webhook: the token ended early
+                log.info("discord: job %d: the interaction token failed (%s); using the channel", job.id, error)
+                self.interactions.pop(job.id, None)
         await self._channel(job).get_partial_message(int(job.status_message)).edit(**fields)
 
     async def show_progress(self, job: Job, text: str, preview: str | None) -> None:
@@ -397,20 +398,27 @@ class DiscordBot:
                                                  fail_if_not_exists=False)
         try:
             await self._channel(job).send(files=files(), reference=reference, **message)
-        except discord.Forbidden:  # no Send Messages in that channel: the follow-up, else a direct message
-            interaction = self._fresh_interaction(job.id)
-            try:
-                if interaction is not None:
-                    await interaction.followup.send(files=files(), **message)
-                else:
-                    user = await self.client.fetch_user(int(job.user_id))
-                    await user.send(files=files(), **message)
-            except discord.Forbidden as error:
-                log.warning("discord: job %d cannot be delivered anywhere (%s); giving up", job.id, error)
+        except discord.Forbidden:  # no Send Messages in that channel
+            await self._deliver_elsewhere(job, files, message)
         if job.status_message:
             with contextlib.suppress(discord.HTTPException):
                 await self._edit_status(job, content=texts.finished(job)[:2000], attachments=[], view=None)
         self.interactions.pop(job.id, None)
+
+    async def _deliver_elsewhere(self, job: Job, files, message: dict) -> None:
+        """The interaction's follow-up while its token lasts, else a direct message; else give up, logged."""
+        interaction = self._fresh_interaction(job.id)
+        if interaction is not None:
+            try:
+                await interaction.followup.send(files=files(), **message)
+                return
+            except discord.HTTPException as error:
+                log.info("discord: job %d: follow-up failed (%s); trying a direct message", job.id, error)
+        try:
+            user = await self.client.fetch_user(int(job.user_id))
+            await user.send(files=files(), **message)
+        except discord.Forbidden as error:
+            log.warning("discord: job %d cannot be delivered anywhere (%s); giving up", job.id, error)
 
 
 async def run(settings: Settings, store: JobStore, stop: asyncio.Event) -> None:

@@ -310,6 +310,17 @@ async def test_deleted_progress_message_and_rate_limits_do_not_stop_the_job(env)
     await _delivered(store, 1, fake)
 
 
+async def test_an_interaction_token_that_stops_working_falls_back_to_the_channel(env):
+    fake, store = env.fake, env.store
+    interaction = await env.animate(seconds=1.0)
+    status = await fake.wait_for(lambda: (m := interaction.original()) and "Job 1" in m.content and m)
+    fake.token_lifetime = 0.0  # every webhook call with this token now gets 401 Invalid Webhook Token
+    env.start_worker()
+    await fake.wait_for(lambda: "Job 1: section" in status.content, 120)
+    assert fake.requests_to(f"PATCH /api/v10/channels/{fake.channel_id}/messages/{status.id}")
+    await fake.wait_for(lambda: _video_message(fake, 1), 120)
+    await _delivered(store, 1, fake)
+
 async def test_restart_delivers_finished_jobs_and_resumes_progress(env):
     fake, store = env.fake, env.store
     done = await env.animate(seconds=1.0)
