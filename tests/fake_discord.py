@@ -4,10 +4,19 @@ One guild with one text channel, the bot in it, and people a test adds. Tests pl
 attachments, context menus, button clicks, modal submits) and read back every message the bot made and every
 interaction callback it sent. Behaviour that real Discord has and bots trip over is kept: the 3-second
 acknowledgement window, "Unknown Message" after a delete, 429s with retry_after, per-guild upload limits, the first
-follow-up after a "thinking" defer filling the deferred message, ephemeral messages invisible to channel routes.
+follow-up after a "thinking" defer filling the deferred message, ephemeral messages invisible to channel routes,
+interaction tokens that expire, message content withheld from MESSAGE_CREATE without the privileged intent.
 
-discord.py finds it through `discord.http.Route.BASE = fake.base_url` (REST, interaction callbacks and webhooks) and
-the gateway URL that `GET /gateway/bot` returns (set as `DiscordWebSocket.DEFAULT_GATEWAY` in `setup_hook`).
+Pointing discord.py at it:
+
+    discord.http.Route.BASE = fake.base_url  # before login; also covers interaction callbacks and webhooks
+
+    async def setup_hook(self):  # called by login(), before the gateway connection
+        _, url, _ = await self.http.get_bot_gateway()
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(url)
+
+The gateway sends plain-text JSON frames; discord.py asks for zlib-stream but only decompresses binary frames.
+`discord.Client(guild_ready_timeout=0.05)` makes on_ready come quickly; interactions work before it anyway.
 """
 
 from __future__ import annotations
@@ -169,15 +178,22 @@ def form_error(field_name: str, code: str, message: str) -> DiscordError:
     return DiscordError(400, 50035, "Invalid Form Body", errors)
 
 
+@dataclass
+class _Session:
+    """What IDENTIFY starts and RESUME continues: the sequence numbers and the events a dropped client missed."""
+
+    id: str
+    intents: int
+    sequence: int = 0
+    missed: list[dict] = field(default_factory=list)
+
+
 class _Gateway:
     """One websocket connection; every frame goes through one queue so that only one task writes."""
 
     def __init__(self, ws: web.WebSocketResponse):
         self.ws = ws
         self.outbox: asyncio.Queue[str | Callable[[], None] | None] = asyncio.Queue()
-        self.identified = False
-        self.intents = 0
-        self.sequence = 0
 
     def send(self, frame: dict) -> None:
         self.outbox.put_nowait(json.dumps(frame))
@@ -220,7 +236,8 @@ class FakeDiscord:
         self._roles: dict[int, dict] = {}  # permission bits -> the role that grants them
         self._rate_limits: list[list] = []  # [route substring, times left, retry_after]
         self._ids = itertools.count()
-        self._gateway: _Gateway | None = None
+        self._gateway: _Gateway | None = None  # the connection the session's events go to
+        self._session: _Session | None = None
         self._sockets: set[web.WebSocketResponse] = set()
         self._ready = asyncio.Event()
         self._runner: web.AppRunner | None = None
@@ -254,8 +271,21 @@ class FakeDiscord:
             await self._runner.cleanup()
             self._runner = None
 
+    async def drop_connection(self, *, resume: bool = True, code: int = 4000) -> None:
+        """Closes the gateway websocket as a Discord restart does. The client reconnects and resumes, getting the
+        events it missed; with resume=False the session is gone, so it identifies again (discord.py waits 5 s
+        before a second IDENTIFY). wait_ready() waits for either."""
+        gateway = self._gateway
+        self._ready.clear()
+        if not resume:
+            self._session = None
+        if gateway is not None:
+            self._gateway = None
+            await gateway.ws.close(code=code)
+
     async def wait_ready(self, timeout: float = 10) -> None:
-        """Until the client has identified and READY and GUILD_CREATE have been written to it."""
+        """Until the client has identified and READY and GUILD_CREATE (or, after a resume, RESUMED) have been
+        written to it."""
         await asyncio.wait_for(self._ready.wait(), timeout)
 
     async def wait_for(self, predicate: Callable[[], Any], timeout: float = 10) -> Any:
@@ -277,7 +307,7 @@ class FakeDiscord:
         if permissions:
             self._role(permissions)
         member = self._member(user_id)
-        if self._gateway and self._gateway.intents & GUILD_MEMBERS_INTENT:
+        if self._session and self._session.intents & GUILD_MEMBERS_INTENT:
             self._dispatch("GUILD_MEMBER_ADD", {**member, "guild_id": str(self.guild_id)})
         return member
 
@@ -294,8 +324,7 @@ class FakeDiscord:
         channel_id = channel_id or self.channel_id
         message = self._new_message(channel_id, user_id, content=content, attachments=list(attachments or []))
         payload = self._message_payload(message)
-        gateway = self._gateway
-        if gateway and not gateway.intents & MESSAGE_CONTENT_INTENT and not self._is_dm(channel_id):
+        if self._session and not self._session.intents & MESSAGE_CONTENT_INTENT and not self._is_dm(channel_id):
             payload.update(content="", attachments=[], embeds=[], components=[])
         self._dispatch("MESSAGE_CREATE", payload)
         return message
@@ -428,7 +457,7 @@ class FakeDiscord:
             role["tags"] = {"bot_id": str(self.bot_user_id)}
             return role
         self._roles[permissions] = role
-        if self._gateway:
+        if self._session:
             self._dispatch("GUILD_ROLE_CREATE", {"guild_id": str(self.guild_id), "role": role})
         return role
 
@@ -746,11 +775,15 @@ class FakeDiscord:
     # ----- gateway ---------------------------------------------------------------------------------
 
     def _dispatch(self, event: str, data: dict) -> None:
-        gateway = self._gateway
-        if gateway is None or not gateway.identified:
-            return  # Discord does not queue events for a bot that is not connected
-        gateway.sequence += 1
-        gateway.send({"op": 0, "t": event, "s": gateway.sequence, "d": data})
+        session = self._session
+        if session is None:
+            return  # nobody has identified: there is no one to tell
+        session.sequence += 1
+        frame = {"op": 0, "t": event, "s": session.sequence, "d": data}
+        if self._gateway is not None:
+            self._gateway.send(frame)
+        else:
+            session.missed.append(frame)  # replayed if the client resumes, as Discord does
 
     async def _gateway_socket(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(autoping=True)
@@ -780,9 +813,9 @@ class FakeDiscord:
             gateway.send({"op": 11, "d": None, "s": None, "t": None})
         elif op == 2:  # identify
             self._on_identify(gateway, data)
-        elif op == 6:  # resume: sessions are not kept, so ask for a fresh IDENTIFY like Discord does
-            gateway.send({"op": 9, "d": False, "s": None, "t": None})
-        elif op == 8 and gateway.identified:  # request guild members
+        elif op == 6:
+            self._on_resume(gateway, data)
+        elif op == 8 and gateway is self._gateway:  # request guild members
             members = [self._member(u) for u in (self.bot_user_id, *self.member_permissions)]
             self._dispatch("GUILD_MEMBERS_CHUNK", self._strip_none({
                 "guild_id": str(self.guild_id), "members": members, "chunk_index": 0, "chunk_count": 1,
@@ -790,15 +823,28 @@ class FakeDiscord:
 
     def _on_identify(self, gateway: _Gateway, data: dict) -> None:
         self.identify = data
-        gateway.identified, gateway.intents, gateway.sequence = True, int(data.get("intents") or 0), 0
+        self._session = _Session(id=secrets.token_hex(16), intents=int(data.get("intents") or 0))
         self._gateway = gateway
         self._dispatch("READY", {
             "v": 10, "user": self.users[self.bot_user_id], "guilds": [{"id": str(self.guild_id), "unavailable": True}],
-            "session_id": secrets.token_hex(16), "resume_gateway_url": self.gateway_url,
+            "session_id": self._session.id, "resume_gateway_url": self.gateway_url,
             "shard": data.get("shard") or [0, 1], "application": {"id": str(self.application_id), "flags": 0},
             "private_channels": [], "relationships": [], "presences": [], "guild_join_requests": [],
             "user_settings": {}})
         self._dispatch("GUILD_CREATE", self._guild_create())
+        gateway.after_sent(self._ready.set)
+
+    def _on_resume(self, gateway: _Gateway, data: dict) -> None:
+        session = self._session
+        if session is None or data.get("session_id") != session.id:
+            gateway.send({"op": 9, "d": False, "s": None, "t": None})  # invalid session: identify again
+            return
+        self._gateway = gateway
+        for frame in session.missed:
+            if frame["s"] > (data.get("seq") or 0):
+                gateway.send(frame)
+        session.missed.clear()
+        self._dispatch("RESUMED", {})
         gateway.after_sent(self._ready.set)
 
     # ----- REST ------------------------------------------------------------------------------------

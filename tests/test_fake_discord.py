@@ -487,3 +487,16 @@ async def test_dynamic_item_button_and_modal_rules(connect):
         await fake.submit_modal(None, PERSON, {"prompt": "x" * 201})  # over max_length
     submitted = await fake.submit_modal(None, PERSON, {"prompt": "a dog"})  # None: the last modal shown
     assert (await submitted.wait_response())["data"]["content"] == "queued a dog"
+
+
+async def test_gateway_reconnect_resumes_and_replays_missed_events(connect):
+    env = await connect()
+    fake = env.fake
+    first_identify = fake.identify
+    await fake.drop_connection()
+    fake.post_user_message(PERSON, "while away")  # dispatched while the client is disconnected
+    await fake.wait_ready()
+    assert fake.identify is first_identify  # resumed, not identified again
+    assert await fake.wait_for(lambda: env.seen.get("on_message")) == [(PERSON, "")]
+    interaction = await fake.slash_command("ping", PERSON)
+    assert (await interaction.wait_response())["data"]["content"] == "pong"
