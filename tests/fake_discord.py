@@ -52,8 +52,9 @@ MANAGE_GUILD = 1 << 5
 ALL_PERMISSIONS = (1 << 51) - 1
 # view channel, send, embed links, attach files, read history, use application commands: a fresh server's @everyone
 EVERYONE_PERMISSIONS = (1 << 10) | (1 << 11) | (1 << 14) | (1 << 15) | (1 << 16) | (1 << 31)
-GUILD_MEMBERS_INTENT = 1 << 1
-MESSAGE_CONTENT_INTENT = 1 << 15
+# Gateway intents: Discord sends an event only to sessions that asked for its intent
+GUILDS_INTENT, GUILD_MEMBERS_INTENT, GUILD_MESSAGES_INTENT = 1 << 0, 1 << 1, 1 << 9
+DIRECT_MESSAGES_INTENT, MESSAGE_CONTENT_INTENT = 1 << 12, 1 << 15
 
 # Interaction, command and component types
 PING, APPLICATION_COMMAND, MESSAGE_COMPONENT, AUTOCOMPLETE, MODAL_SUBMIT = 1, 2, 3, 4, 5
@@ -307,8 +308,7 @@ class FakeDiscord:
         if permissions:
             self._role(permissions)
         member = self._member(user_id)
-        if self._session and self._session.intents & GUILD_MEMBERS_INTENT:
-            self._dispatch("GUILD_MEMBER_ADD", {**member, "guild_id": str(self.guild_id)})
+        self._dispatch("GUILD_MEMBER_ADD", {**member, "guild_id": str(self.guild_id)}, GUILD_MEMBERS_INTENT)
         return member
 
     def upload(self, filename: str, data: bytes, content_type: str | None = None, *, channel_id: int | None = None
@@ -326,7 +326,7 @@ class FakeDiscord:
         payload = self._message_payload(message)
         if self._session and not self._session.intents & MESSAGE_CONTENT_INTENT and not self._is_dm(channel_id):
             payload.update(content="", attachments=[], embeds=[], components=[])
-        self._dispatch("MESSAGE_CREATE", payload)
+        self._dispatch("MESSAGE_CREATE", payload, self._message_intent(channel_id))
         return message
 
     def delete_message(self, message_id: int) -> None:
@@ -335,7 +335,8 @@ class FakeDiscord:
         message.deleted = True
         if not message.ephemeral:
             self._dispatch("MESSAGE_DELETE", self._strip_none({"id": str(message.id), "channel_id": str(
-                message.channel_id), "guild_id": str(message.guild_id) if message.guild_id else None}))
+                message.channel_id), "guild_id": str(message.guild_id) if message.guild_id else None}),
+                self._message_intent(message.channel_id))
 
     def rate_limit_next(self, route_substring: str, times: int = 1, retry_after: float = 0.05) -> None:
         """The next `times` REST calls whose "METHOD /path" contains route_substring get a 429."""
@@ -457,8 +458,7 @@ class FakeDiscord:
             role["tags"] = {"bot_id": str(self.bot_user_id)}
             return role
         self._roles[permissions] = role
-        if self._session:
-            self._dispatch("GUILD_ROLE_CREATE", {"guild_id": str(self.guild_id), "role": role})
+        self._dispatch("GUILD_ROLE_CREATE", {"guild_id": str(self.guild_id), "role": role}, GUILDS_INTENT)
         return role
 
     def _everyone_role(self) -> dict:
@@ -624,7 +624,7 @@ class FakeDiscord:
         self._apply(message, payload, files, edit=False, flag_mask=flag_mask)
         self.messages[message.id] = message
         if not message.ephemeral:
-            self._dispatch("MESSAGE_CREATE", self._message_payload(message))
+            self._dispatch("MESSAGE_CREATE", self._message_payload(message), self._message_intent(channel_id))
         return message
 
     def _edit(self, message: FakeMessage, payload: dict, files: dict, *, limit: int, fill: bool = False
@@ -644,7 +644,7 @@ class FakeDiscord:
             message.edits += 1
             message.edited_timestamp = now_iso()
         if not message.ephemeral:
-            self._dispatch("MESSAGE_UPDATE", self._message_payload(message))
+            self._dispatch("MESSAGE_UPDATE", self._message_payload(message), self._message_intent(message.channel_id))
         return message
 
     def _live_message(self, message_id: int, *, channel_id: int | None = None) -> FakeMessage:
@@ -774,10 +774,13 @@ class FakeDiscord:
 
     # ----- gateway ---------------------------------------------------------------------------------
 
-    def _dispatch(self, event: str, data: dict) -> None:
+    def _message_intent(self, channel_id: int) -> int:
+        return DIRECT_MESSAGES_INTENT if self._is_dm(channel_id) else GUILD_MESSAGES_INTENT
+
+    def _dispatch(self, event: str, data: dict, intent: int = 0) -> None:
         session = self._session
-        if session is None:
-            return  # nobody has identified: there is no one to tell
+        if session is None or (intent and not session.intents & intent):
+            return  # nobody has identified, or the bot did not ask for this kind of event
         session.sequence += 1
         frame = {"op": 0, "t": event, "s": session.sequence, "d": data}
         if self._gateway is not None:

@@ -61,8 +61,8 @@ class PromptModal(discord.ui.Modal, title="Animate this image"):
 
 
 class Bot(discord.Client):
-    def __init__(self, seen: dict):
-        super().__init__(intents=discord.Intents.default(), guild_ready_timeout=0.05)
+    def __init__(self, seen: dict, intents: discord.Intents | None = None):
+        super().__init__(intents=intents or discord.Intents.default(), guild_ready_timeout=0.05)
         self.tree = app_commands.CommandTree(self)
         self.seen = seen
 
@@ -178,14 +178,14 @@ async def connect(monkeypatch):
     fakes: list[FakeDiscord] = []
     monkeypatch.setattr(DiscordWebSocket, "DEFAULT_GATEWAY", DiscordWebSocket.DEFAULT_GATEWAY)  # restored after
 
-    async def open_env(fake: FakeDiscord | None = None, **options) -> Env:
+    async def open_env(fake: FakeDiscord | None = None, intents: discord.Intents | None = None, **options) -> Env:
         if fake is None:
             fake = FakeDiscord(**options)
             await fake.start()
             fakes.append(fake)
         monkeypatch.setattr(discord.http.Route, "BASE", fake.base_url)
         seen: dict[str, Any] = {}
-        bot = Bot(seen)
+        bot = Bot(seen, intents)
         env = Env(fake, bot, seen, {"deleted": asyncio.Event()})
         build_commands(bot, discord.Object(fake.guild_id), env.gates)
         task = asyncio.create_task(bot.start("fake-token"))
@@ -430,6 +430,16 @@ async def test_user_messages_arrive_without_content_and_the_bots_own_with_it(con
     await (await fake.slash_command("result", PERSON)).wait_response()
     seen = await fake.wait_for(lambda: len(env.seen.get("on_message", [])) >= 2 and env.seen["on_message"])
     assert seen == [(PERSON, ""), (fake.bot_user_id, "done")]  # no message content intent
+
+
+async def test_events_follow_the_intents_asked_for(connect):
+    env = await connect(intents=discord.Intents(guilds=True))
+    fake = env.fake
+    fake.post_user_message(PERSON, "hello")
+    interaction = await fake.slash_command("result", PERSON)
+    assert (await interaction.wait_response())["type"] == 4  # interactions come whatever the intents
+    await asyncio.sleep(0.05)
+    assert "on_message" not in env.seen  # no guild_messages intent: no MESSAGE_CREATE
 
 
 async def test_rest_429_is_retried_and_a_restarted_bot_picks_up_old_messages(connect):
