@@ -24,12 +24,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import io
 import itertools
 import json
 import mimetypes
 import re
 import secrets
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -37,6 +39,7 @@ from typing import Any
 from urllib.parse import quote
 
 from aiohttp import WSMsgType, web
+from PIL import Image
 
 API_PREFIX = "/api/v10"
 DISCORD_EPOCH_MS = 1420070400000
@@ -230,6 +233,7 @@ class FakeDiscord:
         self.interactions: dict[int, FakeInteraction] = {}
         self.requests: list[tuple[str, str]] = []  # (method, path with query) of every REST call, 429s included
         self.identify: dict | None = None  # the last IDENTIFY payload
+        self.errors: list[str] = []  # requests the fake itself failed on (stop() raises if any)
         self.users: dict[int, dict] = {}
         self.member_permissions: dict[int, int] = {}  # guild member -> permissions beyond @everyone
         self.dm_channels: dict[int, int] = {}  # user id -> DM channel id
@@ -266,11 +270,14 @@ class FakeDiscord:
         self.gateway_url = f"ws://127.0.0.1:{port}/gateway"
 
     async def stop(self) -> None:
+        """Stops serving; raises if some request made the fake fail, so that its bugs cannot pass unseen."""
         for ws in list(self._sockets):
             await ws.close()
         if self._runner:
             await self._runner.cleanup()
             self._runner = None
+        if self.errors:
+            raise AssertionError("fake_discord failed on requests:\n" + "\n".join(self.errors))
 
     async def drop_connection(self, *, resume: bool = True, code: int = 4000) -> None:
         """Closes the gateway websocket as a Discord restart does. The client reconnects and resumes, getting the
@@ -322,7 +329,8 @@ class FakeDiscord:
         message content intent, and fully in a context-menu interaction."""
         self._ensure_user(user_id)
         channel_id = channel_id or self.channel_id
-        message = self._new_message(channel_id, user_id, content=content, attachments=list(attachments or []))
+        message = self._message(channel_id, user_id, content=content, attachments=list(attachments or []))
+        self.messages[message.id] = message
         payload = self._message_payload(message)
         if self._session and not self._session.intents & MESSAGE_CONTENT_INTENT and not self._is_dm(channel_id):
             payload.update(content="", attachments=[], embeds=[], components=[])
@@ -546,12 +554,11 @@ class FakeDiscord:
     def _attachment_payload(attachment: dict) -> dict:
         return {k: v for k, v in attachment.items() if k != "data"}
 
-    def _new_message(self, channel_id: int, author_id: int, **fields) -> FakeMessage:
+    def _message(self, channel_id: int, author_id: int, **fields) -> FakeMessage:
+        """A new message object, not stored yet."""
         guild_id = None if self._is_dm(channel_id) else self.guild_id
-        message = FakeMessage(id=self._snowflake(), channel_id=channel_id, author_id=author_id, guild_id=guild_id,
-                              **fields)
-        self.messages[message.id] = message
-        return message
+        return FakeMessage(id=self._snowflake(), channel_id=channel_id, author_id=author_id, guild_id=guild_id,
+                           **fields)
 
     def _message_payload(self, message: FakeMessage, *, with_reference: bool = True) -> dict:
         payload = {"id": str(message.id), "channel_id": str(message.channel_id),
@@ -618,9 +625,7 @@ class FakeDiscord:
                 **fields) -> FakeMessage:
         """A new bot message; validated before it is stored so that a refused one leaves no trace."""
         self._check_files(files, limit)
-        guild_id = None if self._is_dm(channel_id) else self.guild_id
-        message = FakeMessage(id=self._snowflake(), channel_id=channel_id, author_id=self.bot_user_id,
-                              guild_id=guild_id, **fields)
+        message = self._message(channel_id, self.bot_user_id, **fields)
         self._apply(message, payload, files, edit=False, flag_mask=flag_mask)
         self.messages[message.id] = message
         if not message.ephemeral:
@@ -874,6 +879,11 @@ class FakeDiscord:
             return json_response({"message": "404: Not Found", "code": 0}, 404)
         except web.HTTPMethodNotAllowed:
             return json_response({"message": "405: Method Not Allowed", "code": 0}, 405)
+        except json.JSONDecodeError:
+            return json_response({"message": "The request body contains invalid JSON.", "code": 50109}, 400)
+        except Exception as error:  # a request the fake cannot handle: a 500 would have discord.py retry for 25 s
+            self.errors.append(f"{route}: {traceback.format_exc()}")
+            return json_response({"message": f"fake_discord cannot handle this: {error!r}", "code": 50035}, 400)
 
     @staticmethod
     def _too_many_requests(retry_after: float, bucket: str) -> web.Response:
@@ -1162,11 +1172,11 @@ class FakeDiscord:
 def _image_size(data: bytes) -> tuple[int, int] | None:
     """Width and height, as Discord reports them for images; None when the bytes are not a picture."""
     try:
-        import io
-
-        from PIL import Image
-
         with Image.open(io.BytesIO(data)) as image:
             return image.size
-    except Exception:
+    except Image.DecompressionBombError:  # PIL refuses to open it; Discord still reports the size of a huge PNG
+        if data.startswith(b"\x89PNG\r\n\x1a\n"):
+            return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+        return None
+    except (OSError, ValueError):  # PIL's UnidentifiedImageError is an OSError
         return None

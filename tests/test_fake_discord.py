@@ -510,3 +510,12 @@ async def test_gateway_reconnect_resumes_and_replays_missed_events(connect):
     assert await fake.wait_for(lambda: env.seen.get("on_message")) == [(PERSON, "")]
     interaction = await fake.slash_command("ping", PERSON)
     assert (await interaction.wait_response())["data"]["content"] == "pong"
+
+
+async def test_a_request_the_fake_cannot_handle_is_reported(connect):
+    env = await connect()
+    fake = env.fake
+    with pytest.raises(discord.HTTPException) as error:  # a 400 at once, not 500s that discord.py retries
+        await env.bot.http.request(discord.http.Route("POST", "/users/@me/channels"), json={})
+    assert error.value.status == 400 and "KeyError" in fake.errors[0]
+    fake.errors.clear()  # else stop() raises at teardown, which is the point of recording them
