@@ -321,6 +321,14 @@ async def test_an_interaction_token_that_stops_working_falls_back_to_the_channel
     await fake.wait_for(lambda: _video_message(fake, 1), 120)
     await _delivered(store, 1, fake)
 
+async def test_the_bot_carries_on_after_the_gateway_drops(env):
+    fake = env.fake
+    for resume in (True, False):  # a resumed session, then a fresh one (discord.py waits 5 s to identify again)
+        await fake.drop_connection(resume=resume)
+        await fake.wait_ready(30)
+        interaction = await fake.slash_command("help", STRANGER)
+        assert "FramePack" in await env.ephemeral_answer(interaction)
+
 async def test_restart_delivers_finished_jobs_and_resumes_progress(env):
     fake, store = env.fake, env.store
     done = await env.animate(seconds=1.0)
