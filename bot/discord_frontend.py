@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Literal
 
@@ -249,19 +250,29 @@ class DiscordBot:
     async def submit_attachment(self, interaction: discord.Interaction, attachment: discord.Attachment,
                                 request: Request) -> None:
         limits = await self.store.get_limits()
-        job = self._new_job(interaction, request)
-        try:
+
+        def check() -> None:
             if not request.prompt:
                 raise InputError("The prompt is empty. Example: " + EXAMPLE)
             check_attachment(attachment, limits)
+
+        def fetch() -> Awaitable[bytes]:
+            return download_capped(self.session, attachment.url, limits.max_image_bytes, DOWNLOAD_SECONDS)
+
+        await self._queue(interaction, self._new_job(interaction, request), fetch, check)
+
+    async def _queue(self, interaction: discord.Interaction, job: NewJob, fetch_picture: Callable[[], Awaitable[bytes]],
+                     check: Callable[[], None] = lambda: None) -> None:
+        """Refuse on the cheap checks at once, else defer, fetch the picture, enqueue and show the status."""
+        try:
+            check()
             await self.store.check_request(job)
         except (InputError, QueueFull) as error:
             await interaction.response.send_message(str(error), ephemeral=True)
             return
         await interaction.response.defer(thinking=True)
         try:
-            image = await download_capped(self.session, attachment.url, limits.max_image_bytes, DOWNLOAD_SECONDS)
-            enqueued = await self.store.enqueue(job, image)
+            enqueued = await self.store.enqueue(job, await fetch_picture())
         except (InputError, QueueFull) as error:
             await self._refuse_after_defer(interaction, str(error))
             return
@@ -316,18 +327,7 @@ class DiscordBot:
             return
         p = old.params
         job = self._new_job(interaction, Request(old.prompt, p.seconds, None, p.steps, p.variant))
-        try:
-            await self.store.check_request(job)
-        except (InputError, QueueFull) as error:
-            await interaction.response.send_message(str(error), ephemeral=True)
-            return
-        await interaction.response.defer(thinking=True)
-        try:
-            enqueued = await self.store.enqueue(job, await asyncio.to_thread(picture.read_bytes))
-        except (InputError, QueueFull) as error:
-            await self._refuse_after_defer(interaction, str(error))
-            return
-        await self._show_queued(interaction, enqueued)
+        await self._queue(interaction, job, lambda: asyncio.to_thread(picture.read_bytes))
 
     # ----- progress and delivery (called by the watcher) -------------------------------------------
 

@@ -256,6 +256,12 @@ async def test_admin_commands_are_checked_by_the_bot(env):
     help_ = await fake.slash_command("help", STRANGER)
     assert "up to 30 s" in await env.ephemeral_answer(help_)
 
+    await env.restart_bot(discord_manage_server_admins=False)  # only the listed user ids now
+    refused = await fake.slash_command("admin", MODERATOR, {"name": "max_seconds", "value": "40"},
+                                       subcommand="set-limit")
+    assert "Only the bot's admins" in await env.ephemeral_answer(refused)
+    assert (await store.get_limits()).max_seconds == 30
+
 
 async def test_global_commands_reach_direct_messages(env):
     """Without DISCORD_GUILD_IDS the commands are global, so they work in DMs too, with the DM upload limit."""
