@@ -125,6 +125,13 @@ class DiscordBot:
         # The gateway's address comes from the API server, so a proxy or a test server works too.
         _, url, _ = await self.client.http.get_bot_gateway()
         discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(url)
+        try:
+            await self._sync_commands()
+        except discord.HTTPException as error:  # Discord keeps the last synced commands: carry on with those
+            log.warning("discord: could not sync the commands (%s); the previous ones stay in place", error)
+        self.ready.set()
+
+    async def _sync_commands(self) -> None:
         tree = self.client.tree
         if self.guild_ids:
             for guild_id in sorted(self.guild_ids):
@@ -134,7 +141,6 @@ class DiscordBot:
         else:
             await tree.sync()
         log.info("discord: commands synced to %s", sorted(self.guild_ids) or "every server (global)")
-        self.ready.set()
 
     # ----- commands -------------------------------------------------------------------------------
 

@@ -126,6 +126,15 @@ async def test_commands_are_synced_to_the_configured_guild(env):
     assert [o["name"] for o in animate["options"]][:2] == ["image", "prompt"]
 
 
+async def test_a_failed_command_sync_does_not_stop_the_bot(env, caplog):
+    fake = env.fake
+    fake.rate_limit_next("/commands", times=10, retry_after=0.01)  # discord.py gives up after 5 tries
+    await env.restart_bot()
+    assert "could not sync the commands" in caplog.text
+    interaction = await fake.slash_command("help", STRANGER)  # the commands synced before are still there
+    assert "FramePack" in await env.ephemeral_answer(interaction)
+
+
 async def test_animate_to_video_reply_with_previews_and_reroll(env):
     fake, store = env.fake, env.store
     started = time.monotonic()
