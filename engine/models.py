@@ -13,8 +13,9 @@ A local folder has the Hub's layout, one folder per repository id:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from huggingface_hub import constants as hf_constants
@@ -22,7 +23,11 @@ from huggingface_hub import snapshot_download
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
 from engine.denoiser import use_fp32_output_projection
+from engine.memory_modes import MemoryMode, Placement
 from engine.sections import Variant
+
+if TYPE_CHECKING:
+    from engine.engine_options import EngineOptions
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +209,7 @@ class FramePackModels:
     transformer: torch.nn.Module
     variant: Variant
     device: torch.device
+    placement: Placement = field(default_factory=Placement)  # where each model sits in each phase of a job
 
 
 def _load_failure(error: Exception, what: str, root: Path) -> ModelsNotFound:
@@ -215,8 +221,9 @@ def _load_failure(error: Exception, what: str, root: Path) -> ModelsNotFound:
 
 
 def load_encoders(
-    device: torch.device, models_dir: Path | None = None, allow_download: bool = True
+    device: torch.device, models_dir: Path | None = None, allow_download: bool = True, place: torch.device | None = None
 ) -> Encoders:
+    """`device` decides the dtypes; `place` (default `device`) is where the weights go: the CPU in low-VRAM mode."""
     from diffusers import AutoencoderKLHunyuanVideo
     from transformers import (
         AutoTokenizer,
@@ -243,12 +250,13 @@ def load_encoders(
     except (OSError, ValueError) as error:
         raise _load_failure(error, "the text, image and VAE models", hunyuan.parent) from None
     for module in (encoders.text_encoder, encoders.text_encoder_2, encoders.image_encoder, encoders.vae):
-        module.requires_grad_(False).eval().to(device)
+        module.requires_grad_(False).eval().to(place or device)
     return encoders
 
 
 def load_transformer(
-    variant: Variant, device: torch.device, models_dir: Path | None = None, allow_download: bool = True
+    variant: Variant, device: torch.device, models_dir: Path | None = None, allow_download: bool = True,
+    place: torch.device | None = None,
 ) -> torch.nn.Module:
     from diffusers import HunyuanVideoFramepackTransformer3DModel
 
@@ -262,7 +270,7 @@ def load_transformer(
         raise _load_failure(error, f"the {variant.value} transformer", root) from None
     transformer.requires_grad_(False).eval()
     use_fp32_output_projection(transformer)
-    return transformer.to(device)
+    return transformer.to(place or device)
 
 
 def load_models(
@@ -270,11 +278,24 @@ def load_models(
     device: str | torch.device | None = None,
     models_dir: Path | None = None,
     allow_download: bool = True,
+    options: EngineOptions | None = None,
 ) -> FramePackModels:
+    """Without `options`: every model on the device, stock forward. With them: the memory mode and speed
+    options of engine/engine_options.py (low-VRAM loads into CPU RAM and streams from there)."""
+    from engine.engine_options import placement_for, prepare_encoders, prepare_transformer
+
     variant = Variant.parse(variant)
     device = device if isinstance(device, torch.device) else resolve_device(device)
     # Check every folder first, so a missing transformer is reported before minutes of encoder loading.
     locate(parts_for([variant]), models_dir, allow_download)
-    encoders = load_encoders(device, models_dir, allow_download)
-    transformer = load_transformer(variant, device, models_dir, allow_download)
-    return FramePackModels(encoders=encoders, transformer=transformer, variant=variant, device=device)
+    if options is None:
+        encoders = load_encoders(device, models_dir, allow_download)
+        transformer = load_transformer(variant, device, models_dir, allow_download)
+        return FramePackModels(encoders=encoders, transformer=transformer, variant=variant, device=device)
+    mode = options.mode_for(device)
+    place = device if mode is MemoryMode.HIGH else torch.device("cpu")
+    encoders = prepare_encoders(load_encoders(device, models_dir, allow_download, place), device, mode)
+    transformer = prepare_transformer(
+        load_transformer(variant, device, models_dir, allow_download, place), device, options, mode
+    )
+    return FramePackModels(encoders, transformer, variant, device, placement_for(encoders, transformer, device))

@@ -33,6 +33,7 @@ from engine.image_input import prepare_image, scaled_buckets
 from engine.models import FramePackModels
 from engine.preview import latent_preview, section_gif
 from engine.stitch import OverlapStitcher, chunk_latents, vae_decode
+from engine.teacache import TeaCache, TeaCacheTransformer
 from engine.text_encoding import encode_prompt
 from engine.unipc import Cancelled, Paused, flux_mu, flux_sigmas, sample_unipc
 from engine.video import concat_segments, frames_to_uint8, write_segment
@@ -61,6 +62,7 @@ class RenderRequest:
     negative_prompt: str = ""
     crf: int = 16
     resolution: int = 640
+    teacache: float = 0.0  # TeaCache threshold (SPEC.md section 8); 0 is off, 0.15 the demos' default
 
     def checked(self, max_prompt_chars: int = 1000, max_seconds: float = MAX_SECONDS) -> RenderRequest:
         """This request with its variant parsed, or an InputError that says what is wrong."""
@@ -83,6 +85,8 @@ class RenderRequest:
             raise InputError(f"CRF must be between 0 and 51, not {self.crf}.")
         if not 0 <= self.seed < 2**63:
             raise InputError("The seed must be a non-negative 63-bit integer.")
+        if not 0.0 <= self.teacache <= 1.0:
+            raise InputError(f"The TeaCache threshold must be between 0 and 1, not {self.teacache:g}.")
         return RenderRequest(**{**asdict(self), "variant": variant})
 
     @property
@@ -131,7 +135,10 @@ class RenderResult:
 
 
 def _fingerprint(request: RenderRequest, image: np.ndarray) -> str:
-    digest = hashlib.sha256(json.dumps(asdict(request), sort_keys=True, default=str).encode())
+    fields = asdict(request)
+    if not fields["teacache"]:
+        del fields["teacache"]  # off: the same fingerprint as before the option existed
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode())
     digest.update(image.tobytes())
     digest.update(str(image.shape).encode())
     return digest.hexdigest()
@@ -160,25 +167,28 @@ def _load_if_matching(path: Path, fingerprint: str) -> dict | None:
 def _encode_conditioning(
     models: FramePackModels, image: np.ndarray, request: RenderRequest
 ) -> tuple[Conditioning, Conditioning | None, torch.Tensor]:
-    enc = models.encoders
-    text, mask, pooled = encode_prompt(request.prompt, enc)
-    pixels = enc.feature_extractor.preprocess(images=image, return_tensors="pt")["pixel_values"]
-    siglip = enc.image_encoder(pixel_values=pixels.to(enc.image_encoder.device, enc.image_encoder.dtype))
-    image_tokens = siglip.last_hidden_state
-    positive = Conditioning(text.cpu(), mask.cpu(), pooled.cpu(), image_tokens.cpu())
-    negative = None
-    if request.cfg != 1.0:
-        n_text, n_mask, n_pooled = encode_prompt(request.negative_prompt, enc)
-        negative = Conditioning(n_text.cpu(), n_mask.cpu(), n_pooled.cpu(), image_tokens.cpu())
+    enc, placement = models.encoders, models.placement
+    with placement.text_encoders():
+        text, mask, pooled = (t.cpu() for t in encode_prompt(request.prompt, enc))
+        if request.cfg != 1.0:
+            negative_text = [t.cpu() for t in encode_prompt(request.negative_prompt, enc)]
+    with placement.image_encoder():
+        pixels = enc.feature_extractor.preprocess(images=image, return_tensors="pt")["pixel_values"]
+        siglip = enc.image_encoder(pixel_values=pixels.to(enc.image_encoder.device, enc.image_encoder.dtype))
+        image_tokens = siglip.last_hidden_state.cpu()
+    positive = Conditioning(text, mask, pooled, image_tokens)
+    negative = Conditioning(*negative_text, image_tokens) if request.cfg != 1.0 else None
 
     # The demos sample the VAE posterior from the unseeded global RNG; a generator of its own, seeded
     # from the job's seed, makes the start latent repeatable without touching the noise draws.
     x = torch.from_numpy(image).float().div(127.5).sub(1.0).permute(2, 0, 1)[None, :, None]
     vae = enc.vae
-    posterior = vae.encode(x.to(vae.device, vae.dtype)).latent_dist
-    start_gen = torch.Generator("cpu").manual_seed(request.seed)
-    start = posterior.sample(generator=start_gen) * vae.config.scaling_factor
-    return positive, negative, start.float().cpu()
+    with placement.vae():
+        posterior = vae.encode(x.to(vae.device, vae.dtype)).latent_dist
+        start_gen = torch.Generator("cpu").manual_seed(request.seed)
+        start = posterior.sample(generator=start_gen) * vae.config.scaling_factor
+        start = start.float().cpu()
+    return positive, negative, start
 
 
 class _StepReporter:
@@ -281,7 +291,8 @@ def render(
         partial = saved.get("partial")
         if done > 0:
             previous = chunk_latents(variant, history, done - 1, sections, window)
-            stitcher.restore(vae_decode(previous, models.encoders.vae), done)
+            with models.placement.vae():
+                stitcher.restore(vae_decode(previous, models.encoders.vae), done)
         log.info("resuming at section %d of %d%s", done + 1, sections,
                  f", step {partial['sampler']['step'] + 1}" if partial else "")
     else:
@@ -292,6 +303,9 @@ def render(
     mu = flux_mu(window * latent_h * latent_w // 4)
     sigmas = flux_sigmas(request.steps, mu).to(device)
     layouts = sec.section_layouts(variant, sections, window)
+    teacache = None
+    if request.teacache > 0:
+        teacache = TeaCache(request.teacache, models.placement.before_first_block)
     frames_done = sum(int(n) for n in segments.values())
 
     def write_block(rank: int, block: torch.Tensor) -> int:
@@ -324,23 +338,32 @@ def render(
             history_4x=x4.to(device, dtype),
             indices_4x=layout.history_4x.to(device),
         )
-        denoise = make_denoiser(transformer, positive_dev, negative_dev, context, guidance)
+        model = transformer
+        if teacache is not None:
+            teacache.reset(request.steps * (1 if negative_dev is None else 2))
+            if partial is not None and partial.get("teacache"):
+                teacache.load_state(partial["teacache"], device)
+            model = TeaCacheTransformer(transformer, teacache)
+        denoise = make_denoiser(model, positive_dev, negative_dev, context, guidance)
         report_step = _StepReporter(on_step, index + 1, sections, request.steps)
         clock = time.perf_counter()
         try:
-            generated = sample_unipc(
-                denoise, noise.to(device), sigmas, report_step, should_cancel, should_pause,
-                state=partial["sampler"] if partial else None,
-            ).cpu()
+            with models.placement.transformer():
+                generated = sample_unipc(
+                    denoise, noise.to(device), sigmas, report_step, should_cancel, should_pause,
+                    state=partial["sampler"] if partial else None,
+                ).cpu()
         except Paused as paused:
-            partial = {"generator_state": generator.get_state(), "sampler": paused.state}
+            partial = {"generator_state": generator.get_state(), "sampler": paused.state,
+                       "teacache": teacache.state() if teacache is not None else None}
             checkpoint.save(index, history, start_state, segments, partial)
             log.info("paused at section %d, step %d", index + 1, paused.state["step"] + 1)
             raise
         partial = None
         sampled = time.perf_counter()
         history, _ = sec.extend_history(variant, history, generated, start_latent, layout.is_last)
-        chunk = vae_decode(chunk_latents(variant, history, index, sections, window), models.encoders.vae)
+        with models.placement.vae():
+            chunk = vae_decode(chunk_latents(variant, history, index, sections, window), models.encoders.vae)
         history = sec.trim_history(variant, history, keep)
         rank, block = stitcher.add(chunk)
         decoded = time.perf_counter()

@@ -40,28 +40,37 @@ class ModelCache:
         self.encoders = None
         self.transformers: dict = {}
         self.device = None
+        self.mode = None
 
     def get(self, variant):
         import torch
 
+        from engine.engine_options import EngineOptions, placement_for, prepare_encoders, prepare_transformer
+        from engine.memory_modes import MemoryMode
         from engine.models import FramePackModels, load_encoders, load_transformer, resolve_device
         from engine.sections import Variant
 
         variant = Variant.parse(variant)
+        options = EngineOptions.from_settings(self.settings)
         if self.device is None:
             self.device = resolve_device(self.settings.engine_device)
+            self.mode = options.mode_for(self.device)  # decided once, before anything is loaded
+        place = self.device if self.mode is MemoryMode.HIGH else torch.device("cpu")
+        models_dir, download = self.settings.framepack_models_dir, self.settings.framepack_auto_download
         if self.encoders is None:
-            self.encoders = load_encoders(self.device, self.settings.framepack_models_dir,
-                                          self.settings.framepack_auto_download)
+            self.encoders = prepare_encoders(load_encoders(self.device, models_dir, download, place),
+                                             self.device, self.mode)
         if variant not in self.transformers:
             self.transformers.clear()  # one 13B transformer in memory at a time
             gc.collect()
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
-            self.transformers[variant] = load_transformer(
-                variant, self.device, self.settings.framepack_models_dir, self.settings.framepack_auto_download
+            self.transformers[variant] = prepare_transformer(
+                load_transformer(variant, self.device, models_dir, download, place), self.device, options, self.mode
             )
-        return FramePackModels(self.encoders, self.transformers[variant], variant, self.device)
+        transformer = self.transformers[variant]
+        return FramePackModels(self.encoders, transformer, variant, self.device,
+                               placement_for(self.encoders, transformer, self.device))
 
 
 class JobRun:
@@ -148,7 +157,8 @@ class Worker:
             models = self.models.get(p.variant)
             image = load_image(self.files.input_path(job.id), max_pixels=10**9)
             request = RenderRequest(prompt=job.prompt, seconds=p.seconds, variant=p.variant, seed=p.seed,
-                                    steps=p.steps, resolution=p.resolution, crf=self.settings.video_crf)
+                                    steps=p.steps, resolution=p.resolution, crf=self.settings.video_crf,
+                                    teacache=self.settings.engine_teacache)
             video = self.files.video_path(job.id)
             render(models, image, request, self.files.work_dir(job.id), video, on_step=on_step,
                    on_section=on_section, should_cancel=run.cancel.is_set, should_pause=self.stopping.is_set)

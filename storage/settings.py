@@ -57,6 +57,14 @@ class Settings(BaseSettings):
     render_resolution: int = 640  # the bucket size chat jobs render at
     video_crf: int = 16
 
+    # Engine speed and memory (README "Speed and memory"; benchmarks/README.md has the figures).
+    engine_memory_mode: str = "auto"  # auto (high when > 60 GB free) | high | low (~6 GB GPU, streams from RAM)
+    engine_compile: bool = True  # regional torch.compile of the transformer blocks on CUDA (same math)
+    engine_attention: str = "auto"  # auto (PyTorch's SDPA choice) | sdpa | cudnn | flash | efficient
+    engine_fp8: bool = False  # FP8 transformer linears (Ada/Hopper): faster, results change slightly
+    engine_teacache: float = 0.0  # TeaCache threshold for every job; 0 off, 0.15 the demos' (~2x, visible)
+    engine_stream_slots: int = 2  # low mode: GPU slots per block kind
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
