@@ -1,8 +1,10 @@
 """A whole job on the GPU with full-size random models: encoders, every section, VAE decode, MP4.
 
-    python -m benchmarks.engine_e2e --seconds 5 --steps 25 --out results.jsonl
+    python -m benchmarks.engine_e2e --modes high,low --seconds 5 --steps 25 --out results.jsonl
 
-Writes one JSON line per run: phase times, seconds per step per section, peak GPU and host memory.
+Each mode runs the same job in this one process (the models are built once, then moved where the mode
+wants them, as engine/engine_options.py does at load time). Writes one JSON line per job: phase times,
+seconds per step per section, peak GPU memory of the job, host memory per section.
 """
 
 from __future__ import annotations
@@ -11,34 +13,56 @@ import argparse
 import json
 import platform
 import resource
+import shutil
 import statistics
 import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import torch
 from PIL import Image
 
 from benchmarks.full_size import full_models
-from engine.render import RenderRequest, render
+from engine.engine_options import EngineOptions, placement_for, prepare_encoders, prepare_transformer
+from engine.memory_modes import MemoryMode
+from engine.models import FramePackModels
+from engine.offload import BlockStreamer
+from engine.render import Paused, RenderRequest, render
 from engine.sections import Variant
+from engine.speed import repeated_blocks
 
 
-def run(variant: Variant, seconds: float, steps: int, work: Path) -> dict:
-    torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    models = full_models(variant)
+def switch_to(models: FramePackModels, mode: MemoryMode, options: EngineOptions) -> FramePackModels:
+    """The built (GPU) models as `mode` runs them: prepared once for high, streamed from RAM for low."""
+    device = models.device
+    transformer = prepare_transformer(models.transformer, device, options, MemoryMode.HIGH)
+    if mode is MemoryMode.LOW and getattr(transformer, "_framepack_streamer", None) is None:
+        transformer._framepack_streamer = BlockStreamer(
+            transformer, repeated_blocks(transformer), slots=options.stream_slots, ahead=options.stream_slots - 1
+        )
+    encoders = prepare_encoders(models.encoders, device, mode)
+    placement = placement_for(encoders, transformer, device) if mode is MemoryMode.LOW else models.placement
+    return FramePackModels(encoders, transformer, models.variant, device, placement)
+
+
+def run(models: FramePackModels, mode: MemoryMode, request: RenderRequest, work: Path, fresh: bool = True,
+        pause_after_s: float | None = None) -> dict:
+    """One job; `fresh=False` resumes from `work`'s checkpoint; `pause_after_s` stops at a section's end."""
+    if fresh:
+        shutil.rmtree(work, ignore_errors=True)
     torch.cuda.synchronize()
-    built = time.perf_counter() - t0
-
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    allocated_at_start = torch.cuda.memory_allocated()
     rng = np.random.default_rng(0)
     picture = Image.fromarray(rng.integers(0, 255, (1024, 1024, 3), dtype=np.uint8))
-    request = RenderRequest(prompt="A character doing some simple body movements.", seconds=seconds,
-                            variant=variant, steps=steps)
     step_times: dict[int, list[float]] = {}
     section_done: list[float] = []
     phases: list[dict] = []
+    rss: list[float] = []
     first_step: list[float] = []
+    process = psutil.Process()
     start = time.perf_counter()
 
     def on_step(event):
@@ -48,27 +72,53 @@ def run(variant: Variant, seconds: float, steps: int, work: Path) -> dict:
 
     def on_section(event):
         section_done.append(time.perf_counter() - start)
+        rss.append(round(process.memory_info().rss / 2**30, 2))
         phases.append({"sample_s": round(event.sample_seconds, 2), "decode_s": round(event.decode_seconds, 2),
                        "output_s": round(event.output_seconds, 2)})
+        print(f"section {event.section}/{event.sections} at {section_done[-1]:.1f} s {phases[-1]} "
+              f"rss {rss[-1]} GB peak GPU {torch.cuda.max_memory_allocated() / 2**30:.2f} GB", flush=True)
 
-    result = render(models, picture, request, work, work / "out.mp4", on_step=on_step, on_section=on_section)
+    def should_pause() -> bool:
+        return pause_after_s is not None and time.perf_counter() - start > pause_after_s
+
+    try:
+        result = render(models, picture, request, work, work / "out.mp4", on_step=on_step, on_section=on_section,
+                        should_pause=should_pause)
+    except Paused:
+        result = None
     total = time.perf_counter() - start
-    per_section = {k: statistics.median(v[1:] or v) for k, v in step_times.items()}
+    per_section = {k: round(statistics.median(v[1:] or v), 4) for k, v in step_times.items()}
+    done = {
+        "resumed_from_section": result.resumed_from_section if result else None,
+        "paused_after_section": None if result else max(step_times, default=0),
+    }
+    if result is None:  # the rest of the job runs in the next call, from the checkpoint
+        return {"bench": "engine_e2e", "mode": mode.value, "seconds": request.seconds, "steps": request.steps,
+                "sections": request.sections, **done, "median_s_per_step_by_section": per_section,
+                "section_end_times_s": [round(x, 2) for x in section_done], "section_phases": phases,
+                "host_rss_gb_after_each_section": rss, "run_s": round(total, 2),
+                "peak_gpu_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+                "peak_host_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+                "gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
     return {
+        **done,
         "bench": "engine_e2e",
-        "variant": variant.value,
-        "mode": "high_vram",
+        "variant": request.variant.value,
+        "mode": mode.value,
         "resolution": f"{result.width}x{result.height}",
-        "seconds": seconds,
-        "steps": steps,
+        "seconds": request.seconds,
+        "steps": request.steps,
+        "teacache": request.teacache,
         "sections": request.sections,
         "frames": result.frames,
-        "build_models_s": round(built, 2),
         "encode_until_first_step_s": round(first_step[0], 2),
-        "median_s_per_step_by_section": {k: round(v, 4) for k, v in per_section.items()},
+        "median_s_per_step": round(statistics.median(per_section.values()), 4),
+        "median_s_per_step_by_section": per_section,
         "section_end_times_s": [round(x, 2) for x in section_done],
         "section_phases": phases,
+        "host_rss_gb_after_each_section": rss,
         "total_job_s": round(total, 2),
+        "gpu_allocated_at_start_gb": round(allocated_at_start / 2**30, 2),
         "peak_gpu_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2),
         "peak_host_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
         "mp4_bytes": result.video.stat().st_size,
@@ -81,15 +131,38 @@ def run(variant: Variant, seconds: float, steps: int, work: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--variant", default="original")
+    parser.add_argument("--modes", default="high", help="comma-separated: high, low (run in this order)")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--teacache", type=float, default=0.0)
+    parser.add_argument("--fp8", action="store_true")
+    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--attention", default="auto")
     parser.add_argument("--work", type=Path, default=Path("/tmp/engine_e2e"))
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--note", default="")
+    parser.add_argument("--resume", action="store_true", help="continue the job found in --work")
+    parser.add_argument("--pause-after-s", type=float, default=None, help="stop (resumably) after this long")
     args = parser.parse_args()
-    record = run(Variant.parse(args.variant), args.seconds, args.steps, args.work)
-    with args.out.open("a") as sink:
-        sink.write(json.dumps(record) + "\n")
-    print(json.dumps(record, indent=1))
+    variant = Variant.parse(args.variant)
+    options = EngineOptions(compile=not args.no_compile, attention=args.attention, fp8=args.fp8)
+    t0 = time.perf_counter()
+    built = full_models(variant)
+    torch.cuda.synchronize()
+    print(f"built the models in {time.perf_counter() - t0:.1f} s", flush=True)
+    request = RenderRequest(prompt="A character doing some simple body movements.", seconds=args.seconds,
+                            variant=variant, steps=args.steps, teacache=args.teacache)
+    for name in args.modes.split(","):
+        mode = MemoryMode(name)
+        t = time.perf_counter()
+        models = switch_to(built, mode, options)
+        prepared = time.perf_counter() - t
+        record = run(models, mode, request, args.work, fresh=not args.resume, pause_after_s=args.pause_after_s)
+        record.update({"prepare_s": round(prepared, 1), "compile": options.compile, "fp8": options.fp8,
+                       "attention": options.attention, "note": args.note})
+        with args.out.open("a") as sink:
+            sink.write(json.dumps(record) + "\n")
+        print(json.dumps(record), flush=True)
 
 
 if __name__ == "__main__":
