@@ -63,6 +63,9 @@ def run(models: FramePackModels, mode: MemoryMode, request: RenderRequest, work:
     rss: list[float] = []
     first_step: list[float] = []
     process = psutil.Process()
+    full_passes = [0]  # calls that ran the blocks; with TeaCache the others were skipped
+    counter = models.transformer.transformer_blocks[0].register_forward_pre_hook(
+        lambda *_: full_passes.__setitem__(0, full_passes[0] + 1))
     start = time.perf_counter()
 
     def on_step(event):
@@ -86,6 +89,8 @@ def run(models: FramePackModels, mode: MemoryMode, request: RenderRequest, work:
                         should_pause=should_pause)
     except Paused:
         result = None
+    finally:
+        counter.remove()
     total = time.perf_counter() - start
     per_section = {k: round(statistics.median(v[1:] or v), 4) for k, v in step_times.items()}
     done = {
@@ -109,6 +114,7 @@ def run(models: FramePackModels, mode: MemoryMode, request: RenderRequest, work:
         "seconds": request.seconds,
         "steps": request.steps,
         "teacache": request.teacache,
+        "model_calls_with_blocks": full_passes[0],
         "sections": request.sections,
         "frames": result.frames,
         "encode_until_first_step_s": round(first_step[0], 2),
@@ -134,7 +140,7 @@ def main() -> None:
     parser.add_argument("--modes", default="high", help="comma-separated: high, low (run in this order)")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--teacache", type=float, default=0.0)
+    parser.add_argument("--teacache", default="0", help="TeaCache thresholds, comma-separated: one job each")
     parser.add_argument("--fp8", action="store_true")
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--attention", default="auto")
@@ -150,10 +156,11 @@ def main() -> None:
     built = full_models(variant)
     torch.cuda.synchronize()
     print(f"built the models in {time.perf_counter() - t0:.1f} s", flush=True)
-    request = RenderRequest(prompt="A character doing some simple body movements.", seconds=args.seconds,
-                            variant=variant, steps=args.steps, teacache=args.teacache)
-    for name in args.modes.split(","):
-        mode = MemoryMode(name)
+    jobs = [(MemoryMode(name), float(threshold)) for name in args.modes.split(",")
+            for threshold in args.teacache.split(",")]
+    for mode, threshold in jobs:
+        request = RenderRequest(prompt="A character doing some simple body movements.", seconds=args.seconds,
+                                variant=variant, steps=args.steps, teacache=threshold)
         t = time.perf_counter()
         models = switch_to(built, mode, options)
         prepared = time.perf_counter() - t
