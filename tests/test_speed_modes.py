@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -167,3 +171,24 @@ def test_attention_kernel_choice():
     assert set(ATTENTION_BACKENDS) >= {"sdpa", "cudnn", "flash"}
     with pytest.raises(ValueError, match="Unknown attention"):
         set_block_attention(model, "sage")
+
+
+def _animate(args: list[str], cwd) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.run([sys.executable, "-m", "engine.cli", "animate", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_animate_takes_the_memory_and_speed_flags(tiny_models_dir, tmp_path):
+    from engine.video import probe
+
+    picture = tmp_path / "photo.png"
+    make_picture(120, 90).save(picture)
+    out = tmp_path / "v.mp4"
+    result = _animate([str(picture), "waves", "--seconds", "1.2", "--steps", "3", "--out", str(out),
+                       "--models", str(tiny_models_dir), "--device", "cpu", "--resolution", "64",
+                       "--memory-mode", "low", "--teacache", "0.5", "--fp8", "--no-compile"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert probe(out).frames == 37
+    refused = _animate([str(picture), "waves", "--teacache", "2"], tmp_path)
+    assert refused.returncode == 2 and "TeaCache threshold" in refused.stderr
