@@ -282,7 +282,7 @@ def load_models(
 ) -> FramePackModels:
     """Without `options`: every model on the device, stock forward. With them: the memory mode and speed
     options of engine/engine_options.py (low-VRAM loads into CPU RAM and streams from there)."""
-    from engine.engine_options import placement_for, prepare_encoders, prepare_transformer
+    from engine.engine_options import placement_for
 
     variant = Variant.parse(variant)
     device = device if isinstance(device, torch.device) else resolve_device(device)
@@ -293,9 +293,27 @@ def load_models(
         transformer = load_transformer(variant, device, models_dir, allow_download)
         return FramePackModels(encoders=encoders, transformer=transformer, variant=variant, device=device)
     mode = options.mode_for(device)
-    place = device if mode is MemoryMode.HIGH else torch.device("cpu")
-    encoders = prepare_encoders(load_encoders(device, models_dir, allow_download, place), device, mode)
-    transformer = prepare_transformer(
-        load_transformer(variant, device, models_dir, allow_download, place), device, options, mode
-    )
+    encoders = load_prepared_encoders(device, mode, models_dir, allow_download)
+    transformer = load_prepared_transformer(variant, device, options, mode, models_dir, allow_download)
     return FramePackModels(encoders, transformer, variant, device, placement_for(encoders, transformer, device))
+
+
+def _weights_home(device: torch.device, mode: MemoryMode) -> torch.device:
+    """Where weights are loaded: the device in high-VRAM mode, CPU RAM (to stream from) in low-VRAM mode."""
+    return device if mode is MemoryMode.HIGH else torch.device("cpu")
+
+
+def load_prepared_encoders(device: torch.device, mode: MemoryMode, models_dir: Path | None = None,
+                           allow_download: bool = True) -> Encoders:
+    from engine.engine_options import prepare_encoders
+
+    encoders = load_encoders(device, models_dir, allow_download, _weights_home(device, mode))
+    return prepare_encoders(encoders, device, mode)
+
+
+def load_prepared_transformer(variant: Variant, device: torch.device, options: EngineOptions, mode: MemoryMode,
+                              models_dir: Path | None = None, allow_download: bool = True) -> torch.nn.Module:
+    from engine.engine_options import prepare_transformer
+
+    transformer = load_transformer(variant, device, models_dir, allow_download, _weights_home(device, mode))
+    return prepare_transformer(transformer, device, options, mode)

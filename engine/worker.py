@@ -45,9 +45,8 @@ class ModelCache:
     def get(self, variant):
         import torch
 
-        from engine.engine_options import EngineOptions, placement_for, prepare_encoders, prepare_transformer
-        from engine.memory_modes import MemoryMode
-        from engine.models import FramePackModels, load_encoders, load_transformer, resolve_device
+        from engine.engine_options import EngineOptions, placement_for
+        from engine.models import FramePackModels, load_prepared_encoders, load_prepared_transformer, resolve_device
         from engine.sections import Variant
 
         variant = Variant.parse(variant)
@@ -55,19 +54,16 @@ class ModelCache:
         if self.device is None:
             self.device = resolve_device(self.settings.engine_device)
             self.mode = options.mode_for(self.device)  # decided once, before anything is loaded
-        place = self.device if self.mode is MemoryMode.HIGH else torch.device("cpu")
         models_dir, download = self.settings.framepack_models_dir, self.settings.framepack_auto_download
         if self.encoders is None:
-            self.encoders = prepare_encoders(load_encoders(self.device, models_dir, download, place),
-                                             self.device, self.mode)
+            self.encoders = load_prepared_encoders(self.device, self.mode, models_dir, download)
         if variant not in self.transformers:
             self.transformers.clear()  # one 13B transformer in memory at a time
             gc.collect()
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
-            self.transformers[variant] = prepare_transformer(
-                load_transformer(variant, self.device, models_dir, download, place), self.device, options, self.mode
-            )
+            self.transformers[variant] = load_prepared_transformer(variant, self.device, options, self.mode,
+                                                                   models_dir, download)
         transformer = self.transformers[variant]
         return FramePackModels(self.encoders, transformer, variant, self.device,
                                placement_for(self.encoders, transformer, self.device))
