@@ -31,7 +31,8 @@ def progress(job: Job, eta_seconds: float) -> str:
 
 def settings_line(job: Job) -> str:
     p = job.params
-    return f"seed {p.seed}, {p.seconds:g} s, {p.variant}, {p.steps} steps"
+    fast = ", fast (TeaCache)" if p.teacache else ""
+    return f"seed {p.seed}, {p.seconds:g} s, {p.variant}, {p.steps} steps{fast}"
 
 
 def finished(job: Job) -> str:
@@ -47,9 +48,10 @@ def limits(values: Limits) -> str:
 
 
 def help_text(values: Limits, example: str, discord: bool = False) -> str:
-    options = ("Options: seconds, seed, steps, variant (original, or f1 for the forward sampler). "
+    options = ("Options: seconds, seed, steps, variant (original, or f1 for the forward sampler), fast. "
                "Or right-click a message with a picture: Apps > Animate this image." if discord else
-               "Options after the prompt: --seconds N, --seed N, --steps N, --f1 (forward sampler).")
+               "Options after the prompt: --seconds N, --seed N, --steps N, --f1 (forward sampler), "
+               "--fast (about twice as fast, small visible changes).")
     return (
         "I animate a picture into a video with FramePack.\n\n"
         f"{example}\n\n{options}\n"

@@ -154,7 +154,7 @@ class Worker:
             image = load_image(self.files.input_path(job.id), max_pixels=10**9)
             request = RenderRequest(prompt=job.prompt, seconds=p.seconds, variant=p.variant, seed=p.seed,
                                     steps=p.steps, resolution=p.resolution, crf=self.settings.video_crf,
-                                    teacache=self.settings.engine_teacache)
+                                    teacache=p.teacache or self.settings.engine_teacache)
             video = self.files.video_path(job.id)
             render(models, image, request, self.files.work_dir(job.id), video, on_step=on_step,
                    on_section=on_section, should_cancel=run.cancel.is_set, should_pause=self.stopping.is_set)

@@ -26,6 +26,7 @@ class JobParams:
     steps: int = 25
     resolution: int = 640
     upload_limits: tuple[int, ...] = ()  # byte limits the finished video must also fit, one copy each
+    teacache: float = 0.0  # TeaCache threshold asked for by the person ("fast"); 0: the worker's ENGINE_TEACACHE
 
     @property
     def sections(self) -> int:

@@ -140,6 +140,8 @@ class SqliteJobStore:
             raise InputError(f"Unknown variant {p.variant!r}; the variants are {', '.join(VARIANTS)}.")
         if not 0 <= p.seed < 2**63:
             raise InputError("The seed must be a whole number from 0 to 2^63-1.")
+        if not 0.0 <= p.teacache <= 1.0:
+            raise InputError("The TeaCache threshold must be between 0 and 1.")
         if p.variant not in limits.allowed_variants:
             raise InputError(f"The {p.variant} variant is switched off here; use {', '.join(limits.allowed_variants)}.")
         if not 1 <= p.seconds <= limits.max_seconds:

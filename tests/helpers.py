@@ -52,7 +52,7 @@ def worker_env(settings: Settings) -> dict[str, str]:
 def reference_video(models_dir: Path, tmp_path: Path, params: JobParams, prompt: str) -> np.ndarray:
     models = load_models(params.variant, "cpu", models_dir)
     request = RenderRequest(prompt=prompt, seconds=params.seconds, variant=params.variant, seed=params.seed,
-                            steps=params.steps, resolution=params.resolution)
+                            steps=params.steps, resolution=params.resolution, teacache=params.teacache)
     result = render(models, make_picture(), request, tmp_path / "reference", tmp_path / "reference.mp4")
     return video_frames(result.video)
 

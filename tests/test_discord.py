@@ -159,14 +159,17 @@ async def test_animate_to_video_reply_with_previews_and_reroll(env):
     assert "framepack:reroll:1" in video.custom_ids()
     assert not status.attachments and not status.custom_ids() and "Done" in status.content  # tidied up
 
+    fast = await env.animate(user=OWNER, seconds=1.0, fast=True)
+    await fake.wait_for(lambda: (m := fast.original()) and "Job 2" in m.content)
+    assert (await store.get(2)).params.teacache == 0.15  # the "fast" option asks the worker for TeaCache
+
     reroll = await fake.click("framepack:reroll:1", STRANGER, video)
     await reroll.wait_response()
-    second = await fake.wait_for(lambda: (m := reroll.original()) and "Job 2" in m.content and m)
-    assert "framepack:cancel:2" in second.custom_ids()
-    job2 = await store.get(2)
-    assert job2.user_id == str(STRANGER) and job2.prompt == job.prompt and job2.params.seconds == 3.6
-    assert job2.params.seed != 77
-    assert env.bot.watcher is not None
+    second = await fake.wait_for(lambda: (m := reroll.original()) and "Job 3" in m.content and m)
+    assert "framepack:cancel:3" in second.custom_ids()
+    rerolled = await store.get(3)
+    assert rerolled.user_id == str(STRANGER) and rerolled.prompt == job.prompt and rerolled.params.seconds == 3.6
+    assert rerolled.params.seed != 77
 
 
 async def test_bad_inputs_are_ephemeral_and_create_nothing(env, monkeypatch):

@@ -85,6 +85,8 @@ async def test_check_request_refuses_like_enqueue_without_a_picture(store):
         await store.check_request(_job(variant="sdxl"))
     with pytest.raises(InputError, match="seed must be"):
         await store.check_request(_job(seed=-1))
+    with pytest.raises(InputError, match="TeaCache threshold"):
+        await store.check_request(_job(teacache=1.5))
     for _ in range(3):
         await store.enqueue(_job(), PNG)
     with pytest.raises(QueueFull, match="limit is 3"):

@@ -212,6 +212,7 @@ def test_caption_options():
     assert (request.prompt, request.seconds, request.seed, request.variant, request.steps) == (
         "a cat dances", 10.0, 42, "f1", 20)
     assert parse_caption("just words -- with dashes").prompt == "just words -- with dashes"
+    assert parse_caption("rain --fast --seconds 3").fast and not request.fast
     for bad in ("x --seconds", "x --colour red", "x --seed -3", "x --seconds ten"):
         with pytest.raises(InputError):
             parse_caption(bad)

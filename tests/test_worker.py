@@ -59,6 +59,22 @@ async def test_a_worker_turns_a_queued_job_into_an_mp4_and_upload_copies(stores,
     assert np.array_equal(frames, reference_video(tiny_models_dir, tmp_path, params, "a cat waves"))
 
 
+async def test_a_job_asking_for_teacache_gets_it(stores, tmp_path, tiny_models_dir):
+    """The person's "fast" choice travels in the job to the render: the same video as a local TeaCache render."""
+    settings = worker_settings(tmp_path, tiny_models_dir)
+    store = await stores(settings)
+    params = JobParams(seconds=1.2, seed=9, resolution=64, steps=5, teacache=1.0)  # 1.0 skips most calls
+    job_id = (await store.enqueue(NewJob("discord", "c", "u", "rain falls", params), picture_bytes())).job_id
+    await Worker(store, settings, "w1").run(max_jobs=1)
+    job = await store.get(job_id)
+    assert job.state is JobState.DONE and job.params.teacache == 1.0, job.error
+    frames = video_frames(Path(job.video))
+    assert np.array_equal(frames, reference_video(tiny_models_dir, tmp_path / "cached", params, "rain falls"))
+    plain = reference_video(tiny_models_dir, tmp_path / "plain", JobParams(**{**params.__dict__, "teacache": 0.0}),
+                            "rain falls")
+    assert not np.array_equal(frames, plain)
+
+
 async def test_cancel_of_a_running_job_stops_it_within_a_step(stores, tmp_path, tiny_models_dir):
     settings = worker_settings(tmp_path, tiny_models_dir)
     store = await stores(settings)
