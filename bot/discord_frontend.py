@@ -51,11 +51,17 @@ def _ids(raw: str) -> set[int]:
     return {int(part) for part in raw.replace(" ", ",").split(",") if part.strip()}
 
 
+def declared_picture(attachment: discord.Attachment) -> bool:
+    """What Discord declares (the content type, else the file name) says it is a picture."""
+    declared = (attachment.content_type or "").split(";")[0].strip().lower()
+    if declared:
+        return declared.startswith("image/")
+    return Path(attachment.filename).suffix.lower() in IMAGE_SUFFIXES
+
+
 def check_attachment(attachment: discord.Attachment, limits: Limits) -> None:
     """Refuse from what Discord declares, before a byte is downloaded; the decode proves the rest."""
-    declared = (attachment.content_type or "").split(";")[0].strip().lower()
-    suffix = Path(attachment.filename).suffix.lower()
-    if (declared and not declared.startswith("image/")) or (not declared and suffix not in IMAGE_SUFFIXES):
+    if not declared_picture(attachment):
         raise InputError(f"{attachment.filename} is not a picture. Attach a PNG, JPEG or WebP image.")
     if attachment.size > limits.max_image_bytes:
         raise InputError(f"The picture is {attachment.size / 1e6:.1f} MB; the limit is "
@@ -299,8 +305,7 @@ class DiscordBot:
         await self.store.set_status_message(enqueued.job_id, str(message.id))
 
     async def on_animate_message(self, interaction: discord.Interaction, message: discord.Message) -> None:
-        pictures = [a for a in message.attachments if (a.content_type or "").startswith("image/")
-                    or Path(a.filename).suffix.lower() in IMAGE_SUFFIXES]
+        pictures = [a for a in message.attachments if declared_picture(a)]
         if not pictures:
             await interaction.response.send_message("That message has no picture attached.", ephemeral=True)
             return
@@ -349,31 +354,38 @@ class DiscordBot:
     def _channel(self, job: Job) -> discord.PartialMessageable:
         return self.client.get_partial_messageable(int(job.chat_id))
 
-    async def _edit_status(self, job: Job, **fields) -> None:
-        """Edit the status message through the interaction token while fresh, else through the channel."""
+    async def _edit_status(self, job: Job, fields: Callable[[], dict]) -> None:
+        """Edit the status message through the interaction token while fresh, else through the channel.
+
+        `fields` makes the edit's arguments anew for each attempt: an upload consumes its discord.File.
+        """
         interaction = self._fresh_interaction(job.id)
         if interaction is not None:
             try:
-                await interaction.edit_original_response(**fields)
+                await interaction.edit_original_response(**fields())
                 return
             except discord.HTTPException as error:
                 if error.code == 10008:  # Unknown Message: deleted, the channel would not find it either
                     raise
                 log.info("discord: job %d: the interaction token failed (%s); using the channel", job.id, error)
                 self.interactions.pop(job.id, None)
-        await self._channel(job).get_partial_message(int(job.status_message)).edit(**fields)
+        await self._channel(job).get_partial_message(int(job.status_message)).edit(**fields())
 
     async def show_progress(self, job: Job, text: str, preview: str | None) -> None:
-        fields: dict = {"content": text, "view": cancel_view(job.id)}
-        if preview:
-            fields["attachments"] = [discord.File(preview, filename=f"job{job.id}_preview.gif")]
+        def fields() -> dict:
+            made: dict = {"content": text, "view": cancel_view(job.id)}
+            if preview:
+                made["attachments"] = [discord.File(preview, filename=f"job{job.id}_preview.gif")]
+            return made
+
         try:
-            await self._edit_status(job, **fields)
+            await self._edit_status(job, fields)
         except discord.NotFound:  # the person deleted the message: post a new one
             self.interactions.pop(job.id, None)
-            files = fields.pop("attachments", [])
+            message = fields()
+            files = message.pop("attachments", [])
             try:
-                sent = await self._channel(job).send(files=files, **fields)
+                sent = await self._channel(job).send(files=files, **message)
             except discord.HTTPException as error:  # cannot post here: carry on silently, deliver at the end
                 log.info("discord: no progress message for job %d: %s", job.id, error)
                 await self.store.set_status_message(job.id, None)
@@ -410,7 +422,8 @@ class DiscordBot:
             await self._deliver_elsewhere(job, files, message)
         if job.status_message:
             with contextlib.suppress(discord.HTTPException):
-                await self._edit_status(job, content=texts.finished(job)[:2000], attachments=[], view=None)
+                await self._edit_status(job, lambda: {"content": texts.finished(job)[:2000], "attachments": [],
+                                                      "view": None})
         self.interactions.pop(job.id, None)
 
     async def _deliver_elsewhere(self, job: Job, files, message: dict) -> None:

@@ -328,6 +328,24 @@ async def test_deleted_progress_message_and_rate_limits_do_not_stop_the_job(env)
     await _delivered(store, 1, fake)
 
 
+async def test_a_preview_reaches_a_new_message_and_the_channel_whole(env, tmp_path):
+    """A failed edit has already read its GIF: the next attempt must upload it again, not an empty file."""
+    fake, store = env.fake, env.store
+    gif = tmp_path / "preview.gif"
+    Image.new("RGB", (32, 24), (10, 120, 200)).save(gif)
+    first = await env.animate(seconds=1.0)
+    deleted = await fake.wait_for(lambda: (m := first.original()) and "Job 1" in m.content and m)
+    fake.delete_message(deleted.id)
+    await env.bot.show_progress(await store.get(1), "Job 1: section 1/1", str(gif))
+    fresh = fake.messages[int((await store.get(1)).status_message)]
+    assert fresh.id != deleted.id and fresh.attachments[0]["data"] == gif.read_bytes()
+
+    second = await env.animate(seconds=1.0)
+    status = await fake.wait_for(lambda: (m := second.original()) and "Job 2" in m.content and m)
+    fake.expire_token(second)  # the edit through the token fails; the channel edit follows
+    await env.bot.show_progress(await store.get(2), "Job 2: section 1/1", str(gif))
+    assert status.attachments[0]["data"] == gif.read_bytes()
+
 async def test_an_interaction_token_that_stops_working_falls_back_to_the_channel(env):
     fake, store = env.fake, env.store
     interaction = await env.animate(seconds=1.0)
