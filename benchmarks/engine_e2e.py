@@ -146,9 +146,12 @@ def main() -> None:
     parser.add_argument("--attention", default="auto")
     parser.add_argument("--work", type=Path, default=Path("/tmp/engine_e2e"))
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--crf", type=int, default=RenderRequest.crf,
+                        help="x264 quality; a high value keeps a paused job's folder small enough to carry")
     parser.add_argument("--note", default="")
     parser.add_argument("--resume", action="store_true", help="continue the job found in --work")
-    parser.add_argument("--pause-after-s", type=float, default=None, help="stop (resumably) after this long")
+    parser.add_argument("--pause-after-s", type=float, default=None,
+                        help="stop (resumably) once this long has passed since the script started")
     args = parser.parse_args()
     variant = Variant.parse(args.variant)
     options = EngineOptions(compile=not args.no_compile, attention=args.attention, fp8=args.fp8)
@@ -160,11 +163,12 @@ def main() -> None:
             for threshold in args.teacache.split(",")]
     for mode, threshold in jobs:
         request = RenderRequest(prompt="A character doing some simple body movements.", seconds=args.seconds,
-                                variant=variant, steps=args.steps, teacache=threshold)
+                                variant=variant, steps=args.steps, teacache=threshold, crf=args.crf)
         t = time.perf_counter()
         models = switch_to(built, mode, options)
         prepared = time.perf_counter() - t
-        record = run(models, mode, request, args.work, fresh=not args.resume, pause_after_s=args.pause_after_s)
+        pause_after_s = None if args.pause_after_s is None else args.pause_after_s - (time.perf_counter() - t0)
+        record = run(models, mode, request, args.work, fresh=not args.resume, pause_after_s=pause_after_s)
         record.update({"prepare_s": round(prepared, 1), "compile": options.compile, "fp8": options.fp8,
                        "attention": options.attention, "note": args.note})
         with args.out.open("a") as sink:

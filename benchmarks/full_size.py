@@ -95,5 +95,7 @@ def full_encoders(device: str = "cuda") -> Encoders:
     return Encoders(llama_tok, llama, clip_tok, clip, processor, siglip, vae)
 
 
-def full_models(variant: Variant, device: str = "cuda") -> FramePackModels:
+def full_models(variant: Variant, device: str = "cuda", seed: int = 0) -> FramePackModels:
+    """Seeded, so that a job paused on one machine resumes with the same weights on another."""
+    torch.manual_seed(seed)
     return FramePackModels(full_encoders(device), full_transformer(device), variant, torch.device(device))
