@@ -147,6 +147,18 @@ def fp8_quantize_only(q, k, v):
     return (lambda: [quantize_fp8(t) for t in (q, k, v)]), None
 
 
+def block_attention_compiled(fp8: bool):
+    """engine's block_attention as the compiled blocks run it: padded to 128 and masked, padding and
+    quantization fused by torch.compile around the cuDNN call (bshd is the blocks' layout)."""
+    def make(q, k, v):
+        from engine.cudnn_attention import block_attention
+
+        fn = torch.compile(lambda a, b, c: block_attention(a, b, c, fp8=fp8), dynamic=False)
+        return (lambda: fn(q, k, v)), (lambda out: out)
+
+    return make
+
+
 KERNELS = {
     "torch_cudnn": torch_sdpa("CUDNN_ATTENTION"),
     "torch_flash": torch_sdpa("FLASH_ATTENTION"),
@@ -156,6 +168,8 @@ KERNELS = {
     "fe_fp8_kernel_backend": fe_fp8_kernel(backend_only=True),
     "fe_fp8": fe_fp8,
     "fp8_quantize_qkv": fp8_quantize_only,
+    "block_bf16_padded": block_attention_compiled(fp8=False),
+    "block_fp8_padded": block_attention_compiled(fp8=True),
 }
 
 

@@ -346,6 +346,18 @@ def main() -> None:
         return {**record, "what": f"high-VRAM fast path: regional torch.compile + {ATTENTION} attention"}
 
     bench.stage("fast", fast)
+
+    def frontend(name: str, what: str):
+        def stage():
+            uncompile_blocks(model)
+            set_block_attention(model, name)
+            compile_blocks(model, backend=COMPILE_BACKEND)
+            return {**bench.measure(model, inputs), "attention": name, "what": what}
+        return stage
+
+    bench.stage("fast_fe", frontend(
+        "cudnn-fe", "high-VRAM fast path, attention through the cuDNN frontend, tokens padded to 128 and masked"))
+    bench.stage("profile_fast_fe", lambda: profile_call(model, inputs, args.out.parent / "profile_fast_fe.txt"))
     bench.stage("profile_stock_kernels", lambda: profile_stock(model, inputs, args.out.parent))
     bench.stage("profile_fast", lambda: profile_call(model, inputs, args.out.parent / "profile_fast.txt"))
     bench.stage("teacache_0.15", lambda: teacache_section(bench, model, inputs, 0.15, args.teacache_steps))
@@ -403,6 +415,10 @@ def main() -> None:
         return {**record, "fp8_linears": count, "what": "FP8 e4m3 row-wise linears + fast path"}
 
     bench.stage("fp8", fp8)
+    bench.stage("fp8_attention", frontend(
+        "cudnn-fp8", "FP8 linears + FP8 attention (cuDNN frontend, per-tensor scales, padded and masked)"))
+    bench.stage("profile_fp8_attention",
+                lambda: profile_call(model, inputs, args.out.parent / "profile_fp8_attention.txt"))
 
     def low_fp8():
         from engine.offload import BlockStreamer

@@ -86,6 +86,16 @@ def _declare(graph, name: str, t: torch.Tensor, data_type):
     return graph.tensor(name=name, dim=list(view.shape), stride=list(view.stride()), data_type=data_type)
 
 
+def _declare_padding(cudnn, graph, tensors: dict, batch: int, padded: bool) -> dict:
+    """With `padded`, the tokens past a per-call length are masked out as keys (and their query rows are junk)."""
+    if not padded:
+        return {}
+    for name in ("seq_len_q", "seq_len_kv"):
+        tensors[name] = graph.tensor(name=name, dim=[batch, 1, 1, 1], stride=[1, 1, 1, 1],
+                                     data_type=cudnn.data_type.INT32)
+    return {"use_padding_mask": True, "seq_len_q": tensors["seq_len_q"], "seq_len_kv": tensors["seq_len_kv"]}
+
+
 def _finish(cudnn, graph, out_t, out: torch.Tensor, data_type, backend_only: bool) -> torch.Tensor:
     """Declares O with the caller's buffer layout, then plans and compiles; returns the workspace."""
     view = _bhsd(out)
@@ -96,14 +106,15 @@ def _finish(cudnn, graph, out_t, out: torch.Tensor, data_type, backend_only: boo
     return torch.empty(graph.get_workspace_size(), device=out.device, dtype=torch.uint8)
 
 
-def _build_bf16(cudnn, handle, q, k, v, out, backend_only: bool) -> _Built:
+def _build_bf16(cudnn, handle, q, k, v, out, backend_only: bool, padded: bool) -> _Built:
     bf16, fp32 = cudnn.data_type.BFLOAT16, cudnn.data_type.FLOAT
     graph = cudnn.pygraph(io_data_type=bf16, intermediate_data_type=fp32, compute_data_type=fp32, handle=handle)
     tensors = {name: _declare(graph, name, t, bf16) for name, t in (("q", q), ("k", k), ("v", v))}
+    padding = _declare_padding(cudnn, graph, tensors, q.shape[0], padded)
     # Inference: no softmax statistics output (they are for the backward pass).
     o, _stats = graph.sdpa(
         q=tensors["q"], k=tensors["k"], v=tensors["v"], attn_scale=1.0 / math.sqrt(q.shape[-1]),
-        generate_stats=False, name="sdpa",
+        generate_stats=False, name="sdpa", **padding,
     )
     tensors["o"] = o
     return _Built(graph, tensors, _finish(cudnn, graph, o, out, bf16, backend_only))
@@ -130,15 +141,27 @@ def cached_graphs() -> dict[tuple, _Built]:
     return dict(_graphs)
 
 
-def _bf16_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend_only: bool) -> torch.Tensor:
+def _seq_lens(valid: int | None, batch: int, device: torch.device) -> dict:
+    """The padding mask's per-call data: `valid` tokens in every batch row (int32, as cuDNN reads it)."""
+    if valid is None:
+        return {}
+    key = ("seq_len", valid, batch, device)
+    if key not in _constants:
+        _constants[key] = torch.full((batch, 1, 1, 1), valid, device=device, dtype=torch.int32)
+    return {"seq_len_q": _constants[key], "seq_len_kv": _constants[key]}
+
+
+def _bf16_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend_only: bool, valid: int | None = None,
+) -> torch.Tensor:
     cudnn = _cudnn()
     handle = _handle(cudnn, q.device)
     out = torch.empty_like(q)  # q's layout: each layout keeps its own graph
-    key = _key(("bf16", backend_only), q, k, v, out)
+    key = _key(("bf16", backend_only, valid is not None), q, k, v, out)
     built = _graphs.get(key)
     if built is None:
-        built = _graphs[key] = _build_bf16(cudnn, handle, q, k, v, out, backend_only)
-    _execute(built, handle, {"q": q, "k": k, "v": v, "o": out})
+        built = _graphs[key] = _build_bf16(cudnn, handle, q, k, v, out, backend_only, valid is not None)
+    _execute(built, handle, {"q": q, "k": k, "v": v, "o": out, **_seq_lens(valid, q.shape[0], q.device)})
     return out
 
 
@@ -169,18 +192,19 @@ def _fp8_out_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 10 else E4M3
 
 
-def _build_fp8(cudnn, handle, q8, k8, v8, out, backend_only: bool) -> _Built:
+def _build_fp8(cudnn, handle, q8, k8, v8, out, backend_only: bool, padded: bool) -> _Built:
     e4m3, fp32, bf16 = cudnn.data_type.FP8_E4M3, cudnn.data_type.FLOAT, cudnn.data_type.BFLOAT16
     graph = cudnn.pygraph(io_data_type=e4m3, intermediate_data_type=fp32, compute_data_type=fp32, handle=handle)
     tensors = {name: _declare(graph, name, t, e4m3) for name, t in (("q", q8), ("k", k8), ("v", v8))}
     for name in ("descale_q", "descale_k", "descale_v", "descale_s", "scale_s", "scale_o"):
         tensors[name] = graph.tensor(name=name, dim=[1, 1, 1, 1], stride=[1, 1, 1, 1], data_type=fp32)
+    padding = _declare_padding(cudnn, graph, tensors, q8.shape[0], padded)
     # Amax_S stays virtual: the frontend marks it deprecated (SOFTMAX_SCALE is fixed instead of measured).
     o, _stats, _amax_s, amax_o = graph.sdpa_fp8(
         q=tensors["q"], k=tensors["k"], v=tensors["v"],
         descale_q=tensors["descale_q"], descale_k=tensors["descale_k"], descale_v=tensors["descale_v"],
         descale_s=tensors["descale_s"], scale_s=tensors["scale_s"], scale_o=tensors["scale_o"],
-        attn_scale=1.0 / math.sqrt(q8.shape[-1]), generate_stats=False, name="sdpa_fp8",
+        attn_scale=1.0 / math.sqrt(q8.shape[-1]), generate_stats=False, name="sdpa_fp8", **padding,
     )
     amax_o.set_output(True).set_dim([1, 1, 1, 1]).set_stride([1, 1, 1, 1]).set_data_type(fp32)
     tensors["o"], tensors["amax_o"] = o, amax_o
@@ -193,6 +217,7 @@ def _build_fp8(cudnn, handle, q8, k8, v8, out, backend_only: bool) -> _Built:
 def fp8_kernel(
     q8: torch.Tensor, k8: torch.Tensor, v8: torch.Tensor,
     descale_q: torch.Tensor, descale_k: torch.Tensor, descale_v: torch.Tensor, *, backend_only: bool = False,
+    valid: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The FP8 kernel alone on quantized inputs; returns (output, the descale to multiply it by: None for bf16)."""
     _check(q8, k8, v8, E4M3)
@@ -200,10 +225,10 @@ def fp8_kernel(
     handle = _handle(cudnn, q8.device)
     out_dtype = _fp8_out_dtype(q8.device)
     out = torch.empty_like(q8, dtype=out_dtype)
-    key = _key(("fp8", backend_only), q8, k8, v8, out)
+    key = _key(("fp8", backend_only, valid is not None), q8, k8, v8, out)
     built = _graphs.get(key)
     if built is None:
-        built = _graphs[key] = _build_fp8(cudnn, handle, q8, k8, v8, out, backend_only)
+        built = _graphs[key] = _build_fp8(cudnn, handle, q8, k8, v8, out, backend_only, valid is not None)
     # An e4m3 output is scaled by 1 / descale_v: each output row is an average of v's rows, so |O| <= amax(v)
     # and O fills e4m3's range exactly as v does. A bf16 output needs no scale.
     fp8_out = out_dtype == E4M3
@@ -212,7 +237,7 @@ def fp8_kernel(
         "q": q8, "k": k8, "v": v8, "o": out,
         "descale_q": descale_q, "descale_k": descale_k, "descale_v": descale_v,
         "descale_s": _constant(1.0 / SOFTMAX_SCALE, q8.device), "scale_s": _constant(SOFTMAX_SCALE, q8.device),
-        "scale_o": scale_o,
+        "scale_o": scale_o, **_seq_lens(valid, q8.shape[0], q8.device),
     })
     return out, (descale_v if fp8_out else None)
 
@@ -240,3 +265,57 @@ def cudnn_sdpa(
     if fp8 and q.shape[-1] % 16:
         raise RuntimeError(f"cuDNN FP8 attention needs head_dim divisible by 16; got {q.shape[-1]}")
     return _fp8_attention(q, k, v, backend_only) if fp8 else _bf16_attention(q, k, v, backend_only)
+
+
+# --- In the transformer's blocks ---------------------------------------------------------------------
+# Custom ops, so that torch.compile keeps each block in one graph around the cuDNN call (a plain Python
+# call would break it in two) and fuses the padding and the FP8 quantization into the kernels before it.
+
+ALIGN = 128  # cuDNN's tile: at 18,253 tokens the kernel takes 6.3-6.9 ms, padded to 18,304 and masked 5.8 ms
+
+
+@torch.library.custom_op("framepack::cudnn_sdpa", mutates_args=())
+def _sdpa_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: int) -> torch.Tensor:
+    _check(q, k, v, torch.bfloat16)
+    return _bf16_attention(q, k, v, backend_only=False, valid=valid if valid < q.shape[1] else None)
+
+
+@_sdpa_op.register_fake
+def _(q, k, v, valid):
+    return torch.empty_like(q)
+
+
+@torch.library.custom_op("framepack::cudnn_sdpa_fp8", mutates_args=())
+def _sdpa_fp8_op(
+    q8: torch.Tensor, k8: torch.Tensor, v8: torch.Tensor,
+    descale_q: torch.Tensor, descale_k: torch.Tensor, descale_v: torch.Tensor, valid: int,
+) -> torch.Tensor:
+    out, _descale = fp8_kernel(q8, k8, v8, descale_q, descale_k, descale_v,
+                               valid=valid if valid < q8.shape[1] else None)
+    return out
+
+
+@_sdpa_fp8_op.register_fake
+def _(q8, k8, v8, descale_q, descale_k, descale_v, valid):
+    return torch.empty_like(q8, dtype=_fp8_out_dtype(q8.device))
+
+
+def block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fp8: bool = False) -> torch.Tensor:
+    """Attention for (batch, tokens, heads, head_dim) bf16 tensors through cuDNN, no mask, any token count.
+
+    The tokens are padded to a multiple of ALIGN and the padding is masked out as keys, which gives the
+    unpadded result (a masked key has zero weight) at the aligned kernel's speed; the padded query rows
+    are cut off. fp8=True quantizes q, k and v per tensor first (a few percent off bf16).
+    """
+    tokens = q.shape[1]
+    extra = -tokens % ALIGN
+    if extra:
+        q, k, v = (torch.nn.functional.pad(t, (0, 0, 0, 0, 0, extra)) for t in (q, k, v))
+    if fp8:
+        (q8, dq), (k8, dk), (v8, dv) = (quantize_fp8(t) for t in (q, k, v))
+        out = _sdpa_fp8_op(q8, k8, v8, dq, dk, dv, tokens)
+        if out.dtype != torch.bfloat16:  # Hopper's e4m3 output, scaled by 1 / descale_v
+            out = dequantize(out, dv)
+    else:
+        out = _sdpa_op(q, k, v, tokens)
+    return out[:, :tokens]

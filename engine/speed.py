@@ -6,12 +6,15 @@
   RoPE, GELU and the gated residuals into a few kernels around cuBLAS and the attention kernel.
 - Attention: PyTorch's SDPA choice, which on Hopper is already cuDNN's fused kernel (620 TFLOP/s at
   these lengths against FlashAttention-2's 370; the benchmark times each one). ENGINE_ATTENTION can
-  force one kernel for the blocks.
+  force one kernel for the blocks, or go through the cuDNN frontend package (`nvidia-cudnn-frontend`,
+  optional): "cudnn-fe" pads the tokens to cuDNN's tile and masks the padding (same math, the
+  aligned kernel's speed), "cudnn-fp8" also runs attention in FP8 (a few percent off bf16).
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -24,6 +27,49 @@ ATTENTION_BACKENDS = {
     "flash": "_native_flash",
     "efficient": "_native_efficient",
 }
+
+
+@dataclass(frozen=True)
+class FrontendKernel:
+    """Put in a processor's `_attention_backend`: its attention goes to engine/cudnn_attention.py."""
+
+    fp8: bool
+
+
+FRONTEND_KERNELS = {"cudnn-fe": FrontendKernel(fp8=False), "cudnn-fp8": FrontendKernel(fp8=True)}
+
+
+def _route_frontend_kernels() -> None:
+    """Wrap the HunyuanVideo processors' attention call once: FrontendKernel backends go to cuDNN's frontend,
+    every other call (and any call with a mask, which only batches of several prompts have) as before."""
+    from diffusers.models.transformers import transformer_hunyuan_video as blocks_module
+
+    from engine.cudnn_attention import block_attention
+
+    original = blocks_module.dispatch_attention_fn
+    if getattr(original, "_framepack_routes", False):
+        return
+
+    def dispatch(query, key, value, attn_mask=None, *args, backend=None, **kwargs):
+        if isinstance(backend, FrontendKernel) and attn_mask is None:
+            return block_attention(query, key, value, fp8=backend.fp8)
+        if isinstance(backend, FrontendKernel):
+            backend = None
+        return original(query, key, value, attn_mask, *args, backend=backend, **kwargs)
+
+    dispatch._framepack_routes = True
+    blocks_module.dispatch_attention_fn = dispatch
+
+
+def frontend_available() -> str | None:
+    """None when the cuDNN frontend can run here, else why not."""
+    if not torch.cuda.is_available():
+        return "it needs an NVIDIA GPU"
+    try:
+        import cudnn  # noqa: F401
+    except Exception as error:
+        return f"the package nvidia-cudnn-frontend does not load ({type(error).__name__}: {error})"
+    return None
 
 
 def repeated_blocks(transformer: nn.Module) -> list[nn.Module]:
@@ -40,8 +86,17 @@ def set_block_attention(transformer: nn.Module, name: str) -> None:
     """Route the 60 blocks' attention through one SDPA kernel (the token refiner keeps its masked default)."""
     from diffusers.models.attention_dispatch import AttentionBackendName
 
+    if name in FRONTEND_KERNELS:
+        problem = frontend_available()
+        if problem:
+            raise ValueError(f"ENGINE_ATTENTION={name} goes through cuDNN's frontend, but {problem}.")
+        _route_frontend_kernels()
+        for block in repeated_blocks(transformer):
+            block.attn.processor._attention_backend = FRONTEND_KERNELS[name]
+        return
     if name not in ATTENTION_BACKENDS:
-        raise ValueError(f"Unknown attention kernel {name!r}; choose one of {', '.join(ATTENTION_BACKENDS)}.")
+        choices = ", ".join([*ATTENTION_BACKENDS, *FRONTEND_KERNELS])
+        raise ValueError(f"Unknown attention kernel {name!r}; choose one of {choices}.")
     backend = ATTENTION_BACKENDS[name]
     for block in repeated_blocks(transformer):
         block.attn.processor._attention_backend = None if backend is None else AttentionBackendName(backend)
