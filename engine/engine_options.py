@@ -64,8 +64,9 @@ def prepare_transformer(transformer: nn.Module, device: torch.device, options: E
         )
     else:
         transformer.to(device)
-    attention = default_attention(device) if options.attention == "auto" else options.attention
+    attention = default_attention(device, options.fp8) if options.attention == "auto" else options.attention
     set_block_attention(transformer, attention)
+    log.info("attention kernel in the blocks: %s", attention)
     if options.compile and device.type == "cuda":
         compile_blocks(transformer)
     transformer._framepack_prepared = True

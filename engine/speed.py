@@ -76,10 +76,13 @@ def repeated_blocks(transformer: nn.Module) -> list[nn.Module]:
     return [*transformer.transformer_blocks, *transformer.single_transformer_blocks]
 
 
-def default_attention(device: torch.device) -> str:
-    """PyTorch's own choice: on an H100 with torch 2.11 that already is cuDNN's kernel, and forcing it
-    through diffusers' cuDNN backend only adds layout copies (measured 0.874 vs 0.899 s a step)."""
-    return "sdpa"
+def default_attention(device: torch.device, fp8: bool = False) -> str:
+    """bf16: PyTorch's own choice: on an H100 with torch 2.11 that already is cuDNN's kernel, and forcing it
+    through diffusers' cuDNN backend only adds layout copies (measured 0.874 vs 0.899 s a step).
+    FP8 (already a few percent off bf16): FP8 attention too where the cuDNN frontend runs, on Hopper
+    0.615 instead of 0.759 s a step, with the output's error against bf16 at 1.90% instead of 1.88%."""
+    hopper_or_newer = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
+    return "cudnn-fp8" if fp8 and hopper_or_newer and frontend_available() is None else "sdpa"
 
 
 def set_block_attention(transformer: nn.Module, name: str) -> None:

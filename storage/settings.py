@@ -60,7 +60,9 @@ class Settings(BaseSettings):
     # Engine speed and memory (README "Speed and memory"; benchmarks/README.md has the figures).
     engine_memory_mode: str = "auto"  # auto (high when > 60 GB free) | high | low (~6 GB GPU, streams from RAM)
     engine_compile: bool = True  # regional torch.compile of the transformer blocks on CUDA (same math)
-    engine_attention: str = "auto"  # auto (PyTorch's SDPA choice) | sdpa | cudnn | flash | efficient
+    # auto (PyTorch's SDPA choice; FP8 attention with engine_fp8 on Hopper when nvidia-cudnn-frontend is
+    # installed) | sdpa | cudnn | flash | efficient | cudnn-fe | cudnn-fp8
+    engine_attention: str = "auto"
     engine_fp8: bool = False  # FP8 transformer linears (Ada/Hopper): faster, results change slightly
     engine_teacache: float = 0.0  # TeaCache threshold for every job; 0 off, 0.15 the demos' (~2x, visible)
     engine_stream_slots: int = 2  # low mode: GPU slots per block kind
