@@ -191,7 +191,12 @@ class Worker:
         await self.store.complete(job.id, self.name, video, fitted)
         if run.step_seconds:
             overhead = statistics.median(run.section_overheads) if run.section_overheads else 0.0
-            await self.store.record_speed(self.name, statistics.median(run.step_seconds), overhead)
+            # TeaCache skips the transformer on some steps: the mean is its speed, a median would pick
+            # a skipped or a full step. Only the job's own threshold counts as TeaCache here; the
+            # worker's ENGINE_TEACACHE is part of its plain figure.
+            teacache = p.teacache > 0
+            step = statistics.fmean(run.step_seconds) if teacache else statistics.median(run.step_seconds)
+            await self.store.record_speed(self.name, step, overhead, teacache=teacache)
 
 
 async def main_async(name: str, max_jobs: int | None) -> None:

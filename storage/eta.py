@@ -10,9 +10,13 @@ from dataclasses import dataclass
 class Speed:
     seconds_per_step: float
     section_overhead: float  # VAE decode, video segment and preview per section
+    teacache_factor: float = 0.5  # a TeaCache job's seconds per step over a plain one's
 
-    def job_seconds(self, sections: int, steps_per_section: int) -> float:
-        return sections * (steps_per_section * self.seconds_per_step + self.section_overhead)
+    def step_seconds(self, teacache: bool = False) -> float:
+        return self.seconds_per_step * (self.teacache_factor if teacache else 1.0)
+
+    def job_seconds(self, sections: int, steps_per_section: int, teacache: bool = False) -> float:
+        return sections * (steps_per_section * self.step_seconds(teacache) + self.section_overhead)
 
 
 def finish_times(running_left: list[float], queued: list[float], workers: int) -> list[float]:

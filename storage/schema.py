@@ -42,4 +42,8 @@ MIGRATIONS: list[str] = [
         seen_at REAL NOT NULL
     );
     """,
+    # 2: each worker's TeaCache ("fast") seconds per step as a fraction of its plain seconds per step
+    """
+    ALTER TABLE workers ADD COLUMN teacache_factor REAL;
+    """,
 ]

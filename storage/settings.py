@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     lease_seconds: float = 60.0  # a worker that stops renewing for this long has died
     default_seconds_per_step: float = 1.2  # ETA before a worker has measured itself (H100: 1.15)
     default_section_overhead: float = 6.0
+    default_teacache_factor: float = 0.5  # a TeaCache job's step time over a plain one's, until measured
     shutdown_grace_seconds: float = 120.0  # how long `serve` waits for a worker to save and exit
 
     # Rendering defaults (SPEC.md section 9).

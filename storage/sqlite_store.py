@@ -258,15 +258,18 @@ class SqliteJobStore:
         """The measured speed (mean over live workers) and how many workers are alive."""
         live_since = time.time() - 2 * self.settings.lease_seconds
         rows = await self._all(
-            "SELECT seconds_per_step, section_overhead FROM workers WHERE seen_at >= ?", (live_since,)
+            "SELECT seconds_per_step, section_overhead, teacache_factor FROM workers WHERE seen_at >= ?",
+            (live_since,),
         )
-        measured = [(s, o) for s, o in rows if s is not None]
+        measured = [(s, o) for s, o, _ in rows if s is not None]
         if measured:
             sps = sum(s for s, _ in measured) / len(measured)
             overhead = sum(o for _, o in measured) / len(measured)
         else:
             sps, overhead = self.settings.default_seconds_per_step, self.settings.default_section_overhead
-        return Speed(sps, overhead), max(len(rows), 1)
+        factors = [f for _, _, f in rows if f is not None]
+        factor = sum(factors) / len(factors) if factors else self.settings.default_teacache_factor
+        return Speed(sps, overhead, factor), max(len(rows), 1)
 
     async def positions(self) -> dict[int, tuple[int, float]]:
         """(position, seconds until done) of every queued and running job, from one pass over the
@@ -277,13 +280,17 @@ class SqliteJobStore:
             r = _job_from_row(row)
             left_steps = max(r.params.total_steps - r.progress.steps_done, 0)
             left_sections = max(r.params.sections - max(r.progress.section - 1, 0), 0)
-            running_left.append(left_steps * speed.seconds_per_step + left_sections * speed.section_overhead)
+            # Only the job's own threshold counts: a worker's ENGINE_TEACACHE is already in its plain figure.
+            step = speed.step_seconds(r.params.teacache > 0)
+            running_left.append(left_steps * step + left_sections * speed.section_overhead)
             result[r.id] = (0, running_left[-1])
         queued_ids, durations = [], []
         for job_id, params in await self._all(self._order_sql()):
             p = json.loads(params)
             queued_ids.append(job_id)
-            durations.append(speed.job_seconds(JobParams(seconds=p["seconds"]).sections, p["steps"]))
+            sections = JobParams(seconds=p["seconds"]).sections
+            # Rows from before the fast option have no "teacache": plain.
+            durations.append(speed.job_seconds(sections, p["steps"], p.get("teacache", 0) > 0))
         for position, (job_id, finish) in enumerate(
             zip(queued_ids, finish_times(running_left, durations, workers), strict=True), start=1
         ):
@@ -306,10 +313,24 @@ class SqliteJobStore:
                 (worker, time.time(), time.time()),
             )
 
-    async def record_speed(self, worker: str, seconds_per_step: float, section_overhead: float) -> None:
-        """Blend a new measurement into the worker's figures (recent jobs weigh more)."""
+    async def record_speed(
+        self, worker: str, seconds_per_step: float, section_overhead: float, teacache: bool = False
+    ) -> None:
+        """Blend a new measurement into the worker's figures (recent jobs weigh more). A TeaCache job
+        only moves the worker's TeaCache factor, its step time over the plain one, so the plain
+        figure stays what a plain job takes."""
         async with self._write() as db:
-            row = await self._one("SELECT seconds_per_step, section_overhead FROM workers WHERE name=?", (worker,))
+            row = await self._one(
+                "SELECT seconds_per_step, section_overhead, teacache_factor FROM workers WHERE name=?", (worker,)
+            )
+            if teacache:
+                if row and row[0]:  # nothing to divide by before the first plain job
+                    factor = seconds_per_step / row[0]
+                    if row[2] is not None:
+                        factor = 0.7 * factor + 0.3 * row[2]
+                    await db.execute("UPDATE workers SET teacache_factor=?, seen_at=? WHERE name=?",
+                                     (factor, time.time(), worker))
+                return
             if row and row[0] is not None:
                 seconds_per_step = 0.7 * seconds_per_step + 0.3 * row[0]
                 section_overhead = 0.7 * section_overhead + 0.3 * row[1]

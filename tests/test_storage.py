@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import multiprocessing
+import sqlite3
 import time
 
 import pytest
@@ -13,6 +15,7 @@ from PIL import Image
 from storage.eta import Speed, start_and_finish
 from storage.inputs import InputError
 from storage.jobs import JobParams, JobState, NewJob, Progress, QueueFull
+from storage.schema import MIGRATIONS
 from storage.settings import Settings
 from storage.sqlite_store import MAX_ATTEMPTS, SqliteJobStore
 
@@ -229,6 +232,7 @@ def test_list_scheduling_arithmetic():
     assert start_and_finish([], [10, 20, 30], 1, 3) == (10, 11)  # three workers busy; ours waits for the first
     assert start_and_finish([], [10, 20], 1, 3) == (0, 1)  # a third worker is free at once
     assert Speed(2.0, 5.0).job_seconds(sections=4, steps_per_section=25) == 4 * (50 + 5)
+    assert Speed(2.0, 5.0, 0.4).job_seconds(sections=4, steps_per_section=25, teacache=True) == 4 * (20 + 5)
 
 
 async def test_eta_uses_measured_speed_and_running_progress(store):
@@ -244,6 +248,61 @@ async def test_eta_uses_measured_speed_and_running_progress(store):
     left = 25 * 1.0 + 2 * 3.0  # one section of steps left; sections 3 and 4 still owe their overhead
     assert eta == pytest.approx(left + 4 * (25 * 1.0 + 3.0))
     assert (await store.position(running)) == (0, pytest.approx(left))
+
+
+async def test_fast_jobs_are_estimated_with_the_teacache_factor(store):
+    fast = (await store.enqueue(_job("a", seconds=5, steps=25, teacache=0.15), PNG)).job_id
+    plain = (await store.enqueue(_job("b", seconds=5, steps=25), PNG)).job_id
+    fast_seconds = 4 * (25 * 2.0 * 0.5 + 5.0)  # the default speed and the default factor from settings
+    assert (await store.position(fast)) == (1, pytest.approx(fast_seconds))
+    assert (await store.position(plain)) == (2, pytest.approx(fast_seconds + 4 * (25 * 2.0 + 5.0)))
+    await store.claim("w1")
+    await store.report_progress(fast, "w1", Progress(section=3, sections=4, step=25, steps=25))
+    left = 25 * 2.0 * 0.5 + 2 * 5.0  # a running fast job's steps left go at the factor too
+    assert (await store.position(fast)) == (0, pytest.approx(left))
+
+
+async def test_a_teacache_measurement_moves_the_factor_not_the_plain_speed(store):
+    await store.record_speed("w1", seconds_per_step=0.4, section_overhead=9.0, teacache=True)
+    speed, _ = await store.speed()
+    assert (speed.seconds_per_step, speed.teacache_factor) == (2.0, 0.5)  # no plain figure to divide by yet
+    await store.record_speed("w1", seconds_per_step=1.0, section_overhead=3.0)
+    await store.record_speed("w1", seconds_per_step=0.4, section_overhead=9.0, teacache=True)
+    speed, _ = await store.speed()
+    assert (speed.seconds_per_step, speed.section_overhead) == (1.0, 3.0)
+    assert speed.teacache_factor == pytest.approx(0.4)
+    await store.record_speed("w1", seconds_per_step=0.5, section_overhead=9.0, teacache=True)
+    speed, _ = await store.speed()
+    assert speed.seconds_per_step == 1.0 and speed.teacache_factor == pytest.approx(0.7 * 0.5 + 0.3 * 0.4)
+    job_id = (await store.enqueue(_job(seconds=5, steps=25, teacache=0.15), PNG)).job_id
+    assert (await store.position(job_id))[1] == pytest.approx(4 * (25 * 1.0 * speed.teacache_factor + 3.0))
+
+
+async def test_a_database_from_schema_version_1_is_migrated_and_keeps_its_rows(tmp_path):
+    settings = _settings(tmp_path)
+    settings.data_dir.mkdir(parents=True)
+    old = sqlite3.connect(settings.data_dir / "framepack.db")
+    old.executescript(MIGRATIONS[0])
+    old.execute("PRAGMA user_version = 1")
+    old.execute("INSERT INTO workers (name, seconds_per_step, section_overhead, samples, seen_at) "
+                "VALUES ('w1', 1.0, 3.0, 4, ?)", (time.time(),))
+    # A row from before the fast option: its params have no "teacache".
+    old.execute("INSERT INTO jobs (platform, chat_id, user_id, prompt, params, state, created_at) "
+                "VALUES ('telegram', 'c', 'u', 'a cat', ?, 'queued', ?)",
+                (json.dumps({"seconds": 5.0, "variant": "original", "seed": 1, "steps": 25}), time.time()))
+    old.commit()
+    old.close()
+    store = await SqliteJobStore.open(settings)
+    try:
+        assert (await store._one("PRAGMA user_version"))[0] == len(MIGRATIONS)
+        speed, _ = await store.speed()
+        assert (speed.seconds_per_step, speed.section_overhead, speed.teacache_factor) == (1.0, 3.0, 0.5)
+        assert (await store.get(1)).params.teacache == 0.0
+        assert (await store.position(1)) == (1, pytest.approx(4 * (25 * 1.0 + 3.0)))
+        await store.record_speed("w1", seconds_per_step=0.45, section_overhead=3.0, teacache=True)
+        assert (await store.speed())[0].teacache_factor == pytest.approx(0.45)
+    finally:
+        await store.close()
 
 
 async def test_a_thousand_jobs_from_two_hundred_people_answer_positions_quickly(tmp_path):

@@ -65,9 +65,13 @@ async def test_a_job_asking_for_teacache_gets_it(stores, tmp_path, tiny_models_d
     store = await stores(settings)
     params = JobParams(seconds=1.2, seed=9, resolution=64, steps=5, teacache=1.0)  # 1.0 skips most calls
     job_id = (await store.enqueue(NewJob("discord", "c", "u", "rain falls", params), picture_bytes())).job_id
+    await store.record_speed("w1", seconds_per_step=1.0, section_overhead=2.0)  # a plain figure to divide by
     await Worker(store, settings, "w1").run(max_jobs=1)
     job = await store.get(job_id)
     assert job.state is JobState.DONE and job.params.teacache == 1.0, job.error
+    speed, _ = await store.speed()  # measured as TeaCache: the factor moved, the plain figures did not
+    assert (speed.seconds_per_step, speed.section_overhead) == (1.0, 2.0)
+    assert speed.teacache_factor != settings.default_teacache_factor and speed.teacache_factor > 0
     frames = video_frames(Path(job.video))
     assert np.array_equal(frames, reference_video(tiny_models_dir, tmp_path / "cached", params, "rain falls"))
     plain = reference_video(tiny_models_dir, tmp_path / "plain", JobParams(**{**params.__dict__, "teacache": 0.0}),
