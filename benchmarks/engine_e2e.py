@@ -77,7 +77,7 @@ def run(models: FramePackModels, mode: MemoryMode, request: RenderRequest, work:
         section_done.append(time.perf_counter() - start)
         rss.append(round(process.memory_info().rss / 2**30, 2))
         phases.append({"sample_s": round(event.sample_seconds, 2), "decode_s": round(event.decode_seconds, 2),
-                       "output_s": round(event.output_seconds, 2)})
+                       "output_s": round(event.output_seconds, 2), "blocked_s": round(event.blocked_seconds, 2)})
         print(f"section {event.section}/{event.sections} at {section_done[-1]:.1f} s {phases[-1]} "
               f"rss {rss[-1]} GB peak GPU {torch.cuda.max_memory_allocated() / 2**30:.2f} GB", flush=True)
 

@@ -14,12 +14,14 @@ same video as an uninterrupted run.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -121,7 +123,8 @@ class SectionEvent:
     frames_total: int
     sample_seconds: float  # the denoising steps
     decode_seconds: float  # VAE decode and blend
-    output_seconds: float  # video segment, preview GIF, checkpoint
+    output_seconds: float  # video segment, preview GIF, checkpoint (on the output thread, beside the next section)
+    blocked_seconds: float = 0.0  # how long the section loop waited for earlier sections' output
 
 
 @dataclass
@@ -203,6 +206,44 @@ class _StepReporter:
         elapsed, self.clock = now - self.clock, now
         if self.on_step is not None:
             self.on_step(StepEvent(self.section, self.sections, index + 1, self.steps, x0, elapsed))
+
+
+class _OutputStage:
+    """A finished section's video segment, preview GIF and checkpoint are written on one thread, in order,
+    while the GPU samples the next section (on an H100 that writing is 2-4 s of a 22-28 s section).
+
+    At most one section waits behind the one being written, so frames do not pile up when writing is the
+    slower side; a write that failed raises at the next `make_room` or `drain`.
+    """
+
+    def __init__(self):
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="framepack-output")
+        self._pending: list[Future] = []
+
+    def make_room(self) -> float:
+        """Wait until at most one section is pending; returns the seconds waited."""
+        start = time.perf_counter()
+        while len(self._pending) > 1:
+            self._pending.pop(0).result()
+        return time.perf_counter() - start
+
+    def submit(self, write: Callable[[], None]) -> None:
+        self._pending.append(self._pool.submit(write))
+
+    def drain(self) -> None:
+        """Everything submitted is on disk (the checkpoint included) or its error is raised."""
+        while self._pending:
+            self._pending.pop(0).result()
+
+    def close(self, quiet: bool = False) -> None:
+        try:
+            self.drain()
+        except Exception:
+            if not quiet:
+                raise
+            log.exception("writing a section's output failed")
+        finally:
+            self._pool.shutdown(wait=True)
 
 
 class _Checkpoint:
@@ -316,68 +357,86 @@ def render(
         segments[rank] = block.shape[1]
         return block.shape[1]
 
-    for index in range(done, sections):
-        if should_cancel is not None and should_cancel():
-            raise Cancelled()
-        if should_pause is not None and should_pause():
-            raise Paused()  # the checkpoint of the last section is the place to resume from
-        layout = layouts[index]
-        start_state = generator.get_state()
-        if partial is not None:  # this section's noise was drawn before the pause
-            generator.set_state(partial["generator_state"])
-            noise = torch.zeros((1, 16, window, latent_h, latent_w))
-        else:
-            noise = torch.randn((1, 16, window, latent_h, latent_w), generator=generator, dtype=torch.float32)
-        clean, x2, x4 = sec.history_inputs(variant, history, start_latent)
-        context = SectionContext(
-            indices_noisy=layout.noisy.to(device),
-            clean=clean.to(device, dtype),
-            indices_clean=layout.clean.to(device),
-            history_2x=x2.to(device, dtype),
-            indices_2x=layout.history_2x.to(device),
-            history_4x=x4.to(device, dtype),
-            indices_4x=layout.history_4x.to(device),
-        )
-        model = transformer
-        if teacache is not None:
-            teacache.reset(request.steps * (1 if negative_dev is None else 2))
-            if partial is not None and partial.get("teacache"):
-                teacache.load_state(partial["teacache"], device)
-            model = TeaCacheTransformer(transformer, teacache)
-        denoise = make_denoiser(model, positive_dev, negative_dev, context, guidance)
-        report_step = _StepReporter(on_step, index + 1, sections, request.steps)
-        clock = time.perf_counter()
-        try:
-            with models.placement.transformer():
-                generated = sample_unipc(
-                    denoise, noise.to(device), sigmas, report_step, should_cancel, should_pause,
-                    state=partial["sampler"] if partial else None,
-                ).cpu()
-        except Paused as paused:
-            partial = {"generator_state": generator.get_state(), "sampler": paused.state,
-                       "teacache": teacache.state() if teacache is not None else None}
-            checkpoint.save(index, history, start_state, segments, partial)
-            log.info("paused at section %d, step %d", index + 1, paused.state["step"] + 1)
-            raise
-        partial = None
-        sampled = time.perf_counter()
-        history, _ = sec.extend_history(variant, history, generated, start_latent, layout.is_last)
-        with models.placement.vae():
-            chunk = vae_decode(chunk_latents(variant, history, index, sections, window), models.encoders.vae)
-        history = sec.trim_history(variant, history, keep)
-        rank, block = stitcher.add(chunk)
-        decoded = time.perf_counter()
-        frames_done += write_block(rank, block)
-        if index == sections - 1:
-            frames_done += write_block(*stitcher.finish())
+    def finish_section(index: int, blocks: list, chunk: torch.Tensor, history: torch.Tensor, generator_state,
+                       **timings: float) -> None:
+        """On the output thread: the section's frames, preview and checkpoint, then its event."""
+        nonlocal frames_done
+        start = time.perf_counter()
+        for rank, block in blocks:
+            frames_done += write_block(rank, block)
         gif = section_gif(frames_to_uint8(chunk), work_dir / f"section_{index + 1:04d}.gif")
-        checkpoint.save(index + 1, history, generator.get_state(), segments)
+        checkpoint.save(index + 1, history, generator_state, segments)
         if on_section is not None:
-            on_section(SectionEvent(
-                index + 1, sections, gif, frames_done, request.frames,
-                sample_seconds=sampled - clock, decode_seconds=decoded - sampled,
-                output_seconds=time.perf_counter() - decoded,
+            on_section(SectionEvent(index + 1, sections, gif, frames_done, request.frames,
+                                    output_seconds=time.perf_counter() - start, **timings))
+
+    output = _OutputStage()
+    try:
+        for index in range(done, sections):
+            if should_cancel is not None and should_cancel():
+                raise Cancelled()
+            if should_pause is not None and should_pause():
+                output.drain()
+                raise Paused()  # the checkpoint of the last section is the place to resume from
+            layout = layouts[index]
+            start_state = generator.get_state()
+            if partial is not None:  # this section's noise was drawn before the pause
+                generator.set_state(partial["generator_state"])
+                noise = torch.zeros((1, 16, window, latent_h, latent_w))
+            else:
+                noise = torch.randn((1, 16, window, latent_h, latent_w), generator=generator, dtype=torch.float32)
+            clean, x2, x4 = sec.history_inputs(variant, history, start_latent)
+            context = SectionContext(
+                indices_noisy=layout.noisy.to(device),
+                clean=clean.to(device, dtype),
+                indices_clean=layout.clean.to(device),
+                history_2x=x2.to(device, dtype),
+                indices_2x=layout.history_2x.to(device),
+                history_4x=x4.to(device, dtype),
+                indices_4x=layout.history_4x.to(device),
+            )
+            model = transformer
+            if teacache is not None:
+                teacache.reset(request.steps * (1 if negative_dev is None else 2))
+                if partial is not None and partial.get("teacache"):
+                    teacache.load_state(partial["teacache"], device)
+                model = TeaCacheTransformer(transformer, teacache)
+            denoise = make_denoiser(model, positive_dev, negative_dev, context, guidance)
+            report_step = _StepReporter(on_step, index + 1, sections, request.steps)
+            clock = time.perf_counter()
+            try:
+                with models.placement.transformer():
+                    generated = sample_unipc(
+                        denoise, noise.to(device), sigmas, report_step, should_cancel, should_pause,
+                        state=partial["sampler"] if partial else None,
+                    ).cpu()
+            except Paused as paused:
+                output.drain()  # the earlier sections' checkpoints first, then this one
+                partial = {"generator_state": generator.get_state(), "sampler": paused.state,
+                           "teacache": teacache.state() if teacache is not None else None}
+                checkpoint.save(index, history, start_state, segments, partial)
+                log.info("paused at section %d, step %d", index + 1, paused.state["step"] + 1)
+                raise
+            partial = None
+            sampled = time.perf_counter()
+            history, _ = sec.extend_history(variant, history, generated, start_latent, layout.is_last)
+            with models.placement.vae():
+                chunk = vae_decode(chunk_latents(variant, history, index, sections, window), models.encoders.vae)
+            history = sec.trim_history(variant, history, keep)
+            blocks = [stitcher.add(chunk)]
+            if index == sections - 1:
+                blocks.append(stitcher.finish())
+            decoded = time.perf_counter()
+            blocked = output.make_room()
+            output.submit(functools.partial(
+                finish_section, index, blocks, chunk, history, generator.get_state(),
+                sample_seconds=sampled - clock, decode_seconds=decoded - sampled, blocked_seconds=blocked,
             ))
+        output.drain()
+    except BaseException:
+        output.close(quiet=True)  # the first error is the one to report
+        raise
+    output.close()
 
     ordered = [work_dir / f"segment_{rank:04d}.mp4" for rank in sorted(segments)]
     concat_segments(ordered, Path(out_path))

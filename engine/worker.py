@@ -139,15 +139,20 @@ class Worker:
         def on_step(event) -> None:
             if event.step > 1:  # the first step of a section carries the section's set-up
                 run.step_seconds.append(event.seconds_per_step)
+            at[0] = (event.section, event.step)
             report(Progress(event.section, event.sections, event.step, event.steps, last_preview[0], frames[0]))
 
         last_preview: list[str | None] = [None]
         frames = [0]
+        at = [(0, 0)]  # (section, step) last reported by on_step
 
         def on_section(event) -> None:
+            # Called from render's output thread, usually while the next section samples: keep that
+            # section's step in the progress and bring in the new preview and frame count.
             last_preview[0], frames[0] = str(event.gif), event.frames_done
-            run.section_overheads.append(event.decode_seconds + event.output_seconds)
-            report(Progress(event.section, event.sections, p.steps, p.steps, last_preview[0], frames[0]))
+            run.section_overheads.append(event.decode_seconds + event.blocked_seconds)
+            section, step = max((event.section, p.steps), at[0])
+            report(Progress(section, event.sections, step, p.steps, last_preview[0], frames[0]))
 
         def work():
             models = self.models.get(p.variant)

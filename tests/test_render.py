@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -98,7 +99,10 @@ def test_resume_after_a_stop_equals_an_uninterrupted_run(tiny_models_dir, tmp_pa
     assert not (tmp_path / "job.mp4").exists()
 
     resumed = render(models, picture, request, tmp_path / "job", tmp_path / "job.mp4")
-    assert resumed.resumed_from_section == 2
+    # Sections are written on the output thread while the next one samples, so the stop can come a section
+    # later; the checkpoint holds exactly the sections whose output was written (and reported).
+    assert stopper.done >= 2
+    assert resumed.resumed_from_section == stopper.done < 4
     assert np.array_equal(video_frames(resumed.video), video_frames(whole.video))
 
 
@@ -110,14 +114,18 @@ def test_a_crash_after_a_checkpoint_resumes(original_models, tmp_path):
     class Crash(Exception):
         pass
 
+    reported = []
+
     def crash_after_first(event):
+        reported.append(event.section)
         raise Crash()
 
-    with pytest.raises(Crash):
+    with pytest.raises(Crash):  # raised on the output thread, surfaced by the section loop
         render(original_models, picture, request, tmp_path / "job", tmp_path / "job.mp4",
                on_section=crash_after_first)
+    assert not (tmp_path / "job.mp4").exists()
     resumed = render(original_models, picture, request, tmp_path / "job", tmp_path / "job.mp4")
-    assert resumed.resumed_from_section == 1
+    assert 1 <= resumed.resumed_from_section == max(reported) < request.sections
     assert np.array_equal(video_frames(resumed.video), video_frames(whole.video))
 
 
@@ -203,12 +211,38 @@ def test_pause_mid_section_resumes_at_that_step_with_the_same_video(models_for, 
 def test_pause_between_sections_needs_no_partial_state(original_models, tmp_path):
     request = RenderRequest(**TINY, seconds=2.4, seed=3)
     picture = make_picture()
-    done = []
+    asked = []  # asked after section 1's last step: the pause comes at the start of section 2
+
+    def on_step(event):
+        if event.section == 1 and event.step == event.steps:
+            asked.append(event)
+
     with pytest.raises(Paused):
         render(original_models, picture, request, tmp_path / "job", tmp_path / "job.mp4",
-               on_section=done.append, should_pause=lambda: bool(done))
+               on_step=on_step, should_pause=lambda: bool(asked))
     saved = torch.load(tmp_path / "job" / "checkpoint.pt", weights_only=False)
     assert saved["sections_done"] == 1 and saved["partial"] is None
     resumed = render(original_models, picture, request, tmp_path / "job", tmp_path / "job.mp4")
     fresh = render(original_models, picture, request, tmp_path / "fresh", tmp_path / "fresh.mp4")
     assert np.array_equal(video_frames(resumed.video), video_frames(fresh.video))
+
+
+def test_a_sections_output_is_written_while_the_next_section_samples(original_models, tmp_path):
+    request = RenderRequest(**TINY, seconds=2.4, seed=3)  # 2 sections
+    picture = make_picture()
+    second_sampling = threading.Event()
+    waited = []
+
+    def on_step(event):
+        if event.section == 2:
+            second_sampling.set()
+
+    def on_section(event):
+        if event.section == 1:  # written in line with the loop, this would wait for nothing and time out
+            waited.append(second_sampling.wait(timeout=120))
+
+    overlapped = render(original_models, picture, request, tmp_path / "a", tmp_path / "a.mp4",
+                        on_step=on_step, on_section=on_section)
+    assert waited == [True]
+    plain = render(original_models, picture, request, tmp_path / "b", tmp_path / "b.mp4")
+    assert np.array_equal(video_frames(overlapped.video), video_frames(plain.video))
