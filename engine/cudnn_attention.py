@@ -307,7 +307,7 @@ def block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fp8: bool
     """Attention for (batch, tokens, heads, head_dim) bf16 tensors through cuDNN, no mask, any token count.
 
     The tokens are padded to a multiple of ALIGN and the padding is masked out as keys, which gives the
-    unpadded result (a masked key has zero weight) at the aligned kernel's speed; the padded query rows
+    unpadded result (a masked key has zero weight); the padded query rows
     are cut off. fp8=True quantizes q, k and v per tensor first (a few percent off bf16).
     """
     tokens = q.shape[1]
