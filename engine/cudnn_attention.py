@@ -151,16 +151,23 @@ def _seq_lens(valid: int | None, batch: int, device: torch.device) -> dict:
     return {"seq_len_q": _constants[key], "seq_len_kv": _constants[key]}
 
 
+def _graph(kind: tuple, build, *tensors: torch.Tensor) -> _Built:
+    """The graph for these tensors' shapes and strides, built (planned, compiled) on first use."""
+    key = _key(kind, *tensors)
+    if key not in _graphs:
+        _graphs[key] = build()
+    return _graphs[key]
+
+
 def _bf16_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend_only: bool, valid: int | None = None,
 ) -> torch.Tensor:
     cudnn = _cudnn()
     handle = _handle(cudnn, q.device)
     out = torch.empty_like(q)  # q's layout: each layout keeps its own graph
-    key = _key(("bf16", backend_only, valid is not None), q, k, v, out)
-    built = _graphs.get(key)
-    if built is None:
-        built = _graphs[key] = _build_bf16(cudnn, handle, q, k, v, out, backend_only, valid is not None)
+    padded = valid is not None
+    built = _graph(("bf16", backend_only, padded),
+                   lambda: _build_bf16(cudnn, handle, q, k, v, out, backend_only, padded), q, k, v, out)
     _execute(built, handle, {"q": q, "k": k, "v": v, "o": out, **_seq_lens(valid, q.shape[0], q.device)})
     return out
 
@@ -225,10 +232,9 @@ def fp8_kernel(
     handle = _handle(cudnn, q8.device)
     out_dtype = _fp8_out_dtype(q8.device)
     out = torch.empty_like(q8, dtype=out_dtype)
-    key = _key(("fp8", backend_only, valid is not None), q8, k8, v8, out)
-    built = _graphs.get(key)
-    if built is None:
-        built = _graphs[key] = _build_fp8(cudnn, handle, q8, k8, v8, out, backend_only, valid is not None)
+    padded = valid is not None
+    built = _graph(("fp8", backend_only, padded),
+                   lambda: _build_fp8(cudnn, handle, q8, k8, v8, out, backend_only, padded), q8, k8, v8, out)
     # An e4m3 output is scaled by 1 / descale_v: each output row is an average of v's rows, so |O| <= amax(v)
     # and O fills e4m3's range exactly as v does. A bf16 output needs no scale.
     fp8_out = out_dtype == E4M3

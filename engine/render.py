@@ -220,11 +220,14 @@ class _OutputStage:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="framepack-output")
         self._pending: list[Future] = []
 
+    def _wait_until(self, pending: int) -> None:
+        while len(self._pending) > pending:
+            self._pending.pop(0).result()
+
     def make_room(self) -> float:
         """Wait until at most one section is pending; returns the seconds waited."""
         start = time.perf_counter()
-        while len(self._pending) > 1:
-            self._pending.pop(0).result()
+        self._wait_until(1)
         return time.perf_counter() - start
 
     def submit(self, write: Callable[[], None]) -> None:
@@ -232,8 +235,7 @@ class _OutputStage:
 
     def drain(self) -> None:
         """Everything submitted is on disk (the checkpoint included) or its error is raised."""
-        while self._pending:
-            self._pending.pop(0).result()
+        self._wait_until(0)
 
     def close(self, quiet: bool = False) -> None:
         try:

@@ -52,9 +52,9 @@ def _route_frontend_kernels() -> None:
         return
 
     def dispatch(query, key, value, attn_mask=None, *args, backend=None, **kwargs):
-        if isinstance(backend, FrontendKernel) and attn_mask is None:
-            return block_attention(query, key, value, fp8=backend.fp8)
         if isinstance(backend, FrontendKernel):
+            if attn_mask is None:
+                return block_attention(query, key, value, fp8=backend.fp8)
             backend = None
         return original(query, key, value, attn_mask, *args, backend=backend, **kwargs)
 
