@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import sqlite3
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -81,11 +82,14 @@ class SqliteJobStore:
     async def _write(self):
         """One write transaction that takes the database's write lock up front."""
         async with self._lock:
-            await self.db.execute("BEGIN IMMEDIATE")
             try:
+                await self.db.execute("BEGIN IMMEDIATE")
                 yield self.db
             except BaseException:
-                await self.db.execute("ROLLBACK")
+                # Also when the task was cancelled while BEGIN waited: aiosqlite's thread still runs it, and
+                # this ROLLBACK queues behind it, so no transaction is left open for the next writer.
+                with contextlib.suppress(sqlite3.OperationalError):  # BEGIN itself failed: nothing to undo
+                    await self.db.execute("ROLLBACK")
                 raise
             await self.db.execute("COMMIT")
 

@@ -400,3 +400,19 @@ async def test_a_picture_that_does_not_decode_is_never_stored(store):
     with pytest.raises(InputError, match="damaged or truncated"):
         await store.enqueue(_job(), PNG[: len(PNG) // 2])
     assert await store.queue_length() == 0 and not store.files.root.exists()
+
+
+@pytest.mark.parametrize("yields", range(6))
+async def test_a_write_cancelled_anywhere_leaves_no_transaction_open(store, yields):
+    """The worker cancels its lease watcher when a render ends, possibly in the middle of a write: the
+    next write must still start its own transaction (it failed with 'within a transaction')."""
+    job_id = (await store.enqueue(_job(), PNG)).job_id
+    await store.claim("w1")
+    renewing = asyncio.create_task(store.renew(job_id, "w1"))
+    for _ in range(yields):
+        await asyncio.sleep(0)
+    renewing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await renewing
+    assert await store.complete(job_id, "w1", "v.mp4", {})
+    assert (await store.get(job_id)).state is JobState.DONE
