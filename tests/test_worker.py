@@ -135,8 +135,11 @@ async def test_kill_9_mid_job_then_recovery_gives_the_uninterrupted_video(stores
     first = _start_worker(settings, "doomed", log)
     try:
         async def mid_section_three():
+            # Section 2's preview comes with its checkpoint, from render's output thread, which may still be
+            # writing while section 3 samples: wait for both.
             job = await store.get(job_id)
-            return job.progress.section >= 3 and job.progress.step >= 2
+            written = (job.progress.preview or "").endswith("section_0002.gif")
+            return job.progress.section >= 3 and job.progress.step >= 2 and written
 
         await wait_for(mid_section_three, timeout=180)
         first.send_signal(signal.SIGKILL)
