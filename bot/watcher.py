@@ -49,8 +49,9 @@ class Watcher:
             if self.shown.get(job.id) == (text, preview):
                 continue
             new_preview = preview != (self.shown.get(job.id) or (None, None))[1]
-            waited = time.monotonic() - self.last_edit.get(job.chat_id, 0.0)
-            if not new_preview and waited < self.frontend.min_edit_seconds(job):
+            # A chat not edited yet is never throttled (the monotonic clock may be younger than the interval).
+            last = self.last_edit.get(job.chat_id)
+            if not new_preview and last is not None and time.monotonic() - last < self.frontend.min_edit_seconds(job):
                 continue
             try:
                 await self.frontend.show_progress(job, text, preview)

@@ -119,6 +119,15 @@ async def _delivered(store, job_id: int, fake: FakeDiscord):
         await asyncio.sleep(0.1)
 
 
+async def _with_status_message(store, job_id: int):
+    """The job once the bot has stored its status message's id: it posts the message first, then stores it."""
+    deadline = time.monotonic() + 10
+    while (job := await store.get(job_id)).status_message is None:
+        assert time.monotonic() < deadline, "the status message was never stored"
+        await asyncio.sleep(0.01)
+    return job
+
+
 async def test_commands_are_synced_to_the_configured_guild(env):
     names = {c["name"] for c in env.fake.commands[env.fake.guild_id]}
     assert {"animate", "queue", "cancel", "help", "admin", "Animate this image"} <= names
@@ -336,14 +345,14 @@ async def test_a_preview_reaches_a_new_message_and_the_channel_whole(env, tmp_pa
     first = await env.animate(seconds=1.0)
     deleted = await fake.wait_for(lambda: (m := first.original()) and "Job 1" in m.content and m)
     fake.delete_message(deleted.id)
-    await env.bot.show_progress(await store.get(1), "Job 1: section 1/1", str(gif))
+    await env.bot.show_progress(await _with_status_message(store, 1), "Job 1: section 1/1", str(gif))
     fresh = fake.messages[int((await store.get(1)).status_message)]
     assert fresh.id != deleted.id and fresh.attachments[0]["data"] == gif.read_bytes()
 
     second = await env.animate(seconds=1.0)
     status = await fake.wait_for(lambda: (m := second.original()) and "Job 2" in m.content and m)
     fake.expire_token(second)  # the edit through the token fails; the channel edit follows
-    await env.bot.show_progress(await store.get(2), "Job 2: section 1/1", str(gif))
+    await env.bot.show_progress(await _with_status_message(store, 2), "Job 2: section 1/1", str(gif))
     assert status.attachments[0]["data"] == gif.read_bytes()
 
 async def test_an_interaction_token_that_stops_working_falls_back_to_the_channel(env):
