@@ -124,6 +124,11 @@ def compare(out: torch.Tensor, ref: torch.Tensor) -> dict:
     }
 
 
+def attention_in_blocks(model) -> str:
+    blocks = getattr(model, "transformer", model).transformer_blocks  # a BlockLoopTransformer wraps the model
+    return repr(blocks[0].attn.processor._attention_backend)
+
+
 class Bench:
     def __init__(self, out: Path, only: set[str] | None, repeats: int):
         self.out, self.only, self.repeats = out, only, repeats
@@ -162,6 +167,7 @@ class Bench:
             "step_times": [round(t, 4) for t in times],
             "first_call_s": round(first_times[0], 2),
             "peak_gpu_gb": peak_gb(),
+            "attention_in_blocks": attention_in_blocks(model),
         }
         if self.ref is None:
             self.ref, self.stock_s = out.float().clone(), step
@@ -195,7 +201,34 @@ def attention_kernels(tokens: int) -> list[dict]:
             rows.append(row)
         except Exception as error:
             rows.append({"kernel": name, "error": f"{type(error).__name__}: {error}"[:300]})
+    rows.append(flash3_alone(q, k, v, flop, reference))
     return rows
+
+
+def flash3_alone(q, k, v, flop: float, reference: torch.Tensor | None) -> dict:
+    """FlashAttention-3 on the same inputs, in its (batch, tokens, heads, head_dim) layout."""
+    from engine.flash3_attention import flash3_attention, load
+
+    problem = load()
+    if problem:
+        return {"kernel": "fa3", "error": problem[:300]}
+    q, k, v = (t.transpose(1, 2).contiguous() for t in (q, k, v))
+    run = lambda: flash3_attention(q, k, v)  # noqa: E731
+    timed(run, 2)
+    times, out = timed(run, 5)
+    ms = statistics.median(times) * 1e3
+    row = {"kernel": "fa3", "ms": round(ms, 3), "tflops": round(flop / ms / 1e9, 1)}
+    if reference is not None:
+        row["max_abs_diff_vs_flash"] = float((out.transpose(1, 2).float() - reference).abs().max())
+    return row
+
+
+def matmul_peak(size: int = 8192) -> dict:
+    """The GPU's bf16 matrix rate on random data, the ceiling the blocks' products are held to."""
+    a, b = (torch.randn(size, size, device=DEVICE, dtype=torch.bfloat16) for _ in range(2))
+    timed(lambda: a @ b, 3)
+    times, _ = timed(lambda: a @ b, 10)
+    return {"size": size, "tflops": round(2 * size**3 / statistics.median(times) / 1e12, 1)}
 
 
 KERNEL_KINDS = {
@@ -269,9 +302,10 @@ def teacache_section(bench: Bench, model, inputs: dict, threshold: float, steps:
     }
 
 
-STAGES = ["host_to_device", "attention_kernels", "stock", "eager_cudnn", "fast", "profile_stock_kernels",
-          "profile_fast", "teacache_0.15", "teacache_0.10",
-          "low", "low_3slots", "fp8", "low_fp8"]
+STAGES = ["host_to_device", "matmul_peak", "attention_kernels", "stock", "eager_cudnn", "fast", "graphed",
+          "fast_fa3", "fa3_graphed", "profile_fast_fa3", "profile_stock_kernels", "profile_fast", "teacache_0.15",
+          "teacache_0.10",
+          "low", "low_3slots", "fp8", "fp8_attention", "fp8_attention_graphed", "low_fp8"]
 ATTENTION = "cudnn"
 build_model = full_transformer
 
@@ -313,7 +347,7 @@ def main() -> None:
     only = set(args.only.split(",")) if args.only else None
     if args.tiny:
         use_tiny_cpu_model()
-        only = (only or set(STAGES)) - {"host_to_device", "attention_kernels"}
+        only = (only or set(STAGES)) - {"host_to_device", "attention_kernels", "matmul_peak"}
     if args.attention:
         global ATTENTION
         ATTENTION = args.attention
@@ -321,6 +355,7 @@ def main() -> None:
 
     bench.stage("host_to_device", lambda: {"pinned_h2d_gbps": host_to_device_gbps(),
                                            "registered_h2d_gbps": host_to_device_gbps(registered=True)})
+    bench.stage("matmul_peak", matmul_peak)
     t0 = time.perf_counter()
     model = build_model()
     sync()
@@ -355,6 +390,30 @@ def main() -> None:
             return {**bench.measure(model, inputs), "attention": name, "what": what}
         return stage
 
+    def graphed(what: str, attention: str | None = None):
+        """The current path with the blocks replayed from a CUDA graph: the same kernels, so the same output."""
+        from engine.graphed_blocks import GraphedBlocks
+        from engine.packed_forward import BlockLoopTransformer
+        from engine.speed import FRONTEND_KERNELS
+
+        def stage():
+            in_use = model.transformer_blocks[0].attn.processor._attention_backend
+            if attention is not None and in_use != FRONTEND_KERNELS[attention]:
+                raise RuntimeError(f"the blocks run {in_use!r}, not {attention}: its own stage failed")
+            plain = call(model, inputs).float()
+            loop = GraphedBlocks()
+            record = bench.measure(BlockLoopTransformer(model, loop), inputs, warmup=2)  # eager, then capture
+            out = call(BlockLoopTransformer(model, loop), inputs).float()
+            record.update({"replays": loop.replays, "bit_identical_to_ungraphed": bool(torch.equal(out, plain)),
+                           "max_abs_diff_vs_ungraphed": float((out - plain).abs().max()), "what": what})
+            loop.release()
+            return record
+        return stage
+
+    bench.stage("graphed", graphed(f"fast path ({ATTENTION}) with the 60 blocks replayed from one CUDA graph"))
+    bench.stage("fast_fa3", frontend("fa3", "high-VRAM fast path, FlashAttention-3 in the blocks"))
+    bench.stage("fa3_graphed", graphed("fast path with FlashAttention-3, blocks replayed from one CUDA graph", "fa3"))
+    bench.stage("profile_fast_fa3", lambda: profile_call(model, inputs, args.out.parent / "profile_fast_fa3.txt"))
     bench.stage("fast_fe", frontend(
         "cudnn-fe", "high-VRAM fast path, attention through the cuDNN frontend, tokens padded to 128 and masked"))
     bench.stage("profile_fast_fe", lambda: profile_call(model, inputs, args.out.parent / "profile_fast_fe.txt"))
@@ -417,6 +476,8 @@ def main() -> None:
     bench.stage("fp8", fp8)
     bench.stage("fp8_attention", frontend(
         "cudnn-fp8", "FP8 linears + FP8 attention (cuDNN frontend, per-tensor scales, padded and masked)"))
+    bench.stage("fp8_attention_graphed", graphed(
+        "FP8 linears + FP8 attention, blocks replayed from one CUDA graph", "cudnn-fp8"))
     bench.stage("profile_fp8_attention",
                 lambda: profile_call(model, inputs, args.out.parent / "profile_fp8_attention.txt"))
 

@@ -104,3 +104,18 @@ def packed_forward(
     hidden = hidden.reshape(batch_size, frames, rows, cols, -1, p_t, p, p)
     hidden = hidden.permute(0, 4, 1, 5, 2, 6, 3, 7)
     return hidden.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+
+
+class BlockLoopTransformer:
+    """Stands in for the transformer in the denoiser: the same call, with the 60 blocks run by `blocks`."""
+
+    def __init__(self, transformer: nn.Module, blocks: BlockLoop):
+        self.transformer = transformer
+        self.blocks = blocks
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.transformer.dtype
+
+    def __call__(self, return_dict: bool = False, **inputs) -> tuple[torch.Tensor]:
+        return (packed_forward(self.transformer, **inputs, blocks=self.blocks),)

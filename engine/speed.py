@@ -32,20 +32,34 @@ ATTENTION_BACKENDS = {
 
 @dataclass(frozen=True)
 class FrontendKernel:
-    """Put in a processor's `_attention_backend`: its attention goes to engine/cudnn_attention.py."""
+    """Put in a processor's `_attention_backend`: its attention goes to a kernel outside diffusers' dispatch,
+    the cuDNN frontend (engine/cudnn_attention.py) or FlashAttention-3 (engine/flash3_attention.py)."""
 
-    fp8: bool
+    library: str  # "cudnn" | "fa3"
+    fp8: bool = False
 
 
-FRONTEND_KERNELS = {"cudnn-fe": FrontendKernel(fp8=False), "cudnn-fp8": FrontendKernel(fp8=True)}
+FRONTEND_KERNELS = {
+    "cudnn-fe": FrontendKernel("cudnn"),
+    "cudnn-fp8": FrontendKernel("cudnn", fp8=True),
+    "fa3": FrontendKernel("fa3"),
+}
+
+
+def _frontend_attention(kernel: FrontendKernel, query, key, value):
+    if kernel.library == "fa3":
+        from engine.flash3_attention import flash3_attention
+
+        return flash3_attention(query, key, value)
+    from engine.cudnn_attention import block_attention
+
+    return block_attention(query, key, value, fp8=kernel.fp8)
 
 
 def _route_frontend_kernels() -> None:
-    """Wrap the HunyuanVideo processors' attention call once: FrontendKernel backends go to cuDNN's frontend,
+    """Wrap the HunyuanVideo processors' attention call once: FrontendKernel backends go to their kernel,
     every other call (and any call with a mask, which only batches of several prompts have) as before."""
     from diffusers.models.transformers import transformer_hunyuan_video as blocks_module
-
-    from engine.cudnn_attention import block_attention
 
     original = blocks_module.dispatch_attention_fn
     if getattr(original, "_framepack_routes", False):
@@ -54,7 +68,7 @@ def _route_frontend_kernels() -> None:
     def dispatch(query, key, value, attn_mask=None, *args, backend=None, **kwargs):
         if isinstance(backend, FrontendKernel):
             if attn_mask is None:
-                return block_attention(query, key, value, fp8=backend.fp8)
+                return _frontend_attention(backend, query, key, value)
             backend = None
         return original(query, key, value, attn_mask, *args, backend=backend, **kwargs)
 
@@ -71,6 +85,17 @@ def frontend_available() -> str | None:
     except Exception as error:
         return f"the package nvidia-cudnn-frontend does not load ({type(error).__name__}: {error})"
     return None
+
+
+def kernel_problem(kernel: FrontendKernel) -> str | None:
+    """None when `kernel` can run here, else why not (in words for the refusal)."""
+    if kernel.library == "fa3":
+        from engine.flash3_attention import load
+
+        problem = load()
+        return None if problem is None else f"FlashAttention-3 is unavailable: {problem}"
+    problem = frontend_available()
+    return None if problem is None else f"it goes through cuDNN's frontend, but {problem}"
 
 
 def repeated_blocks(transformer: nn.Module) -> list[nn.Module]:
@@ -91,9 +116,9 @@ def set_block_attention(transformer: nn.Module, name: str) -> None:
     from diffusers.models.attention_dispatch import AttentionBackendName
 
     if name in FRONTEND_KERNELS:
-        problem = frontend_available()
+        problem = kernel_problem(FRONTEND_KERNELS[name])
         if problem:
-            raise ValueError(f"ENGINE_ATTENTION={name} goes through cuDNN's frontend, but {problem}.")
+            raise ValueError(f"ENGINE_ATTENTION={name}: {problem}.")
         _route_frontend_kernels()
         for block in repeated_blocks(transformer):
             block.attn.processor._attention_backend = FRONTEND_KERNELS[name]

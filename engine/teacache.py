@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from engine.packed_forward import BlockInputs, packed_forward, run_all_blocks
+from engine.packed_forward import BlockInputs, BlockLoopTransformer, run_all_blocks
 
 # The official rescale, highest power first.
 RESCALE = (7.33226126e02, -4.01131952e02, 6.75869174e01, -3.14987800e00, 9.61237896e-02)
@@ -89,16 +89,9 @@ class TeaCache:
         return hidden
 
 
-class TeaCacheTransformer:
+class TeaCacheTransformer(BlockLoopTransformer):
     """Stands in for the transformer in the denoiser: same call, blocks skipped by `cache`."""
 
     def __init__(self, transformer: nn.Module, cache: TeaCache):
-        self.transformer = transformer
+        super().__init__(transformer, cache)
         self.cache = cache
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.transformer.dtype
-
-    def __call__(self, return_dict: bool = False, **inputs) -> tuple[torch.Tensor]:
-        return (packed_forward(self.transformer, **inputs, blocks=self.cache),)

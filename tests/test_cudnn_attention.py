@@ -22,13 +22,13 @@ from engine.speed import (
 @pytest.mark.parametrize("name", ["cudnn-fe", "cudnn-fp8"])
 def test_frontend_kernels_are_refused_clearly_without_a_gpu_and_change_nothing(name):
     model = tiny_transformer(dual=1, single=1)
-    with pytest.raises(ValueError, match=f"ENGINE_ATTENTION={name} goes through cuDNN's frontend.*NVIDIA GPU"):
+    with pytest.raises(ValueError, match=f"ENGINE_ATTENTION={name}: it goes through cuDNN's frontend.*NVIDIA GPU"):
         set_block_attention(model, name)
     assert all(b.attn.processor._attention_backend is None for b in repeated_blocks(model))
 
 
 def test_an_unknown_kernel_names_the_frontend_ones_too():
-    with pytest.raises(ValueError, match="cudnn-fe, cudnn-fp8"):
+    with pytest.raises(ValueError, match="cudnn-fe, cudnn-fp8, fa3"):
         set_block_attention(tiny_transformer(dual=1, single=1), "sage")
 
 
@@ -52,14 +52,29 @@ def test_routing_sends_frontend_backends_to_cudnn_and_leaves_every_other_call_as
 
     assert torch.equal(routed(q, k, v, attn_mask=None, backend=None), before)
     with pytest.raises(RuntimeError, match="needs a CUDA GPU"):  # it reached engine/cudnn_attention.py
-        routed(q.bfloat16(), k.bfloat16(), v.bfloat16(), attn_mask=None, backend=FrontendKernel(fp8=True))
+        routed(q.bfloat16(), k.bfloat16(), v.bfloat16(), attn_mask=None, backend=FrontendKernel("cudnn", fp8=True))
 
     # A masked call (a batch of several prompts) has no frontend path: PyTorch's SDPA serves it, mask and all.
     mask = torch.ones(1, 1, 1, 40, dtype=torch.bool)
     mask[..., 30:] = False
-    got = routed(q, k, v, attn_mask=mask, backend=FrontendKernel(fp8=False))
+    got = routed(q, k, v, attn_mask=mask, backend=FrontendKernel("cudnn"))
     assert torch.equal(got, routed(q, k, v, attn_mask=mask, backend=None))
     assert not torch.equal(got, before)  # the mask was applied
+
+
+def test_flash_attention_3_is_refused_clearly_without_a_hopper_gpu_and_changes_nothing():
+    model = tiny_transformer(dual=1, single=1)
+    refusal = "ENGINE_ATTENTION=fa3: FlashAttention-3 is unavailable: it needs an NVIDIA GPU"
+    with pytest.raises(ValueError, match=refusal):
+        set_block_attention(model, "fa3")
+    assert all(b.attn.processor._attention_backend is None for b in repeated_blocks(model))
+
+
+def test_routing_sends_fa3_to_flash_attention_3():
+    q, k, v = (t.bfloat16() for t in _qkv())
+    _route_frontend_kernels()
+    with pytest.raises(RuntimeError, match="FlashAttention-3 takes CUDA bf16"):  # it reached the FA3 op
+        blocks_module.dispatch_attention_fn(q, k, v, attn_mask=None, backend=FrontendKernel("fa3"))
 
 
 def test_block_attention_refuses_cpu_tensors_clearly():
