@@ -392,7 +392,7 @@ def main() -> None:
 
     def graphed(what: str, attention: str | None = None):
         """The current path with the blocks replayed from a CUDA graph: the same kernels, so the same output."""
-        from engine.graphed_blocks import GraphedBlocks
+        from benchmarks.graphed_blocks import GraphedBlocks
         from engine.packed_forward import BlockLoopTransformer
         from engine.speed import FRONTEND_KERNELS
 

@@ -10,7 +10,9 @@ The math is the blocks' bf16 attention unchanged: softmax(q kᵀ / sqrt(d)) v, w
 
 from __future__ import annotations
 
+import ctypes
 import importlib
+from pathlib import Path
 
 import torch
 
@@ -25,6 +27,30 @@ def _registered() -> bool:
     return True
 
 
+def _preload_cuda_12_runtime() -> bool:
+    """xformers' copy links against libcudart.so.12, which a CUDA 13 PyTorch does not bring: load the one from
+    `pip install nvidia-cuda-runtime-cu12`, so the dynamic loader finds it by name. True if it was found."""
+    try:
+        import nvidia.cuda_runtime
+    except ImportError:
+        return False
+    for folder in nvidia.cuda_runtime.__path__:
+        library = Path(folder) / "lib" / "libcudart.so.12"
+        if library.is_file():
+            ctypes.CDLL(str(library), mode=ctypes.RTLD_GLOBAL)
+            return True
+    return False
+
+
+def _import(module: str) -> None:
+    try:
+        importlib.import_module(module)
+    except ImportError as error:  # a missing libcudart.so.12 surfaces as ImportError from the extension
+        if "libcudart.so.12" not in str(error) or not _preload_cuda_12_runtime():
+            raise
+        importlib.import_module(module)
+
+
 def load() -> str | None:
     """None once FA3's op is registered in this process (importing a build if needed), else why not."""
     if not torch.cuda.is_available():
@@ -36,8 +62,8 @@ def load() -> str | None:
     reasons = []
     for module in SOURCES:
         try:
-            importlib.import_module(module)
-        except Exception as error:  # ImportError, or OSError from a missing CUDA runtime
+            _import(module)
+        except Exception as error:  # ImportError, or OSError from a broken build
             reasons.append(f"{module}: {type(error).__name__}: {error}")
             continue
         if _registered():

@@ -102,13 +102,38 @@ def repeated_blocks(transformer: nn.Module) -> list[nn.Module]:
     return [*transformer.transformer_blocks, *transformer.single_transformer_blocks]
 
 
+def probe(kernel: FrontendKernel, device: torch.device) -> str | None:
+    """None when `kernel` runs a small call on `device` and agrees with PyTorch's attention, else why not.
+
+    The auto choice probes before it commits, so a build that imports but fails at run time (no kernel for
+    this GPU, a CUDA runtime mismatch) leaves the worker on PyTorch's attention instead of failing every job."""
+    g = torch.Generator(device).manual_seed(0)
+    q, k, v = (torch.randn(1, 300, 2, 128, generator=g, device=device, dtype=torch.bfloat16) for _ in range(3))
+    try:
+        got = _frontend_attention(kernel, q, k, v).float()
+    except Exception as error:
+        return f"a test call failed ({type(error).__name__}: {error})"
+    want = torch.nn.functional.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)))
+    error = float((got - want.transpose(1, 2).float()).norm() / want.float().norm())
+    limit = 0.1 if kernel.fp8 else 0.01  # bf16 rounding is about 0.3%; per-tensor e4m3 about 6%
+    return None if error <= limit else f"a test call was {error:.1%} off PyTorch's attention"
+
+
 def default_attention(device: torch.device, fp8: bool = False) -> str:
-    """bf16: PyTorch's own choice: on an H100 with torch 2.11 that already is cuDNN's kernel, and forcing it
-    through diffusers' cuDNN backend only adds layout copies (measured 0.874 vs 0.899 s a step).
-    FP8 (already a few percent off bf16): FP8 attention too where the cuDNN frontend runs, on Hopper
-    0.615 instead of 0.759 s a step, with the output's error against bf16 at 1.90% instead of 1.88%."""
-    hopper_or_newer = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
-    return "cudnn-fp8" if fp8 and hopper_or_newer and frontend_available() is None else "sdpa"
+    """The fastest kernel that loads and passes its probe here; PyTorch's SDPA when none does.
+
+    Measured on an H200, per step (benchmarks/README.md): bf16 0.802 s with FlashAttention-3 against 0.870 s
+    with PyTorch's own choice (cuDNN's kernel); FP8 linears 0.598 s with FP8 attention through the cuDNN
+    frontend, whose output stays within 1.9% of bf16. Off Hopper: PyTorch's choice."""
+    if device.type != "cuda" or torch.cuda.get_device_capability(device)[0] < 9:
+        return "sdpa"
+    for name in (["cudnn-fp8"] if fp8 else []) + ["fa3"]:
+        kernel = FRONTEND_KERNELS[name]
+        problem = kernel_problem(kernel) or probe(kernel, device)
+        if problem is None:
+            return name
+        log.info("attention: %s not used: %s", name, problem)
+    return "sdpa"
 
 
 def set_block_attention(transformer: nn.Module, name: str) -> None:

@@ -14,6 +14,7 @@ from engine.speed import (
     FrontendKernel,
     _route_frontend_kernels,
     default_attention,
+    probe,
     repeated_blocks,
     set_block_attention,
 )
@@ -75,6 +76,15 @@ def test_routing_sends_fa3_to_flash_attention_3():
     _route_frontend_kernels()
     with pytest.raises(RuntimeError, match="FlashAttention-3 takes CUDA bf16"):  # it reached the FA3 op
         blocks_module.dispatch_attention_fn(q, k, v, attn_mask=None, backend=FrontendKernel("fa3"))
+
+
+@pytest.mark.parametrize(("kernel", "reason"), [
+    (FrontendKernel("fa3"), "FlashAttention-3 takes CUDA bf16"),
+    (FrontendKernel("cudnn", fp8=True), "cuDNN attention needs a CUDA GPU"),
+])
+def test_the_probe_reports_why_a_kernel_cannot_serve_the_blocks(kernel, reason):
+    problem = probe(kernel, torch.device("cpu"))
+    assert problem.startswith("a test call failed (RuntimeError: ") and reason in problem
 
 
 def test_block_attention_refuses_cpu_tensors_clearly():

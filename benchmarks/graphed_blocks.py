@@ -1,5 +1,9 @@
 """The 60 blocks replayed from one CUDA graph (high-VRAM mode): one launch a call instead of thousands.
 
+A benchmark experiment, not an engine mode: on an H200 it measured no faster (0.8029 against 0.8021 s a step
+with FlashAttention-3, 0.8698 against 0.8701 with PyTorch's attention), because the GPU, not the host's
+launches, sets the pace of these 18,000-token calls. speed_modes.py keeps the stage to show it.
+
 The first call with new shapes runs the blocks as usual (which also compiles them and builds the kernels'
 plans); the second captures them into a graph; every later call copies its inputs into the graph's buffers and
 replays it. The math is the plain loop's, kernel for kernel. One graph is kept (a new prompt length or
