@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import platform
 import resource
 import shutil
@@ -153,6 +154,7 @@ def main() -> None:
     parser.add_argument("--pause-after-s", type=float, default=None,
                         help="stop (resumably) once this long has passed since the script started")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")  # the engine's choices, e.g. attention
     variant = Variant.parse(args.variant)
     options = EngineOptions(compile=not args.no_compile, attention=args.attention, fp8=args.fp8)
     t0 = time.perf_counter()
@@ -170,7 +172,9 @@ def main() -> None:
         pause_after_s = None if args.pause_after_s is None else args.pause_after_s - (time.perf_counter() - t0)
         record = run(models, mode, request, args.work, fresh=not args.resume, pause_after_s=pause_after_s)
         record.update({"prepare_s": round(prepared, 1), "compile": options.compile, "fp8": options.fp8,
-                       "attention": options.attention, "note": args.note})
+                       "attention": options.attention, "note": args.note,
+                       "attention_in_blocks": repr(models.transformer.transformer_blocks[0].attn.processor
+                                                   ._attention_backend)})
         with args.out.open("a") as sink:
             sink.write(json.dumps(record) + "\n")
         print(json.dumps(record), flush=True)
