@@ -192,3 +192,17 @@ def test_animate_takes_the_memory_and_speed_flags(tiny_models_dir, tmp_path):
     assert probe(out).frames == 37
     refused = _animate([str(picture), "waves", "--teacache", "2"], tmp_path)
     assert refused.returncode == 2 and "TeaCache threshold" in refused.stderr
+
+
+def test_the_speed_benchmark_runs_its_stages_on_the_tiny_model(tmp_path):
+    """benchmarks/speed_modes.py --tiny: the GPU benchmark's plumbing on the CPU, so it cannot rot unseen."""
+    import json
+
+    out = tmp_path / "speed.jsonl"
+    subprocess.run([sys.executable, "-m", "benchmarks.speed_modes", "--tiny", "--out", str(out),
+                    "--only", "stock,fast,graphed,fast_fa3", "--repeats", "2"], check=True, capture_output=True,
+                   cwd=os.path.dirname(os.path.dirname(__file__)), timeout=300)
+    records = {r["mode"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert records["stock"]["s_per_step"] > 0 and records["fast"]["max_abs_diff"] == 0.0
+    assert records["graphed"]["bit_identical_to_ungraphed"] and records["graphed"]["replays"] == 0  # no CUDA here
+    assert "FlashAttention-3 is unavailable: it needs an NVIDIA GPU" in records["fast_fa3"]["error"]
