@@ -27,9 +27,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.command == "serve":
         from bot.serve import serve
-        from storage.settings import get_settings
+        from storage.settings import SettingsError, get_settings
 
-        return asyncio.run(serve(get_settings()))
+        try:
+            settings = get_settings()
+        except SettingsError as error:
+            print(error, file=sys.stderr)
+            return 2
+        return asyncio.run(serve(settings))
     return 2
 
 

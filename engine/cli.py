@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from storage.settings import get_settings
+from storage.settings import SettingsError, get_settings
 
 EXIT_BAD_INPUT = 2
 EXIT_NO_MODELS = 3
@@ -135,7 +135,12 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    try:
+        parser = _parser()
+    except SettingsError as error:
+        print(error, file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s: %(message)s"
     )

@@ -5,8 +5,13 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The engine's names (engine/memory_modes.py, engine/speed.py; a test keeps them in step), here so that a
+# typo stops `serve` at start-up instead of failing jobs in the workers, which never import on this side.
+MEMORY_MODES = ("auto", "high", "low")
+ATTENTION_KERNELS = ("auto", "sdpa", "cudnn", "flash", "efficient", "fa3", "cudnn-fe", "cudnn-fp8")
 
 
 class Settings(BaseSettings):
@@ -61,14 +66,37 @@ class Settings(BaseSettings):
     # Engine speed and memory (README "Speed and memory"; benchmarks/README.md has the figures).
     engine_memory_mode: str = "auto"  # auto (high when > 60 GB free) | high | low (~6 GB GPU, streams from RAM)
     engine_compile: bool = True  # regional torch.compile of the transformer blocks on CUDA (same math)
-    # auto (PyTorch's SDPA choice; FP8 attention with engine_fp8 on Hopper when nvidia-cudnn-frontend is
-    # installed) | sdpa | cudnn | flash | efficient | cudnn-fe | cudnn-fp8
+    # auto (the fastest installed kernel that passes a start-up test call: FA3 on Hopper, FP8 attention with
+    # engine_fp8 when nvidia-cudnn-frontend is installed; else PyTorch's SDPA choice)
+    # | sdpa | cudnn | flash | efficient | fa3 | cudnn-fe | cudnn-fp8
     engine_attention: str = "auto"
     engine_fp8: bool = False  # FP8 transformer linears (Ada/Hopper): faster, results change slightly
     engine_teacache: float = 0.0  # TeaCache threshold for every job; 0 off, 0.15 the demos' (~2x, visible)
     engine_stream_slots: int = 2  # low mode: GPU slots per block kind
 
+    @field_validator("engine_memory_mode", "engine_attention")
+    @classmethod
+    def _one_of_the_engine_names(cls, value: str, info) -> str:
+        choices = MEMORY_MODES if info.field_name == "engine_memory_mode" else ATTENTION_KERNELS
+        value = value.strip().lower()
+        if value not in choices:
+            raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
+        return value
+
+
+class SettingsError(Exception):
+    """Settings that do not parse, in words for the person who wrote them."""
+
+
+def describe(error: ValidationError) -> str:
+    lines = [f"{'.'.join(str(p) for p in e['loc']).upper()}: {e['msg']} (got {e.get('input')!r})"
+             for e in error.errors()]
+    return "Invalid settings (environment or .env):\n  " + "\n  ".join(lines)
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    try:
+        return Settings()
+    except ValidationError as error:
+        raise SettingsError(describe(error)) from None
