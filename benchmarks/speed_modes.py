@@ -482,21 +482,24 @@ def main() -> None:
                 lambda: profile_call(model, inputs, args.out.parent / "profile_fp8_attention.txt"))
 
     def prompt_lengths():
-        """A worker meets prompts of every length: the compiled blocks with FP8 attention recompile for a new
-        length (once dynamic) and must agree with PyTorch's attention on the same FP8 model at each."""
+        """A worker meets prompts of every length: the compiled blocks with the current attention kernel
+        (FP8 attention, FA3) recompile for a new length (once dynamic) and must agree with PyTorch's attention
+        on the same model at each."""
         lengths = (24, 77, 150, 31)
-        fp8_attention = []
+        kernel = attention_in_blocks(model)
+        outputs = []
         for tokens in lengths:
             start = time.perf_counter()
-            fp8_attention.append((call(model, section_inputs(tokens)).float(), time.perf_counter() - start))
+            outputs.append((call(model, section_inputs(tokens)).float(), time.perf_counter() - start))
         uncompile_blocks(model)
         set_block_attention(model, "sdpa")
         compile_blocks(model, backend=COMPILE_BACKEND)
         rows = []
-        for tokens, (out, seconds) in zip(lengths, fp8_attention, strict=True):
+        for tokens, (out, seconds) in zip(lengths, outputs, strict=True):
             ref = call(model, section_inputs(tokens)).float()
             rows.append({"text_tokens": tokens, "first_call_s": round(seconds, 2), **compare(out, ref)})
-        return {"lengths": rows, "what": "cudnn-fp8 against sdpa on the FP8 model, one call per prompt length"}
+        return {"lengths": rows, "attention_in_blocks": kernel,
+                "what": "the blocks' kernel against sdpa on the same model, one call per prompt length"}
 
     bench.stage("prompt_lengths", prompt_lengths)
 
