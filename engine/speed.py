@@ -115,7 +115,9 @@ def probe(kernel: FrontendKernel, device: torch.device) -> str | None:
         return f"a test call failed ({type(error).__name__}: {error})"
     want = torch.nn.functional.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)))
     error = float((got - want.transpose(1, 2).float()).norm() / want.float().norm())
-    limit = 0.1 if kernel.fp8 else 0.01  # bf16 rounding is about 0.3%; per-tensor e4m3 about 6%
+    # bf16 rounding gives about 0.3%; per-tensor e4m3 about 6% (measured at 18,253 tokens, and simulated on the
+    # CPU at this size). A broken kernel is off by tens of percent.
+    limit = 0.15 if kernel.fp8 else 0.02
     return None if error <= limit else f"a test call was {error:.1%} off PyTorch's attention"
 
 
