@@ -31,7 +31,7 @@ from engine.models import FramePackModels
 from engine.offload import BlockStreamer
 from engine.render import Paused, RenderRequest, render
 from engine.sections import Variant
-from engine.speed import repeated_blocks
+from engine.speed import block_attention_backend, repeated_blocks
 
 
 def switch_to(models: FramePackModels, mode: MemoryMode, options: EngineOptions) -> FramePackModels:
@@ -173,8 +173,7 @@ def main() -> None:
         record = run(models, mode, request, args.work, fresh=not args.resume, pause_after_s=pause_after_s)
         record.update({"prepare_s": round(prepared, 1), "compile": options.compile, "fp8": options.fp8,
                        "attention": options.attention, "note": args.note,
-                       "attention_in_blocks": repr(models.transformer.transformer_blocks[0].attn.processor
-                                                   ._attention_backend)})
+                       "attention_in_blocks": repr(block_attention_backend(models.transformer))})
         with args.out.open("a") as sink:
             sink.write(json.dumps(record) + "\n")
         print(json.dumps(record), flush=True)

@@ -23,7 +23,7 @@ import torch
 
 from benchmarks.full_size import full_transformer
 from engine import sections as sec
-from engine.speed import compile_blocks, set_block_attention, uncompile_blocks
+from engine.speed import block_attention_backend, compile_blocks, set_block_attention, uncompile_blocks
 
 HEIGHT, WIDTH, WINDOW = 640, 608, 9
 DEVICE = "cuda"
@@ -125,8 +125,7 @@ def compare(out: torch.Tensor, ref: torch.Tensor) -> dict:
 
 
 def attention_in_blocks(model) -> str:
-    blocks = getattr(model, "transformer", model).transformer_blocks  # a BlockLoopTransformer wraps the model
-    return repr(blocks[0].attn.processor._attention_backend)
+    return repr(block_attention_backend(getattr(model, "transformer", model)))  # a BlockLoopTransformer wraps it
 
 
 class Bench:
@@ -178,6 +177,14 @@ class Bench:
         return record
 
 
+def kernel_row(name: str, run, flop: float) -> tuple[dict, torch.Tensor]:
+    """One attention kernel timed alone: median of 5 calls after 2 warm-ups; returns (row, its output)."""
+    timed(run, 2)
+    times, out = timed(run, 5)
+    ms = statistics.median(times) * 1e3
+    return {"kernel": name, "ms": round(ms, 3), "tflops": round(flop / ms / 1e9, 1)}, out
+
+
 def attention_kernels(tokens: int) -> list[dict]:
     """Each SDPA kernel alone at the blocks' shape (24 heads of 128, one sequence of `tokens`)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -189,11 +196,7 @@ def attention_kernels(tokens: int) -> list[dict]:
                           ("efficient", SDPBackend.EFFICIENT_ATTENTION)]:
         try:
             with sdpa_kernel(backend):
-                run = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v)  # noqa: E731
-                timed(run, 2)
-                times, out = timed(run, 5)
-            ms = statistics.median(times) * 1e3
-            row = {"kernel": name, "ms": round(ms, 3), "tflops": round(flop / ms / 1e9, 1)}
+                row, out = kernel_row(name, lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v), flop)
             if reference is None:
                 reference = out.float()
             else:
@@ -213,11 +216,7 @@ def flash3_alone(q, k, v, flop: float, reference: torch.Tensor | None) -> dict:
     if problem:
         return {"kernel": "fa3", "error": problem[:300]}
     q, k, v = (t.transpose(1, 2).contiguous() for t in (q, k, v))
-    run = lambda: flash3_attention(q, k, v)  # noqa: E731
-    timed(run, 2)
-    times, out = timed(run, 5)
-    ms = statistics.median(times) * 1e3
-    row = {"kernel": "fa3", "ms": round(ms, 3), "tflops": round(flop / ms / 1e9, 1)}
+    row, out = kernel_row("fa3", lambda: flash3_attention(q, k, v), flop)
     if reference is not None:
         row["max_abs_diff_vs_flash"] = float((out.transpose(1, 2).float() - reference).abs().max())
     return row
@@ -397,7 +396,7 @@ def main() -> None:
         from engine.speed import FRONTEND_KERNELS
 
         def stage():
-            in_use = model.transformer_blocks[0].attn.processor._attention_backend
+            in_use = block_attention_backend(model)
             if attention is not None and in_use != FRONTEND_KERNELS[attention]:
                 raise RuntimeError(f"the blocks run {in_use!r}, not {attention}: its own stage failed")
             plain = call(model, inputs).float()

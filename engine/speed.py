@@ -138,6 +138,12 @@ def default_attention(device: torch.device, fp8: bool = False) -> str:
     return "sdpa"
 
 
+def block_attention_backend(transformer: nn.Module):
+    """What the blocks' attention runs now (set by set_block_attention): None, a diffusers backend or a
+    FrontendKernel."""
+    return transformer.transformer_blocks[0].attn.processor._attention_backend
+
+
 def set_block_attention(transformer: nn.Module, name: str) -> None:
     """Route the 60 blocks' attention through one SDPA kernel (the token refiner keeps its masked default)."""
     from diffusers.models.attention_dispatch import AttentionBackendName
