@@ -98,11 +98,46 @@ class Dtypes:
     transformer: torch.dtype
 
 
+# SPEC.md: encoders and VAE in fp16, the transformer in bf16, as the official demos load them.
+OFFICIAL_DTYPES = Dtypes(torch.float16, torch.float16, torch.float16, torch.bfloat16)
+
+
 def dtypes_for(device: torch.device) -> Dtypes:
-    """SPEC.md: encoders and VAE in fp16, the transformer in bf16. CPUs get fp32 where fp16 kernels are missing."""
+    """The official dtypes on CUDA. CPUs keep the encoders and VAE in fp32: their fp16 convolutions are about
+    17x slower than fp32 ones (a tiny VAE's decode at 640x608 took 355 s against 21 s on 2 cores)."""
     if device.type == "cuda":
-        return Dtypes(torch.float16, torch.float16, torch.float16, torch.bfloat16)
+        return OFFICIAL_DTYPES
     return Dtypes(torch.float32, torch.float32, torch.float32, torch.bfloat16)
+
+
+def load_llama_tokenizer(root: Path, subfolder: str = "tokenizer"):
+    """HunyuanVideo's Llama 3 tokenizer as the official demos see it.
+
+    AutoTokenizer keeps the byte-level tokenizer.json as saved (transformers 5's Llama class would rebuild
+    it with other splits). The demos' LlamaTokenizerFast puts BOS before the text and no EOS after it,
+    whatever the file's own post-processor says, so that is set here too; then the template's prefix must be
+    the official crop start.
+    """
+    from tokenizers import processors
+    from transformers import AutoTokenizer
+
+    from engine.text_encoding import check_llama_tokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(root, subfolder=subfolder)
+    bos, bos_id = tokenizer.bos_token, tokenizer.bos_token_id
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1", special_tokens=[(bos, bos_id)]
+    )
+    check_llama_tokenizer(tokenizer)
+    return tokenizer
+
+
+def siglip_processor_class():
+    """The PIL-backed SigLIP processor: the official demos' resize and rescale. transformers 5 picks a
+    torchvision-backed one when torchvision is installed, whose bicubic resize gives other pixels."""
+    import transformers
+
+    return getattr(transformers, "SiglipImageProcessorPil", None) or transformers.SiglipImageProcessor
 
 
 def _missing_message(parts: list[Part], where: str, hint: str) -> str:
@@ -221,29 +256,24 @@ def _load_failure(error: Exception, what: str, root: Path) -> ModelsNotFound:
 
 
 def load_encoders(
-    device: torch.device, models_dir: Path | None = None, allow_download: bool = True, place: torch.device | None = None
+    device: torch.device, models_dir: Path | None = None, allow_download: bool = True,
+    place: torch.device | None = None, dtypes: Dtypes | None = None,
 ) -> Encoders:
-    """`device` decides the dtypes; `place` (default `device`) is where the weights go: the CPU in low-VRAM mode."""
+    """`device` decides the dtypes unless `dtypes` is given; `place` (default `device`) is where the weights
+    go: the CPU in low-VRAM mode."""
     from diffusers import AutoencoderKLHunyuanVideo
-    from transformers import (
-        AutoTokenizer,
-        CLIPTextModel,
-        LlamaModel,
-        SiglipImageProcessor,
-        SiglipVisionModel,
-    )
+    from transformers import AutoTokenizer, CLIPTextModel, LlamaModel, SiglipVisionModel
 
     roots = locate(list(ENCODER_PARTS), models_dir, allow_download)
     hunyuan, redux = roots[HUNYUAN_REPO], roots[REDUX_REPO]
-    dtypes = dtypes_for(device)
+    dtypes = dtypes or dtypes_for(device)
     try:
-        # AutoTokenizer keeps Llama 3's byte-level tokenizer.json as saved; LlamaTokenizerFast rebuilds it.
         encoders = Encoders(
-            tokenizer=AutoTokenizer.from_pretrained(hunyuan, subfolder="tokenizer"),
+            tokenizer=load_llama_tokenizer(hunyuan),
             text_encoder=LlamaModel.from_pretrained(hunyuan, subfolder="text_encoder", dtype=dtypes.text),
             tokenizer_2=AutoTokenizer.from_pretrained(hunyuan, subfolder="tokenizer_2"),
             text_encoder_2=CLIPTextModel.from_pretrained(hunyuan, subfolder="text_encoder_2", dtype=dtypes.text),
-            feature_extractor=SiglipImageProcessor.from_pretrained(redux, subfolder="feature_extractor"),
+            feature_extractor=siglip_processor_class().from_pretrained(redux, subfolder="feature_extractor"),
             image_encoder=SiglipVisionModel.from_pretrained(redux, subfolder="image_encoder", dtype=dtypes.image),
             vae=AutoencoderKLHunyuanVideo.from_pretrained(hunyuan, subfolder="vae", torch_dtype=dtypes.vae),
         )
@@ -256,7 +286,7 @@ def load_encoders(
 
 def load_transformer(
     variant: Variant, device: torch.device, models_dir: Path | None = None, allow_download: bool = True,
-    place: torch.device | None = None,
+    place: torch.device | None = None, dtype: torch.dtype | None = None,
 ) -> torch.nn.Module:
     from diffusers import HunyuanVideoFramepackTransformer3DModel
 
@@ -264,7 +294,7 @@ def load_transformer(
     root = locate([part], models_dir, allow_download)[part.repo]
     try:
         transformer = HunyuanVideoFramepackTransformer3DModel.from_pretrained(
-            root, torch_dtype=dtypes_for(device).transformer
+            root, torch_dtype=dtype or dtypes_for(device).transformer
         )
     except (OSError, ValueError) as error:
         raise _load_failure(error, f"the {variant.value} transformer", root) from None
@@ -279,9 +309,11 @@ def load_models(
     models_dir: Path | None = None,
     allow_download: bool = True,
     options: EngineOptions | None = None,
+    dtypes: Dtypes | None = None,
 ) -> FramePackModels:
     """Without `options`: every model on the device, stock forward. With them: the memory mode and speed
-    options of engine/engine_options.py (low-VRAM loads into CPU RAM and streams from there)."""
+    options of engine/engine_options.py (low-VRAM loads into CPU RAM and streams from there).
+    `dtypes` overrides the device's (OFFICIAL_DTYPES on a CPU: the golden tests)."""
     from engine.engine_options import placement_for
 
     variant = Variant.parse(variant)
@@ -289,8 +321,9 @@ def load_models(
     # Check every folder first, so a missing transformer is reported before minutes of encoder loading.
     locate(parts_for([variant]), models_dir, allow_download)
     if options is None:
-        encoders = load_encoders(device, models_dir, allow_download)
-        transformer = load_transformer(variant, device, models_dir, allow_download)
+        encoders = load_encoders(device, models_dir, allow_download, dtypes=dtypes)
+        transformer = load_transformer(variant, device, models_dir, allow_download,
+                                       dtype=dtypes.transformer if dtypes else None)
         return FramePackModels(encoders=encoders, transformer=transformer, variant=variant, device=device)
     mode = options.mode_for(device)
     encoders = load_prepared_encoders(device, mode, models_dir, allow_download)

@@ -30,14 +30,12 @@ import torch
 from PIL import Image
 
 from engine import sections as sec
-from engine.denoiser import Conditioning, Guidance, SectionContext, make_denoiser
 from engine.image_input import prepare_image, scaled_buckets
 from engine.models import FramePackModels
 from engine.preview import latent_preview, section_gif
+from engine.section_sampler import JobConditioning, SectionSampler, encode_conditioning
 from engine.stitch import OverlapStitcher, chunk_latents, vae_decode
-from engine.teacache import TeaCache, TeaCacheTransformer
-from engine.text_encoding import encode_prompt
-from engine.unipc import Cancelled, Paused, flux_mu, flux_sigmas, sample_unipc
+from engine.unipc import Cancelled, Paused
 from engine.video import concat_segments, frames_to_uint8, write_segment
 from storage.inputs import InputError
 
@@ -166,34 +164,6 @@ def _load_if_matching(path: Path, fingerprint: str) -> dict | None:
     return data
 
 
-@torch.no_grad()
-def _encode_conditioning(
-    models: FramePackModels, image: np.ndarray, request: RenderRequest
-) -> tuple[Conditioning, Conditioning | None, torch.Tensor]:
-    enc, placement = models.encoders, models.placement
-    with placement.text_encoders():
-        text, mask, pooled = (t.cpu() for t in encode_prompt(request.prompt, enc))
-        if request.cfg != 1.0:
-            negative_text = [t.cpu() for t in encode_prompt(request.negative_prompt, enc)]
-    with placement.image_encoder():
-        pixels = enc.feature_extractor.preprocess(images=image, return_tensors="pt")["pixel_values"]
-        siglip = enc.image_encoder(pixel_values=pixels.to(enc.image_encoder.device, enc.image_encoder.dtype))
-        image_tokens = siglip.last_hidden_state.cpu()
-    positive = Conditioning(text, mask, pooled, image_tokens)
-    negative = Conditioning(*negative_text, image_tokens) if request.cfg != 1.0 else None
-
-    # The demos sample the VAE posterior from the unseeded global RNG; a generator of its own, seeded
-    # from the job's seed, makes the start latent repeatable without touching the noise draws.
-    x = torch.from_numpy(image).float().div(127.5).sub(1.0).permute(2, 0, 1)[None, :, None]
-    vae = enc.vae
-    with placement.vae():
-        posterior = vae.encode(x.to(vae.device, vae.dtype)).latent_dist
-        start_gen = torch.Generator("cpu").manual_seed(request.seed)
-        start = posterior.sample(generator=start_gen) * vae.config.scaling_factor
-        start = start.float().cpu()
-    return positive, negative, start
-
-
 class _StepReporter:
     """Turns the sampler's per-step callback into StepEvents with the time each step took."""
 
@@ -297,58 +267,33 @@ def render(
         raise ValueError(f"The loaded transformer is the {models.variant.value} variant, not {variant.value}.")
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    device = models.device
-    transformer = models.transformer
-    dtype = transformer.dtype
     window, sections = request.window, request.sections
 
+    # 1. The picture, cropped to its bucket, and everything computed once from it and the prompts.
     cropped = prepare_image(image, scaled_buckets(request.resolution))
     height, width = cropped.shape[:2]
     Image.fromarray(cropped).save(work_dir / "input.png")
     fingerprint = _fingerprint(request, cropped)
+    conditioning = _load_or_encode_conditioning(models, cropped, request, work_dir / "conditioning.pt", fingerprint)
 
-    cond_path = work_dir / "conditioning.pt"
-    cond = _load_if_matching(cond_path, fingerprint)
-    if cond is None:
-        positive, negative, start_latent = _encode_conditioning(models, cropped, request)
-        _save_atomic(
-            {"version": CHECKPOINT_VERSION, "fingerprint": fingerprint, "positive": positive,
-             "negative": negative, "start_latent": start_latent},
-            cond_path,
-        )
-    else:
-        positive, negative, start_latent = cond["positive"], cond["negative"], cond["start_latent"]
-    positive_dev = positive.to(device, dtype)
-    negative_dev = negative.to(device, dtype) if negative is not None else None
-    guidance = Guidance(request.distilled_guidance, request.cfg, request.cfg_rescale)
-
+    # 2. Where to start: the last checkpoint of this very request, or the beginning.
     checkpoint = _Checkpoint(work_dir / "checkpoint.pt", fingerprint)
     saved = checkpoint.load()
-    generator = torch.Generator("cpu").manual_seed(request.seed)
     stitcher = OverlapStitcher(sec.overlap_frames(window), variant is sec.Variant.ORIGINAL, sections)
-    keep = max(sec.HISTORY_CONTEXT, 2 * window + 1)
     partial = None
     if saved is not None:
-        done, history, segments = saved["sections_done"], saved["history"], saved["segments"]
-        generator.set_state(saved["generator_state"])
-        partial = saved.get("partial")
+        done, segments, partial = saved["sections_done"], saved["segments"], saved.get("partial")
+        sampler = SectionSampler(models, request, conditioning, saved["history"], saved["generator_state"])
         if done > 0:
-            previous = chunk_latents(variant, history, done - 1, sections, window)
+            previous = chunk_latents(variant, saved["history"], done - 1, sections, window)
             with models.placement.vae():
                 stitcher.restore(vae_decode(previous, models.encoders.vae), done)
         log.info("resuming at section %d of %d%s", done + 1, sections,
                  f", step {partial['sampler']['step'] + 1}" if partial else "")
     else:
-        done, history, segments = 0, sec.initial_history(variant, start_latent), {}
+        done, segments = 0, {}
+        sampler = SectionSampler(models, request, conditioning)
     resumed_from = done
-
-    latent_h, latent_w = height // 8, width // 8
-    mu = flux_mu(window * latent_h * latent_w // 4)
-    sigmas = flux_sigmas(request.steps, mu).to(device)
-    layouts = sec.section_layouts(variant, sections, window)
-    teacache = None
-    if request.teacache > 0:
-        teacache = TeaCache(request.teacache, models.placement.before_first_block)
     frames_done = sum(int(n) for n in segments.values())
 
     def write_block(rank: int, block: torch.Tensor) -> int:
@@ -372,6 +317,7 @@ def render(
             on_section(SectionEvent(index + 1, sections, gif, frames_done, request.frames,
                                     output_seconds=time.perf_counter() - start, **timings))
 
+    # 3. The section loop: sample, decode and blend; the output thread writes while the next one samples.
     output = _OutputStage()
     try:
         for index in range(done, sections):
@@ -380,58 +326,26 @@ def render(
             if should_pause is not None and should_pause():
                 output.drain()
                 raise Paused()  # the checkpoint of the last section is the place to resume from
-            layout = layouts[index]
-            start_state = generator.get_state()
-            if partial is not None:  # this section's noise was drawn before the pause
-                generator.set_state(partial["generator_state"])
-                noise = torch.zeros((1, 16, window, latent_h, latent_w))
-            else:
-                noise = torch.randn((1, 16, window, latent_h, latent_w), generator=generator, dtype=torch.float32)
-            clean, x2, x4 = sec.history_inputs(variant, history, start_latent)
-            context = SectionContext(
-                indices_noisy=layout.noisy.to(device),
-                clean=clean.to(device, dtype),
-                indices_clean=layout.clean.to(device),
-                history_2x=x2.to(device, dtype),
-                indices_2x=layout.history_2x.to(device),
-                history_4x=x4.to(device, dtype),
-                indices_4x=layout.history_4x.to(device),
-            )
-            model = transformer
-            if teacache is not None:
-                teacache.reset(request.steps * (1 if negative_dev is None else 2))
-                if partial is not None and partial.get("teacache"):
-                    teacache.load_state(partial["teacache"], device)
-                model = TeaCacheTransformer(transformer, teacache)
-            denoise = make_denoiser(model, positive_dev, negative_dev, context, guidance)
             report_step = _StepReporter(on_step, index + 1, sections, request.steps)
             clock = time.perf_counter()
             try:
-                with models.placement.transformer():
-                    generated = sample_unipc(
-                        denoise, noise.to(device), sigmas, report_step, should_cancel, should_pause,
-                        state=partial["sampler"] if partial else None,
-                    ).cpu()
+                sampler.sample(index, report_step, should_cancel, should_pause, partial)
             except Paused as paused:
                 output.drain()  # the earlier sections' checkpoints first, then this one
-                partial = {"generator_state": generator.get_state(), "sampler": paused.state,
-                           "teacache": teacache.state() if teacache is not None else None}
-                checkpoint.save(index, history, start_state, segments, partial)
+                checkpoint.save(index, sampler.history, paused.start_state, segments, paused.partial)
                 log.info("paused at section %d, step %d", index + 1, paused.state["step"] + 1)
                 raise
             partial = None
             sampled = time.perf_counter()
-            history, _ = sec.extend_history(variant, history, generated, start_latent, layout.is_last)
             with models.placement.vae():
-                chunk = vae_decode(chunk_latents(variant, history, index, sections, window), models.encoders.vae)
-            history = sec.trim_history(variant, history, keep)
+                chunk = vae_decode(sampler.decode_window(index), models.encoders.vae)
             blocks = [stitcher.add(chunk)]
             if index == sections - 1:
                 blocks.append(stitcher.finish())
             decoded = time.perf_counter()
             blocked = output.make_room()
             output.submit(functools.partial(
-                finish_section, index, blocks, chunk, history, generator.get_state(),
+                finish_section, index, blocks, chunk, sampler.history, sampler.generator.get_state(),
                 sample_seconds=sampled - clock, decode_seconds=decoded - sampled, blocked_seconds=blocked,
             ))
         output.drain()
@@ -440,7 +354,22 @@ def render(
         raise
     output.close()
 
+    # 4. The finished segments, joined into one MP4.
     ordered = [work_dir / f"segment_{rank:04d}.mp4" for rank in sorted(segments)]
     concat_segments(ordered, Path(out_path))
     frames = sum(segments.values())
     return RenderResult(Path(out_path), frames, width, height, frames / sec.FPS, resumed_from)
+
+
+def _load_or_encode_conditioning(models: FramePackModels, cropped: np.ndarray, request: RenderRequest, path: Path,
+                                 fingerprint: str) -> JobConditioning:
+    saved = _load_if_matching(path, fingerprint)
+    if saved is not None:
+        return JobConditioning(saved["positive"], saved["negative"], saved["start_latent"])
+    conditioning = encode_conditioning(models, cropped, request)
+    _save_atomic(
+        {"version": CHECKPOINT_VERSION, "fingerprint": fingerprint, "positive": conditioning.positive,
+         "negative": conditioning.negative, "start_latent": conditioning.start_latent},
+        path,
+    )
+    return conditioning

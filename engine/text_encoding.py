@@ -1,40 +1,33 @@
-"""Prompt encoding with Llama 3 and CLIP, as the FramePack demos do it (SPEC.md section 1)."""
+"""Prompt encoding with Llama 3 and CLIP, as the FramePack demos do it (SPEC.md section 1).
+
+The prompt template and its crop start come from diffusers' HunyuanVideo pipeline, which is where the
+official demos take them from: never a retyped copy.
+"""
 
 from __future__ import annotations
 
 import torch
+from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE
 
-# diffusers' HunyuanVideo DEFAULT_PROMPT_TEMPLATE: the official text encoder crops this prefix off.
-PROMPT_TEMPLATE = (
-    "<|start_header_id|>system<|end_header_id|>\n\nDescribe the video by detailing the following aspects: "
-    "1. The main content and theme of the video."
-    "2. The color, shape, size, texture, quantity, text, and spatial relation of objects."
-    "3. Actions, events, behaviors temporal relationships, physical movement changes of the objects."
-    "4. background environment, light, style and atmosphere."
-    "5. camera angles, movements, and transitions used in the video:<|eot_id|>"
-    "<|start_header_id|>user<|end_header_id|>\n\n{}<|eot_id|>"
-)
-OFFICIAL_CROP_START = 95  # the template prefix in Llama 3 tokens, hard-coded by the official demos
-LLAMA_3_VOCAB = 128_256
+PROMPT_TEMPLATE: str = DEFAULT_PROMPT_TEMPLATE["template"]
+CROP_START: int = DEFAULT_PROMPT_TEMPLATE["crop_start"]  # the template's tokens before the prompt, BOS included
+# The official `encode_prompt_conds` defaults: 256 prompt tokens, zero padded to 512; CLIP's 77.
 MAX_TEXT_TOKENS = 256
 TEXT_PAD_LENGTH = 512
 CLIP_LENGTH = 77
 
 
-def template_crop_start(tokenizer) -> int:
-    """Number of tokens of the template before the prompt, BOS included.
-
-    With the real Llama 3 tokenizer this must be the official 95; a tokenizer that was silently
-    rebuilt (lost spaces, other merges) would shift every prompt token, so it is refused.
-    """
+def check_llama_tokenizer(tokenizer) -> None:
+    """The official code crops a fixed CROP_START tokens off every prompt; a tokenizer that splits the
+    template's prefix into another number of tokens (no BOS, lost spaces, another vocabulary) would
+    shift every prompt token, so it is refused."""
     prefix = PROMPT_TEMPLATE.split("{}")[0]
-    crop = len(tokenizer(prefix)["input_ids"])
-    if len(tokenizer) == LLAMA_3_VOCAB and crop != OFFICIAL_CROP_START:
-        raise RuntimeError(
-            f"The Llama tokenizer splits the prompt template into {crop} tokens, not {OFFICIAL_CROP_START}: "
-            "it was not loaded as saved. Load it with AutoTokenizer from the HunyuanVideo repository."
+    count = len(tokenizer(prefix)["input_ids"])
+    if count != CROP_START:
+        raise ValueError(
+            f"The Llama tokenizer splits the prompt template's prefix into {count} tokens, not {CROP_START}: "
+            "it is not HunyuanVideo's Llama 3 tokenizer as saved. Load it with engine.models.load_llama_tokenizer."
         )
-    return crop
 
 
 def _pad_or_crop(tokens: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,10 +43,10 @@ def _pad_or_crop(tokens: torch.Tensor, length: int) -> tuple[torch.Tensor, torch
 
 @torch.no_grad()
 def encode_llama(prompt: str, tokenizer, text_encoder) -> tuple[torch.Tensor, torch.Tensor]:
-    crop = template_crop_start(tokenizer)
+    check_llama_tokenizer(tokenizer)
     batch = tokenizer(
         PROMPT_TEMPLATE.format(prompt),
-        max_length=MAX_TEXT_TOKENS + crop,
+        max_length=MAX_TEXT_TOKENS + CROP_START,
         padding="max_length",
         truncation=True,
         return_tensors="pt",
@@ -62,11 +55,11 @@ def encode_llama(prompt: str, tokenizer, text_encoder) -> tuple[torch.Tensor, to
     device = text_encoder.device
     ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
     valid = int(mask.sum())
-    if not bool(mask[:, crop:valid].all()):
+    if not bool(mask[:, CROP_START:valid].all()):
         raise RuntimeError("The Llama tokenizer must pad on the right.")
     out = text_encoder(input_ids=ids, attention_mask=mask, output_hidden_states=True)
     # Layer 30 of 32 (raw, no final norm): the third entry from the end of hidden_states.
-    tokens = out.hidden_states[-3][:, crop:valid]
+    tokens = out.hidden_states[-3][:, CROP_START:valid]
     return _pad_or_crop(tokens, TEXT_PAD_LENGTH)
 
 
@@ -81,4 +74,3 @@ def encode_prompt(prompt: str, encoders) -> tuple[torch.Tensor, torch.Tensor, to
     text, mask = encode_llama(prompt, encoders.tokenizer, encoders.text_encoder)
     pooled = encode_clip(prompt, encoders.tokenizer_2, encoders.text_encoder_2)
     return text, mask, pooled
-

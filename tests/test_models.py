@@ -11,7 +11,7 @@ from tiny_models import install_into_hub_cache
 
 from engine import models as m
 from engine.sections import Variant
-from engine.text_encoding import PROMPT_TEMPLATE, encode_prompt, template_crop_start
+from engine.text_encoding import CROP_START, PROMPT_TEMPLATE, check_llama_tokenizer, encode_prompt
 
 
 @pytest.fixture()
@@ -112,28 +112,56 @@ def test_tokenizer_is_loaded_as_saved(original_models):
     assert tokenizer.decode(ids) == text  # spaces survive the round trip
 
 
+def test_template_is_diffusers_own():
+    from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE
+
+    assert PROMPT_TEMPLATE is DEFAULT_PROMPT_TEMPLATE["template"]
+    assert CROP_START == DEFAULT_PROMPT_TEMPLATE["crop_start"] == 95
+
+
 def test_crop_start_removes_exactly_the_template(original_models):
     tokenizer = original_models.encoders.tokenizer
     prompt = "The girl dances gracefully, with clear movements, full of charm."
-    crop = template_crop_start(tokenizer)
     ids = tokenizer(PROMPT_TEMPLATE.format(prompt))["input_ids"]
-    assert tokenizer.decode(ids[crop:]) == prompt + "<|eot_id|>"
+    assert ids[0] == tokenizer.bos_token_id
+    assert tokenizer.decode(ids[CROP_START:]) == prompt + "<|eot_id|>"
 
 
-def test_a_rebuilt_llama3_tokenizer_is_refused(original_models):
+def test_a_tokenizer_that_splits_the_template_otherwise_is_refused(original_models):
     real = original_models.encoders.tokenizer
 
-    class DriftedLlama3:
-        """Llama 3's vocabulary size with a different split of the template: what a silent rebuild gives."""
+    def drifted(text, **kwargs):  # what a silent rebuild gives: the same vocabulary, other splits
+        return real(text.replace(" ", "  "), **kwargs)
 
-        def __len__(self):
-            return 128_256
+    def no_bos(text, **kwargs):
+        return real(text, add_special_tokens=False, **kwargs)
 
-        def __call__(self, text, **kwargs):
-            return real(text.replace(" ", "  "), **kwargs)
+    for tokenizer in (drifted, no_bos):
+        with pytest.raises(ValueError, match="not 95"):
+            check_llama_tokenizer(tokenizer)
 
-    with pytest.raises(RuntimeError, match="not 95"):
-        template_crop_start(DriftedLlama3())
+
+def test_loader_adds_bos_like_the_demos_llama_tokenizer(tiny_models_dir, tmp_path):
+    """A tokenizer.json without a BOS post-processor (the npm copy of Llama 3's has none) still gets BOS."""
+    import json
+    import shutil
+
+    folder = tmp_path / "tokenizer"
+    shutil.copytree(tiny_models_dir / m.HUNYUAN_REPO / "tokenizer", folder)
+    saved = json.loads((folder / "tokenizer.json").read_text())
+    saved["post_processor"] = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False,
+                               "use_regex": True}
+    (folder / "tokenizer.json").write_text(json.dumps(saved))
+    tokenizer = m.load_llama_tokenizer(tmp_path)
+    ids = tokenizer("a cat")["input_ids"]
+    assert ids[0] == tokenizer.bos_token_id and tokenizer.eos_token_id not in ids
+
+
+def test_siglip_processor_is_the_pil_one(original_models):
+    """The demos resize with PIL; transformers 5 would pick its torchvision backend where torchvision is installed."""
+    assert type(original_models.encoders.feature_extractor).__name__ in ("SiglipImageProcessorPil",
+                                                                          "SiglipImageProcessor")
+    assert getattr(original_models.encoders.feature_extractor, "backend", "pil") == "pil"
 
 
 def test_prompt_embeddings_have_the_spec_shapes(original_models):

@@ -1,7 +1,10 @@
 """A complete FramePack stack with random weights, a few MB, saved in the Hub's folder layout.
 
 Every component is the real class with a tiny config, saved with `save_pretrained`, so the engine's
-real loader reads it exactly as it would read the downloaded weights.
+real loader reads it exactly as it would read the downloaded weights. The tokenizers are laid out as
+HunyuanVideo's are: Llama 3's byte-level `tokenizer.json` (trained here on diffusers' prompt template, so
+the template's prefix is the official 95 tokens) and CLIP's `vocab.json` + `merges.txt`, which both the
+official pins (transformers 4.46) and the project's transformers read.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import json
 from pathlib import Path
 
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from engine.models import HUNYUAN_REPO, REDUX_REPO, TRANSFORMER_REPOS
 from engine.text_encoding import PROMPT_TEMPLATE
@@ -21,14 +24,17 @@ LLAMA3_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-CORPUS = [
-    PROMPT_TEMPLATE.format(p)
-    for p in (
-        "The girl dances gracefully, with clear movements, full of charm.",
-        "A character doing some simple body movements.",
-        "A cat walks across the room and looks at the camera.",
-    )
-]
+# CLIP's split (its tokenizer also lowercases and folds whitespace first).
+CLIP_SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+PROMPTS = (
+    "The girl dances gracefully, with clear movements, full of charm.",
+    "A character doing some simple body movements.",
+    "A cat walks across the room and looks at the camera.",
+)
+CORPUS = [PROMPT_TEMPLATE.format(p) for p in PROMPTS]
+LLAMA_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+# HunyuanVideo's Llama tokenizer (LLaVA-Llama-3) adds these three after Llama 3's vocabulary.
+LLAVA_ADDED = ["<unk>", "<image>", "<pad>"]
 
 
 def _byte_level_tokenizer(specials: list[str], bos: str | None, vocab_size: int) -> Tokenizer:
@@ -65,38 +71,76 @@ def _save_tokenizer(tok: Tokenizer, folder: Path, config: dict) -> None:
 def build_llama(folder: Path) -> int:
     from transformers import LlamaConfig, LlamaModel
 
-    specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
-    tok = _byte_level_tokenizer(specials, "<|begin_of_text|>", vocab_size=600)
+    tok = _byte_level_tokenizer(LLAMA_SPECIALS, "<|begin_of_text|>", vocab_size=600)
+    tok.add_special_tokens(LLAVA_ADDED)
     _save_tokenizer(
         tok, folder / "tokenizer",
-        dict(bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>", pad_token="<|end_of_text|>",
+        dict(bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>", pad_token="<pad>", unk_token="<unk>",
              padding_side="right", model_max_length=1024),
     )
+    # The real folder names the Llama class although its tokenizer.json is byte-level: loaders must cope.
+    config_path = folder / "tokenizer" / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config.update(tokenizer_class="LlamaTokenizer", legacy=True)
+    config_path.write_text(json.dumps(config, indent=2))
     config = LlamaConfig(
         vocab_size=tok.get_vocab_size(), hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=4,
         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
         bos_token_id=tok.token_to_id("<|begin_of_text|>"), eos_token_id=tok.token_to_id("<|end_of_text|>"),
-        pad_token_id=tok.token_to_id("<|end_of_text|>"),
+        pad_token_id=tok.token_to_id("<pad>"),
     )
     LlamaModel(config).save_pretrained(folder / "text_encoder")
     return tok.get_vocab_size()
 
 
+def _clip_vocab_and_merges(vocab_size: int) -> tuple[dict[str, int], list[str]]:
+    """CLIP's BPE files: the 256 byte symbols, the same with `</w>`, then one entry per merge, then the specials."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    tok = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
+    tok.normalizer = normalizers.Sequence(
+        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
+    )
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(CLIP_SPLIT), behavior="removed", invert=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, end_of_word_suffix="</w>", show_progress=False,
+        initial_alphabet=sorted(pre_tokenizers.ByteLevel.alphabet()),
+    )
+    tok.train_from_iterator(PROMPTS, trainer)
+    saved = json.loads(tok.to_str())["model"]["merges"]  # ["a b", ...] or [["a", "b"], ...] by version
+    merges = [m if isinstance(m, str) else " ".join(m) for m in saved]
+    symbols = list(bytes_to_unicode().values())
+    ordered = symbols + [s + "</w>" for s in symbols] + [m.replace(" ", "") for m in merges]
+    ordered += ["<|startoftext|>", "<|endoftext|>"]
+    return {token: index for index, token in enumerate(dict.fromkeys(ordered))}, merges
+
+
 def build_clip(folder: Path) -> None:
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    specials = ["<|startoftext|>", "<|endoftext|>"]
-    tok = _byte_level_tokenizer(specials, "<|startoftext|>", vocab_size=400)
-    _save_tokenizer(
-        tok, folder / "tokenizer_2",
-        dict(bos_token="<|startoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>",
-             model_max_length=77),
-    )
+    vocab, merges = _clip_vocab_and_merges(vocab_size=700)
+    out = folder / "tokenizer_2"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    specials = dict(bos_token="<|startoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>",
+                    pad_token="<|endoftext|>")
+    (out / "special_tokens_map.json").write_text(json.dumps(specials, indent=2))
+    (out / "tokenizer_config.json").write_text(json.dumps(
+        dict(specials, tokenizer_class="CLIPTokenizer", model_max_length=77, do_lower_case=True, errors="replace",
+             add_prefix_space=False),
+        indent=2,
+    ))
     config = CLIPTextConfig(
-        vocab_size=tok.get_vocab_size(), hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=1,
+        vocab_size=len(vocab), hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=1,
         num_attention_heads=2, max_position_embeddings=77, projection_dim=HIDDEN,
-        bos_token_id=tok.token_to_id("<|startoftext|>"), eos_token_id=tok.token_to_id("<|endoftext|>"),
-        pad_token_id=tok.token_to_id("<|endoftext|>"),
+        bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
+        pad_token_id=vocab["<|endoftext|>"],
     )
     CLIPTextModel(config).save_pretrained(folder / "text_encoder_2")
 

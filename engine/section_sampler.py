@@ -1,0 +1,151 @@
+"""The sampling half of the FramePack section loop: one section at a time from the packed history.
+
+`render` drives it and does the decoding, the video and the checkpoints around it; the golden tests
+drive it alone and compare each section's latents with the official demos'. SPEC.md sections 3 to 6.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from engine import sections as sec
+from engine.denoiser import Conditioning, Guidance, SectionContext, make_denoiser
+from engine.models import FramePackModels
+from engine.teacache import TeaCache, TeaCacheTransformer
+from engine.text_encoding import encode_prompt
+from engine.unipc import Paused, flux_mu, flux_sigmas, sample_unipc
+
+StepCallback = Callable[[int, torch.Tensor], None]  # (step index, x0 of that step)
+
+
+@dataclass
+class JobConditioning:
+    """What a job computes once from its picture and prompts (SPEC.md section 1 and 2)."""
+
+    positive: Conditioning
+    negative: Conditioning | None  # only with true CFG
+    start_latent: torch.Tensor  # (1, 16, 1, h, w) fp32 on the CPU
+
+
+@torch.no_grad()
+def encode_conditioning(models: FramePackModels, image: np.ndarray, request) -> JobConditioning:
+    """Prompt, negative prompt and picture embeddings, and the picture's latent; `image` is the bucket crop."""
+    enc, placement = models.encoders, models.placement
+    true_cfg = request.cfg != 1.0
+    with placement.text_encoders():
+        text, mask, pooled = (t.cpu() for t in encode_prompt(request.prompt, enc))
+        negative_text = [t.cpu() for t in encode_prompt(request.negative_prompt, enc)] if true_cfg else None
+    with placement.image_encoder():
+        pixels = enc.feature_extractor.preprocess(images=image, return_tensors="pt")["pixel_values"]
+        siglip = enc.image_encoder(pixel_values=pixels.to(enc.image_encoder.device, enc.image_encoder.dtype))
+        image_tokens = siglip.last_hidden_state.cpu()
+    positive = Conditioning(text, mask, pooled, image_tokens)
+    negative = Conditioning(*negative_text, image_tokens) if true_cfg else None
+
+    # The demos sample the VAE posterior from the unseeded global RNG; a generator of its own, seeded
+    # from the job's seed, makes the start latent repeatable without touching the noise draws (and equal
+    # to the demos' when their global RNG is seeded with the same number just before).
+    x = torch.from_numpy(image).float().div(127.5).sub(1.0).permute(2, 0, 1)[None, :, None]
+    vae = enc.vae
+    with placement.vae():
+        posterior = vae.encode(x.to(vae.device, vae.dtype)).latent_dist
+        start_gen = torch.Generator("cpu").manual_seed(request.seed)
+        start = posterior.sample(generator=start_gen) * vae.config.scaling_factor
+        start = start.float().cpu()
+    return JobConditioning(positive, negative, start)
+
+
+class SectionSampler:
+    """Samples the sections of one job in generation order and keeps their packed history.
+
+    The history is trimmed after each section to what later sections and decodes can reach, so memory
+    stays flat with the video's length. `generator` draws each section's noise, as in the demos.
+    """
+
+    def __init__(self, models: FramePackModels, request, conditioning: JobConditioning,
+                 history: torch.Tensor | None = None, generator_state: torch.Tensor | None = None):
+        self.models, self.request = models, request
+        self.variant, self.window, self.sections = request.variant, request.window, request.sections
+        self.start_latent = conditioning.start_latent
+        self.history = sec.initial_history(self.variant, self.start_latent) if history is None else history
+        self.generator = torch.Generator("cpu").manual_seed(request.seed)
+        if generator_state is not None:
+            self.generator.set_state(generator_state)
+        device, dtype = models.device, models.transformer.dtype
+        self.positive = conditioning.positive.to(device, dtype)
+        self.negative = conditioning.negative.to(device, dtype) if conditioning.negative is not None else None
+        self.guidance = Guidance(request.distilled_guidance, request.cfg, request.cfg_rescale)
+        self.latent_shape = (1, 16, self.window, *self.start_latent.shape[-2:])
+        self.sigmas = flux_sigmas(request.steps, flux_mu(self.window * self.latent_shape[-2] * self.latent_shape[-1]
+                                                         // 4)).to(device)
+        self.layouts = sec.section_layouts(self.variant, self.sections, self.window)
+        self.keep = max(sec.HISTORY_CONTEXT, 2 * self.window + 1)
+        self.teacache = None
+        if request.teacache > 0:
+            self.teacache = TeaCache(request.teacache, models.placement.before_first_block)
+
+    def sample(self, index: int, on_step: StepCallback | None = None, should_cancel=None, should_pause=None,
+               partial: dict | None = None) -> torch.Tensor:
+        """Sample section `index` (0-based, generation order) and add it to the history.
+
+        Returns the sampled latents (1, 16, L, h, w) fp32 on the CPU. `partial` continues a section that a
+        pause stopped between steps; a new pause raises Paused with `.partial` (what continues it) and
+        `.start_state` (the generator before this section's draw) set.
+        """
+        start_state = self.generator.get_state()
+        noise = self._noise(partial)
+        denoise = make_denoiser(self._model(partial), self.positive, self.negative, self._context(index),
+                                self.guidance)
+        device = self.models.device
+        try:
+            with self.models.placement.transformer():
+                generated = sample_unipc(denoise, noise.to(device), self.sigmas, on_step, should_cancel,
+                                         should_pause, state=partial["sampler"] if partial else None).cpu()
+        except Paused as paused:
+            paused.partial = {"generator_state": self.generator.get_state(), "sampler": paused.state,
+                              "teacache": self.teacache.state() if self.teacache is not None else None}
+            paused.start_state = start_state
+            raise
+        history, _ = sec.extend_history(self.variant, self.history, generated, self.start_latent,
+                                        self.layouts[index].is_last)
+        self.history = sec.trim_history(self.variant, history, self.keep)
+        return generated
+
+    def decode_window(self, index: int) -> torch.Tensor:
+        """The latents the demos decode after section `index`: the new ones and their overlap."""
+        from engine.stitch import chunk_latents
+
+        return chunk_latents(self.variant, self.history, index, self.sections, self.window)
+
+    def _noise(self, partial: dict | None) -> torch.Tensor:
+        if partial is not None:  # this section's noise was drawn before the pause; the sampler state has x
+            self.generator.set_state(partial["generator_state"])
+            return torch.zeros(self.latent_shape)
+        return torch.randn(self.latent_shape, generator=self.generator, dtype=torch.float32)
+
+    def _context(self, index: int) -> SectionContext:
+        layout, device, dtype = self.layouts[index], self.models.device, self.models.transformer.dtype
+        clean, x2, x4 = sec.history_inputs(self.variant, self.history, self.start_latent)
+        return SectionContext(
+            indices_noisy=layout.noisy.to(device),
+            clean=clean.to(device, dtype),
+            indices_clean=layout.clean.to(device),
+            history_2x=x2.to(device, dtype),
+            indices_2x=layout.history_2x.to(device),
+            history_4x=x4.to(device, dtype),
+            indices_4x=layout.history_4x.to(device),
+        )
+
+    def _model(self, partial: dict | None):
+        if self.teacache is None:
+            return self.models.transformer
+        # The demos reset TeaCache's call counter to the step count even with true CFG, whose two calls a
+        # step make it wrap halfway through the section: kept as they do it.
+        self.teacache.reset(self.request.steps)
+        if partial is not None and partial.get("teacache"):
+            self.teacache.load_state(partial["teacache"], self.models.device)
+        return TeaCacheTransformer(self.models.transformer, self.teacache)
