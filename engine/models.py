@@ -279,9 +279,20 @@ def load_encoders(
         )
     except (OSError, ValueError) as error:
         raise _load_failure(error, "the text, image and VAE models", hunyuan.parent) from None
-    for module in (encoders.text_encoder, encoders.text_encoder_2, encoders.image_encoder, encoders.vae):
-        module.requires_grad_(False).eval().to(place or device)
+    # `.to(dtype)` as the demos do after loading: it also casts buffers that from_pretrained keeps in fp32,
+    # Llama's rotary inv_freq among them, which moves its embeddings by up to 3e-5 (found by the golden tests).
+    for module, dtype in ((encoders.text_encoder, dtypes.text), (encoders.text_encoder_2, dtypes.text),
+                          (encoders.image_encoder, dtypes.image), (encoders.vae, dtypes.vae)):
+        _cast_like_the_demos(module.requires_grad_(False).eval(), dtype).to(place or device)
     return encoders
+
+
+def _cast_like_the_demos(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """`module.to(dtype)`, skipped when nothing would change (diffusers warns on every cast)."""
+    tensors = [*module.parameters(), *module.buffers()]
+    if any(t.is_floating_point() and t.dtype != dtype for t in tensors):
+        module.to(dtype)
+    return module
 
 
 def load_transformer(
@@ -298,7 +309,7 @@ def load_transformer(
         )
     except (OSError, ValueError) as error:
         raise _load_failure(error, f"the {variant.value} transformer", root) from None
-    transformer.requires_grad_(False).eval()
+    _cast_like_the_demos(transformer.requires_grad_(False).eval(), dtype or dtypes_for(device).transformer)
     use_fp32_output_projection(transformer)
     return transformer.to(place or device)
 

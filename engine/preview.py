@@ -27,11 +27,15 @@ GIF_MAX_BYTES = 2_000_000
 
 
 def latent_preview(latents: torch.Tensor) -> np.ndarray:
-    """(1, 16, T, h, w) latents -> uint8 (h, T*w, 3): the T frames side by side, 1/8 scale."""
-    z = latents[0].detach().float().cpu()  # (16, T, h, w)
-    rgb = torch.einsum("cthw,cr->thwr", z, LATENT_RGB_FACTORS) + LATENT_RGB_BIAS
-    rgb = (rgb.clamp(0, 1) * 255).to(torch.uint8)  # (T, h, w, 3)
-    return torch.cat(list(rgb), dim=1).numpy()
+    """(1, 16, T, h, w) latents -> uint8 (h, T*w, 3): the T frames side by side, 1/8 scale.
+
+    A 1x1x1 convolution, as the demos compute it: an einsum sums in another order and moved a pixel by one.
+    """
+    z = latents[:1].detach().float().cpu()
+    weight = LATENT_RGB_FACTORS.T[:, :, None, None, None]
+    rgb = torch.nn.functional.conv3d(z, weight, bias=LATENT_RGB_BIAS).clamp(0.0, 1.0)  # (1, 3, T, h, w)
+    pixels = (rgb[0] * 255.0).numpy().clip(0, 255).astype(np.uint8)
+    return np.concatenate(list(pixels.transpose(1, 2, 3, 0)), axis=1)
 
 
 def _encode_gif(frames: np.ndarray, width: int, stride: int, fps: int) -> bytes:

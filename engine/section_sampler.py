@@ -79,7 +79,8 @@ class SectionSampler:
         self.positive = conditioning.positive.to(device, dtype)
         self.negative = conditioning.negative.to(device, dtype) if conditioning.negative is not None else None
         self.guidance = Guidance(request.distilled_guidance, request.cfg, request.cfg_rescale)
-        self.latent_shape = (1, 16, self.window, *self.start_latent.shape[-2:])
+        channels, height, width = self.start_latent.shape[1], *self.start_latent.shape[-2:]  # the VAE's, not retyped
+        self.latent_shape = (1, channels, self.window, height, width)
         self.sigmas = flux_sigmas(request.steps, flux_mu(self.window * self.latent_shape[-2] * self.latent_shape[-1]
                                                          // 4)).to(device)
         self.layouts = sec.section_layouts(self.variant, self.sections, self.window)

@@ -68,6 +68,18 @@ def _save_tokenizer(tok: Tokenizer, folder: Path, config: dict) -> None:
     fast.save_pretrained(folder)
 
 
+def _save_in_hub_layout(model, folder: Path, prefix: str) -> None:
+    """Save as the Hub's CLIP and SigLIP checkpoints are laid out (keys under `text_model.` / `vision_model.`,
+    as transformers 4 wrote them); transformers 5 saves them without the prefix and reads both."""
+    from safetensors.torch import load_file, save_file
+
+    model.save_pretrained(folder)
+    weights = folder / "model.safetensors"
+    state = load_file(weights)
+    save_file({k if k.startswith(prefix) else prefix + k: v for k, v in state.items()}, weights,
+              metadata={"format": "pt"})
+
+
 def build_llama(folder: Path) -> int:
     from transformers import LlamaConfig, LlamaModel
 
@@ -142,14 +154,14 @@ def build_clip(folder: Path) -> None:
         bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
         pad_token_id=vocab["<|endoftext|>"],
     )
-    CLIPTextModel(config).save_pretrained(folder / "text_encoder_2")
+    _save_in_hub_layout(CLIPTextModel(config), folder / "text_encoder_2", "text_model.")
 
 
 def build_vae(folder: Path) -> None:
     from diffusers import AutoencoderKLHunyuanVideo
 
     vae = AutoencoderKLHunyuanVideo(
-        block_out_channels=(8, 8, 16, 16), layers_per_block=1, norm_num_groups=4, latent_channels=16
+        block_out_channels=(4, 4, 8, 8), layers_per_block=1, norm_num_groups=4, latent_channels=16
     )
     vae.save_pretrained(folder / "vae")
 
@@ -161,7 +173,7 @@ def build_siglip(folder: Path) -> None:
         hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
         image_size=32, patch_size=8,
     )
-    SiglipVisionModel(config).save_pretrained(folder / "image_encoder")
+    _save_in_hub_layout(SiglipVisionModel(config), folder / "image_encoder", "vision_model.")
     processor = {
         "image_processor_type": "SiglipImageProcessor", "do_resize": True, "size": {"height": 32, "width": 32},
         "resample": 3, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,

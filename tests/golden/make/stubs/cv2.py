@@ -1,0 +1,1 @@
+# The official helpers import OpenCV for image utilities the demo loop does not call.
