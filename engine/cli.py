@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from storage.settings import SettingsError, get_settings
+from storage.settings import DEVICE_NAME, SettingsError, get_settings
 
 EXIT_BAD_INPUT = 2
 EXIT_NO_MODELS = 3
@@ -54,20 +54,31 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_out_and_device(args: argparse.Namespace) -> None:
+    """Before the models load: these would otherwise fail minutes later, with a traceback."""
+    from storage.inputs import InputError
+
+    if args.out.is_dir():
+        raise InputError("--out names a folder; give the video's file name instead, e.g. video.mp4.")
+    if args.device is not None and not DEVICE_NAME.fullmatch(args.device):
+        raise InputError(f"--device takes cpu, cuda or cuda:N (N a GPU number), not {args.device!r}.")
+
+
 def _animate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from engine.engine_options import EngineOptions
     from engine.models import DeviceUnavailable, ModelsNotFound, load_models
     from engine.render import RenderRequest, render
-    from storage.inputs import InputError, load_image
+    from storage.inputs import InputError, check_prompt, load_image
 
     settings = get_settings()
     try:
         request = RenderRequest(
-            prompt=args.prompt, seconds=args.seconds, variant=args.variant, seed=args.seed, steps=args.steps,
-            crf=args.crf, resolution=args.resolution, teacache=args.teacache,
+            prompt=check_prompt(args.prompt, settings.max_prompt_chars), seconds=args.seconds, variant=args.variant,
+            seed=args.seed, steps=args.steps, crf=args.crf, resolution=args.resolution, teacache=args.teacache,
         ).checked(settings.max_prompt_chars, settings.max_seconds)
+        _check_out_and_device(args)
         image = load_image(args.image, settings.max_image_pixels, settings.max_image_bytes)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -5,6 +5,12 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from storage.inputs import InputError
+
+# A picture scaled to cover its bucket may be at most this many times the bucket's pixels: a thin one
+# (load_image refuses beyond 8:1, but the engine can be called directly) would otherwise need gigabytes.
+MAX_COVER_FACTOR = 4
+
 BUCKETS_640 = (
     (416, 960), (448, 864), (480, 832), (512, 768), (544, 704), (576, 672), (608, 640),
     (640, 608), (672, 576), (704, 544), (768, 512), (832, 480), (864, 448), (960, 416),
@@ -26,9 +32,12 @@ def resize_and_center_crop(image: np.ndarray, target_width: int, target_height: 
     height, width = image.shape[:2]
     if (width, height) == (target_width, target_height):
         return image
-    pil = Image.fromarray(image)
     scale = max(target_width / width, target_height / height)
     resized_w, resized_h = round(width * scale), round(height * scale)
+    if resized_w * resized_h > MAX_COVER_FACTOR * target_width * target_height:
+        raise InputError(f"The image is {width}x{height}, too long and thin to fit a "
+                         f"{target_width}x{target_height} video frame.")
+    pil = Image.fromarray(image)
     resized = pil.resize((resized_w, resized_h), Image.LANCZOS)
     left, top = (resized_w - target_width) / 2, (resized_h - target_height) / 2
     cropped = resized.crop((left, top, left + target_width, top + target_height))

@@ -159,6 +159,9 @@ def _load_if_matching(path: Path, fingerprint: str) -> dict | None:
     except Exception as error:  # a torn or foreign file: start that part over
         log.warning("ignoring unreadable %s: %s", path, error)
         return None
+    if not isinstance(data, dict):  # a valid pickle of something else: as good as a torn file
+        log.warning("ignoring %s: it holds a %s, not a checkpoint", path, type(data).__name__)
+        return None
     if data.get("fingerprint") != fingerprint or data.get("version") != CHECKPOINT_VERSION:
         return None
     return data

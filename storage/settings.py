@@ -2,20 +2,36 @@
 
 from __future__ import annotations
 
+import difflib
+import logging
+import math
+import re
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator
+from dotenv import dotenv_values  # pydantic-settings reads .env with it
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+log = logging.getLogger(__name__)
 
 # The engine's names (engine/memory_modes.py, engine/speed.py; a test keeps them in step), here so that a
 # typo stops `serve` at start-up instead of failing jobs in the workers, which never import on this side.
 MEMORY_MODES = ("auto", "high", "low")
 ATTENTION_KERNELS = ("auto", "sdpa", "cudnn", "flash", "efficient", "fa3", "cudnn-fe", "cudnn-fp8")
+DEVICE_NAME = re.compile(r"cpu|cuda(:\d+)?|auto")  # what engine.models.resolve_device takes (fullmatch)
+SECRETS = ("discord_token", "telegram_token", "database_url")  # never echoed in an error
+# A key in .env that starts like ours but is none of them is most likely a typo (it would be ignored).
+OUR_PREFIXES = ("MAX_", "ENGINE_", "DISCORD_", "TELEGRAM_", "DEFAULT_", "VIDEO_", "FRAMEPACK_")
+MIN_LEASE_SECONDS = 2.0  # a worker renews every quarter lease; the worker tests run with 2 s
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    # NaN and infinity pass every range check (nan < 5 is False), so no setting takes them.
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore",
+                                      allow_inf_nan=False)
 
     data_dir: Path = Field(Path("data"), description="Jobs, images, checkpoints and videos live here.")
     database_url: str | None = None  # default: sqlite:///<data_dir>/framepack.db
@@ -26,10 +42,11 @@ class Settings(BaseSettings):
     framepack_auto_download: bool = True
     engine_device: str | None = None  # "cuda", "cuda:1" or "cpu"; None picks CUDA when present
 
-    # Limits: the defaults; admins change them at runtime (stored in the database).
+    # Limits: the defaults; admins change them at runtime (stored in the database). The ranges of the
+    # ones admins change are storage/limits.py's _BOUNDS, checked below.
     max_image_pixels: int = 40_000_000
     max_image_bytes: int = 30_000_000
-    max_prompt_chars: int = 1_000
+    max_prompt_chars: int = Field(1_000, ge=1, le=10_000)
     max_seconds: float = 120.0
     max_steps: int = 50
     max_queued_per_user: int = 3
@@ -44,24 +61,30 @@ class Settings(BaseSettings):
     telegram_token: str | None = None
     telegram_api_url: str = "https://api.telegram.org"  # a self-hosted Bot API server or a test server
     telegram_admin_ids: str = ""  # comma-separated Telegram user ids
-    telegram_upload_limit: int = 50_000_000  # bytes; a self-hosted Bot API server allows up to 2 GB
+    # bytes; a self-hosted Bot API server allows up to 2 GB
+    telegram_upload_limit: int = Field(50_000_000, ge=1_000_000, le=2_000_000_000)
 
     # Queue and workers.
     engine_gpus: str | None = None  # "0,1": one worker per listed GPU; unset: every visible GPU
-    engine_workers: int = 1  # workers when ENGINE_DEVICE=cpu
+    engine_workers: int = Field(1, ge=1, le=64)  # workers when ENGINE_DEVICE=cpu
     fair_queue: bool = True  # round-robin across people instead of strictly oldest first
-    lease_seconds: float = 60.0  # a worker that stops renewing for this long has died
-    default_seconds_per_step: float = 1.2  # ETA before a worker has measured itself (H100: 1.15)
-    default_section_overhead: float = 6.0
-    default_teacache_factor: float = 0.5  # a TeaCache job's step time over a plain one's, until measured
-    shutdown_grace_seconds: float = 120.0  # how long `serve` waits for a worker to save and exit
+    # a worker that stops renewing for this long has died
+    lease_seconds: float = Field(60.0, ge=MIN_LEASE_SECONDS, le=86_400)
+    # ETA before a worker has measured itself (H100: 1.15)
+    default_seconds_per_step: float = Field(1.2, gt=0, le=3_600)
+    default_section_overhead: float = Field(6.0, ge=0, le=3_600)
+    # a TeaCache job's step time over a plain one's, until measured
+    default_teacache_factor: float = Field(0.5, gt=0, le=1)
+    # how long `serve` waits for a worker to save and exit
+    shutdown_grace_seconds: float = Field(120.0, gt=0, le=3_600)
 
     # Rendering defaults (SPEC.md section 9).
-    default_seconds: float = 5.0
-    default_steps: int = 25
-    default_seed: int = 31337
-    render_resolution: int = 640  # the bucket size chat jobs render at
-    video_crf: int = 16
+    default_seconds: float = 5.0  # 1..max_seconds
+    default_steps: int = 25  # 1..max_steps
+    default_seed: int = Field(31337, ge=0, lt=2**63)
+    # the bucket size chat jobs render at (64: the tests' tiny models; buckets snap to the 16-pixel grid)
+    render_resolution: int = Field(640, ge=64, le=1024)
+    video_crf: int = Field(16, ge=0, le=51)  # x264: 0 lossless, 51 worst
 
     # Engine speed and memory (README "Speed and memory"; benchmarks/README.md has the figures).
     engine_memory_mode: str = "auto"  # auto (high when > 60 GB free) | high | low (~6 GB GPU, streams from RAM)
@@ -71,8 +94,10 @@ class Settings(BaseSettings):
     # | sdpa | cudnn | flash | efficient | fa3 | cudnn-fe | cudnn-fp8
     engine_attention: str = "auto"
     engine_fp8: bool = False  # FP8 transformer linears (Ada/Hopper): faster, results change slightly
-    engine_teacache: float = 0.0  # TeaCache threshold for every job; 0 off, 0.15 the demos' (~2x, visible)
-    engine_stream_slots: int = 2  # low mode: GPU slots per block kind
+    # TeaCache threshold for every job; 0 off, 0.15 the demos' (~2x, visible)
+    engine_teacache: float = Field(0.0, ge=0, le=1)
+    # low mode: GPU slots per block kind (engine/offload.py needs two: one runs while one loads)
+    engine_stream_slots: int = Field(2, ge=2, le=20)
 
     @field_validator("engine_memory_mode", "engine_attention")
     @classmethod
@@ -83,19 +108,126 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
         return value
 
+    @field_validator("data_dir", "framepack_models_dir")
+    @classmethod
+    def _a_folder(cls, value: Path | None) -> Path | None:
+        if value is not None and value.exists() and not value.is_dir():
+            raise ValueError("is a file, not a folder")
+        return value
+
+    @field_validator("database_url", "discord_token", "telegram_token")
+    @classmethod
+    def _a_secret(cls, value: str | None, info: ValidationInfo) -> str | None:
+        value = (value or "").strip() or None  # an empty line in .env means unset
+        if value is None:
+            return None
+        if info.field_name == "database_url" and not value.startswith("sqlite:///"):
+            raise ValueError("only sqlite:///path/to/file.db is supported for now (or leave it unset)")
+        if info.field_name != "database_url" and any(c.isspace() for c in value):
+            raise ValueError("has a space in it; paste the token alone")
+        return value
+
+    @field_validator("engine_device")
+    @classmethod
+    def _a_device(cls, value: str | None) -> str | None:
+        value = (value or "").strip().lower() or None
+        if value is not None and not DEVICE_NAME.fullmatch(value):
+            raise ValueError("must be cpu, cuda or cuda:N (N a GPU number)")
+        return value
+
+    @field_validator("max_seconds", "max_steps", "max_queued_per_user", "max_image_pixels", "max_image_bytes")
+    @classmethod
+    def _within_the_hard_bounds(cls, value: float, info: ValidationInfo) -> float:
+        from storage.limits import _BOUNDS  # here: storage.limits imports this module
+
+        low, high = _BOUNDS[info.field_name]
+        if info.field_name == "max_queued_per_user":
+            high = math.inf  # no ceiling here: admins stop at 1000, but tests/test_storage.py queues 10000
+        if not low <= value <= high:
+            low_text, high_text = (f"{v:g}" if isinstance(v, float) else str(v) for v in (low, high))
+            raise ValueError(f"must be at least {low_text}" if high == math.inf
+                             else f"must be between {low_text} and {high_text}")
+        return value
+
+    @field_validator("default_seconds", "default_steps")
+    @classmethod
+    def _within_the_maximum(cls, value: float, info: ValidationInfo) -> float:
+        from storage.limits import _BOUNDS
+
+        name = "max_" + info.field_name.removeprefix("default_")
+        # Validated above, in field order; absent when it was itself refused (its own error says why).
+        maximum = info.data.get(name, _BOUNDS[name][1])
+        if not 1 <= value <= maximum:
+            raise ValueError(f"must be between 1 and {name.upper()} ({maximum:g})")
+        return value
+
+    @field_validator("allowed_variants")
+    @classmethod
+    def _variants(cls, value: str) -> str:
+        from storage.limits import VARIANTS, parse_variants
+
+        try:
+            return ",".join(parse_variants(value))
+        except ValueError:
+            raise ValueError(f"must be a comma list of {', '.join(VARIANTS)}") from None
+
+    @field_validator("engine_gpus", "discord_guild_ids", "discord_admin_user_ids", "telegram_admin_ids")
+    @classmethod
+    def _numbers(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        # One form, "1,2", whatever the separators: the Telegram frontend splits on commas only.
+        parts = [p for p in re.split(r"[\s,]+", value) if p]
+        if not all(p.isascii() and p.isdigit() for p in parts):
+            what = "GPU numbers, e.g. 0,1" if info.field_name == "engine_gpus" else "numeric ids"
+            raise ValueError(f"must be {what} separated by commas")
+        return ",".join(parts)
+
+    @field_validator("discord_api_url", "telegram_api_url")
+    @classmethod
+    def _an_address(cls, value: str) -> str:
+        value = value.strip()
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an http:// or https:// address")
+        return value
+
 
 class SettingsError(Exception):
     """Settings that do not parse, in words for the person who wrote them."""
 
 
 def describe(error: ValidationError) -> str:
-    lines = [f"{'.'.join(str(p) for p in e['loc']).upper()}: {e['msg']} (got {e.get('input')!r})"
-             for e in error.errors()]
+    lines = []
+    for e in error.errors():
+        shown = "***" if e["loc"] and e["loc"][0] in SECRETS else e.get("input")
+        lines.append(f"{'.'.join(str(p) for p in e['loc']).upper()}: {e['msg']} (got {shown!r})")
     return "Invalid settings (environment or .env):\n  " + "\n  ".join(lines)
+
+
+def misspelled(keys: Iterable[str]) -> list[str]:
+    """Warnings for keys that look like one of our settings but are none: they would be ignored silently."""
+    names = [name.upper() for name in Settings.model_fields]
+    warnings = []
+    for key in keys:
+        upper = key.upper()
+        if upper in names:
+            continue
+        close = difflib.get_close_matches(upper, names, n=1, cutoff=0.8)
+        prefix = next((p for p in OUR_PREFIXES if upper.startswith(p)), None)
+        if not close and prefix:
+            close = difflib.get_close_matches(upper, [n for n in names if n.startswith(prefix)], n=1, cutoff=0)
+        if close:
+            warnings.append(f"{key} in .env is not a setting and is ignored; did you mean {close[0]}?")
+    return warnings
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
+    env_file = Path(Settings.model_config["env_file"])
+    if env_file.is_file():
+        for warning in misspelled(dotenv_values(env_file, encoding="utf-8")):
+            log.warning(warning)
     try:
         return Settings()
     except ValidationError as error:

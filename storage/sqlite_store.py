@@ -20,7 +20,7 @@ import aiosqlite
 
 from storage.eta import Speed, finish_times
 from storage.files import JobFiles
-from storage.inputs import InputError, load_image
+from storage.inputs import InputError, check_prompt, load_image
 from storage.jobs import Enqueued, Job, JobParams, JobState, NewJob, Progress, QueueFull
 from storage.limits import LIMIT_NAMES, VARIANTS, Limits, parse_limit
 from storage.schema import MIGRATIONS
@@ -152,8 +152,7 @@ class SqliteJobStore:
             raise InputError(f"The duration must be between 1 and {limits.max_seconds:g} seconds.")
         if not 1 <= p.steps <= limits.max_steps:
             raise InputError(f"Steps must be between 1 and {limits.max_steps}.")
-        if len(job.prompt) > self.settings.max_prompt_chars:
-            raise InputError(f"The prompt is longer than {self.settings.max_prompt_chars} characters.")
+        check_prompt(job.prompt, self.settings.max_prompt_chars)
 
     async def _check_quota(self, job: NewJob, limits: Limits) -> None:
         (waiting,) = await self._one(

@@ -123,3 +123,26 @@ def test_download_offline_with_nothing_cached_fails_clearly(tmp_path):
     result = _run(["download", "--variant", "f1"], cwd=tmp_path, HF_HUB_CACHE=str(tmp_path / "empty"))
     assert result.returncode == 3
     assert "download failed" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--out", "."], "--out names a folder"),
+        (["--device", "tpu"], "--device takes cpu, cuda or cuda:N"),
+        (["--device", "cuda:x"], "--device takes cpu, cuda or cuda:N"),
+    ],
+)
+def test_animate_rejects_a_folder_as_output_and_an_unknown_device(tmp_path, picture_file, args, message):
+    result = _run(["animate", str(picture_file), "waves", *args], cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("prompt", "message"), [("\u200b\u200d \ufeff", "The prompt is empty."), ("waves\x07", "control characters")]
+)
+def test_animate_rejects_an_invisible_or_control_character_prompt(tmp_path, picture_file, prompt, message):
+    result = _run(["animate", str(picture_file), prompt], cwd=tmp_path)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr

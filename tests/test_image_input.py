@@ -128,3 +128,87 @@ def test_lower_duration_limit_from_settings():
     with pytest.raises(InputError, match="between 1 and 30"):
         RenderRequest(prompt="a cat", seconds=31).checked(max_seconds=30)
     assert RenderRequest(prompt="a cat", seconds=30, variant="F1").checked(max_seconds=30).variant.value == "f1"
+
+
+@pytest.mark.parametrize("size", [(1, 20000), (20000, 1)])
+def test_a_thin_picture_is_refused_before_it_is_stored_or_resized(size):
+    data = _png_bytes(Image.new("L", size))  # 57 KB that once made the resize allocate 7.4 GB
+    with pytest.raises(InputError, match="20000:1; the limit is 8:1"):
+        load_image(data, max_pixels=10**9)
+    with pytest.raises(InputError, match="too long and thin"):
+        prepare_image(Image.new("RGB", size))
+
+
+def test_a_tiny_picture_is_refused():
+    with pytest.raises(InputError, match="at least 16 pixels"):
+        load_image(_png_bytes(Image.new("RGB", (10, 12))), max_pixels=10**6)
+
+
+def test_the_widest_allowed_picture_still_fits_a_bucket():
+    from conftest import make_picture
+
+    image = load_image(_png_bytes(make_picture(800, 100)), max_pixels=10**6)  # 8:1, the limit
+    assert prepare_image(image).shape == (416, 960, 3)
+    assert prepare_image(make_picture(1920, 1080)).shape == (480, 832, 3)  # a 16:9 photo
+
+
+def test_our_pixel_limit_overrules_pillows_bomb_guard():
+    data = _png_bytes(Image.new("1", (12000, 10000)))  # 120 megapixels: over Pillow's 89.5 MP warning
+    assert load_image(data, max_pixels=150_000_000).size == (12000, 10000)
+    with pytest.raises(InputError, match="12000x10000"):
+        load_image(data, max_pixels=100_000_000)
+
+
+def test_pillows_guard_stays_above_every_limit_an_admin_can_set():
+    from storage.inputs import HIGHEST_PIXEL_LIMIT
+    from storage.limits import _BOUNDS
+
+    assert _BOUNDS["max_image_pixels"][1] == HIGHEST_PIXEL_LIMIT
+    assert 2 * Image.MAX_IMAGE_PIXELS == HIGHEST_PIXEL_LIMIT  # Pillow's error: only over the highest limit
+
+
+def _encoded(image: Image.Image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF"])
+def test_the_six_formats_are_accepted(fmt):
+    from conftest import make_picture
+
+    assert load_image(_encoded(make_picture(40, 30), fmt), max_pixels=10**6).size == (40, 30)
+
+
+def test_other_formats_are_refused_before_decoding():
+    from conftest import make_picture
+
+    ico = _encoded(make_picture(32, 32), "ICO")
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"  # never handed to Ghostscript
+    for data in (ico, eps):
+        with pytest.raises(InputError, match="not an image I can read"):
+            load_image(data, max_pixels=10**6)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "message"),
+    [
+        ("", "The prompt is empty."),
+        (" \u200b\u200c\u200d\u2060\ufeff \n\t", "The prompt is empty."),
+        ("a cat\x00 dances", "control characters"),
+        ("a cat\x1b[31m dances", "control characters"),
+        ("x" * 1001, "longer than 1000 characters"),
+    ],
+)
+def test_bad_prompts_are_refused(prompt, message):
+    from storage.inputs import check_prompt
+
+    with pytest.raises(InputError, match=message):
+        check_prompt(prompt, max_chars=1000)
+
+
+def test_a_good_prompt_is_kept():
+    from storage.inputs import check_prompt
+
+    family = "\U0001f468\u200d\U0001f469\u200d\U0001f467"  # zero-width joiners inside a prompt are kept
+    assert check_prompt(f"  a cat\tturns\nits head {family} ", max_chars=1000) == f"a cat\tturns\nits head {family}"

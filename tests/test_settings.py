@@ -64,3 +64,104 @@ def test_serve_refuses_malformed_settings_clearly_and_creates_nothing(tmp_path):
     assert "Invalid settings (environment or .env)" in done.stderr and "Traceback" not in done.stderr
     assert "MAX_STEPS: Input should be a valid integer" in done.stderr and "ENGINE_MEMORY_MODE" in done.stderr
     assert not (tmp_path / "data").exists()
+
+
+@pytest.fixture()
+def fresh_settings(monkeypatch, tmp_path):
+    """get_settings() read afresh in an empty folder (no .env but the test's own)."""
+    from storage.settings import get_settings
+
+    monkeypatch.chdir(tmp_path)
+    get_settings.cache_clear()
+    yield get_settings
+    get_settings.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("LEASE_SECONDS", "nan"), ("LEASE_SECONDS", "0"), ("LEASE_SECONDS", "inf"), ("VIDEO_CRF", "99"),
+        ("MAX_SECONDS", "-5"), ("MAX_SECONDS", "121"), ("DEFAULT_SECONDS", "0.5"), ("MAX_STEPS", "101"),
+        ("DEFAULT_STEPS", "0"), ("MAX_QUEUED_PER_USER", "-1"), ("MAX_IMAGE_PIXELS", "10"),
+        ("MAX_IMAGE_BYTES", "10000000000"), ("ALLOWED_VARIANTS", "foo"), ("ALLOWED_VARIANTS", ""),
+        ("ENGINE_GPUS", "abc"), ("ENGINE_GPUS", "0;1"), ("ENGINE_DEVICE", "tpu"), ("ENGINE_DEVICE", "cuda:x"),
+        ("RENDER_RESOLUTION", "5000"), ("RENDER_RESOLUTION", "0"), ("ENGINE_WORKERS", "0"),
+        ("SHUTDOWN_GRACE_SECONDS", "-1"), ("DEFAULT_SECONDS_PER_STEP", "nan"), ("DEFAULT_SECTION_OVERHEAD", "-1"),
+        ("DEFAULT_TEACACHE_FACTOR", "0"), ("TELEGRAM_UPLOAD_LIMIT", "0"), ("ENGINE_TEACACHE", "2"),
+        ("ENGINE_STREAM_SLOTS", "0"), ("DEFAULT_SEED", "-1"), ("MAX_PROMPT_CHARS", "0"),
+        ("DISCORD_GUILD_IDS", "my-server"), ("DISCORD_ADMIN_USER_IDS", "@me"), ("TELEGRAM_ADMIN_IDS", "me"),
+        ("DISCORD_API_URL", "discord.com/api"), ("TELEGRAM_API_URL", "ftp://api.telegram.org"),
+    ],
+)
+def test_a_value_out_of_range_names_its_setting(fresh_settings, monkeypatch, name, value):
+    from storage.settings import SettingsError
+
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as raised:
+        fresh_settings()
+    assert f"\n  {name}: " in str(raised.value) and len(str(raised.value).splitlines()) == 2
+
+
+def test_the_default_duration_and_steps_stay_within_their_maximums(fresh_settings, monkeypatch):
+    from storage.settings import SettingsError
+
+    monkeypatch.setenv("MAX_SECONDS", "10")
+    monkeypatch.setenv("MAX_STEPS", "20")
+    monkeypatch.setenv("DEFAULT_STEPS", "20")
+    assert (fresh_settings().default_seconds, fresh_settings().default_steps) == (5, 20)
+    monkeypatch.setenv("DEFAULT_SECONDS", "30")
+    monkeypatch.setenv("DEFAULT_STEPS", "25")
+    fresh_settings.cache_clear()
+    with pytest.raises(SettingsError) as raised:
+        fresh_settings()
+    assert "DEFAULT_SECONDS: Value error, must be between 1 and MAX_SECONDS (10)" in str(raised.value)
+    assert "DEFAULT_STEPS: Value error, must be between 1 and MAX_STEPS (20)" in str(raised.value)
+
+
+def test_a_file_as_the_data_folder_is_refused(fresh_settings, monkeypatch, tmp_path):
+    from storage.settings import SettingsError
+
+    (tmp_path / "data").write_text("not a folder")
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
+    with pytest.raises(SettingsError, match="DATA_DIR: Value error, is a file, not a folder"):
+        fresh_settings()
+
+
+def test_secrets_are_never_echoed(fresh_settings, monkeypatch):
+    from storage.settings import SettingsError
+
+    monkeypatch.setenv("DATABASE_URL", "postgresql://bob:hunter2@db/framepack")
+    monkeypatch.setenv("TELEGRAM_TOKEN", "123:hunter2 ")
+    monkeypatch.setenv("DISCORD_TOKEN", "hunter2 hunter2")
+    with pytest.raises(SettingsError) as raised:
+        fresh_settings()
+    text = str(raised.value)
+    assert "hunter2" not in text and text.count("(got '***')") == 2
+    assert "DATABASE_URL: " in text and "DISCORD_TOKEN: " in text and "TELEGRAM_TOKEN" not in text  # stripped
+
+
+def test_lists_are_read_into_one_form(fresh_settings, monkeypatch):
+    monkeypatch.setenv("ENGINE_GPUS", " 0, 1 ")
+    monkeypatch.setenv("ALLOWED_VARIANTS", "F1 original")
+    monkeypatch.setenv("DISCORD_GUILD_IDS", "12 34")
+    monkeypatch.setenv("TELEGRAM_ADMIN_IDS", "5, 6")
+    monkeypatch.setenv("ENGINE_DEVICE", "CUDA:1")
+    settings = fresh_settings()
+    assert (settings.engine_gpus, settings.allowed_variants, settings.discord_guild_ids) == ("0,1", "f1,original",
+                                                                                              "12,34")
+    assert (settings.telegram_admin_ids, settings.engine_device) == ("5,6", "cuda:1")
+
+
+def test_a_misspelled_setting_in_env_is_named(fresh_settings, tmp_path, caplog):
+    import logging
+
+    (tmp_path / ".env").write_text("MAX_SECOND=5\nengine_gpu=0\nDISCORD_TOKN=x\nMAX_WIDGETS=3\nHF_HOME=/hf\nFOO=1\n")
+    with caplog.at_level(logging.WARNING, logger="storage.settings"):
+        assert fresh_settings().max_seconds == 120
+    warned = [r.getMessage() for r in caplog.records]
+    assert any("MAX_SECOND " in w and "did you mean MAX_SECONDS?" in w for w in warned)
+    assert any("engine_gpu " in w and "ENGINE_GPUS" in w for w in warned)
+    assert any("DISCORD_TOKN " in w and "DISCORD_TOKEN" in w for w in warned)
+    assert any("MAX_WIDGETS " in w for w in warned)  # our prefix, no close name: still worth a word
+    assert len(warned) == 4 and not any("HF_HOME" in w or "FOO" in w for w in warned)
+

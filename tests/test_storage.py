@@ -416,3 +416,16 @@ async def test_a_write_cancelled_anywhere_leaves_no_transaction_open(store, yiel
         await renewing
     assert await store.complete(job_id, "w1", "v.mp4", {})
     assert (await store.get(job_id)).state is JobState.DONE
+
+
+@pytest.mark.parametrize(
+    ("prompt", "message"),
+    [("\u200b\u200d\ufeff \u2060\n", "The prompt is empty."), ("a cat\x00 dances", "control characters")],
+)
+async def test_an_invisible_or_control_character_prompt_is_refused(store, prompt, message):
+    job = NewJob(platform="telegram", chat_id="chat", user_id="u1", prompt=prompt, params=JobParams())
+    with pytest.raises(InputError, match=message):
+        await store.check_request(job)
+    with pytest.raises(InputError, match=message):
+        await store.enqueue(job, PNG)
+    assert await store.queue_length() == 0
