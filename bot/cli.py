@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 
@@ -24,9 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("download", help="fetch the model weights (framepack-bot download --help)")
     args = parser.parse_args(argv)
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.command == "serve":
         from bot.serve import serve
+        from storage.log_setup import configure_logging
         from storage.settings import SettingsError, get_settings
 
         try:
@@ -34,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         except SettingsError as error:
             print(error, file=sys.stderr)
             return 2
+        configure_logging(settings)
         return asyncio.run(serve(settings))
     return 2
 

@@ -28,10 +28,10 @@ from bot import texts
 from bot.discord_views import CancelButton, PromptModal, RerollButton, cancel_view, reroll_view
 from bot.downloads import download_capped
 from bot.options import Request, job_params, parse_caption
-from bot.watcher import Frontend, Watcher
+from bot.watcher import Frontend, Undeliverable, Watcher
 from storage.files import JobFiles
 from storage.inputs import InputError
-from storage.jobs import Enqueued, Job, JobState, NewJob, QueueFull
+from storage.jobs import Enqueued, Job, JobState, NewJob, QueueFull, Unavailable
 from storage.limits import LIMIT_NAMES, Limits
 from storage.settings import Settings
 from storage.store import JobStore
@@ -45,6 +45,14 @@ TOKEN_SECONDS = 14 * 60  # interaction tokens expire after 15 minutes
 DOWNLOAD_SECONDS = 60.0
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 EXAMPLE = '/animate image:<your picture> prompt:"The girl dances gracefully, with clear movements" seconds:5'
+REFUSED = (InputError, QueueFull, Unavailable)  # what a person is told in words, nothing stored
+SHARED_LIMITS = ("Limits are shared by every server the bot is in, so only the bot's own admins "
+                 "(DISCORD_ADMIN_USER_IDS) can change them.")
+
+
+def is_permanent(error: Exception) -> bool:
+    """Discord errors that trying again cannot fix: no access, or the channel or message is gone."""
+    return isinstance(error, (discord.Forbidden, discord.NotFound))
 
 
 def _ids(raw: str) -> set[int]:
@@ -95,7 +103,9 @@ class DiscordBot:
         self.session: aiohttp.ClientSession | None = None
         self.ready = asyncio.Event()
         self.watcher = Watcher(store, Frontend(PLATFORM, self.show_progress, self.deliver,
-                                               lambda job: self.edit_seconds))
+                                               lambda job: self.edit_seconds,
+                                               notify_admins=self.notify_admins if self.admins else None,
+                                               is_permanent=is_permanent))
         self._add_commands()
         self.client.tree.on_error = self.on_command_error
 
@@ -109,16 +119,16 @@ class DiscordBot:
             watching = asyncio.create_task(self._watch(stop))
             try:
                 await asyncio.wait({connection, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                if connection.done() and connection.exception():
-                    log.error("discord: the connection ended: %s", connection.exception())
             finally:
                 for task in (stopping, watching):
                     task.cancel()
                 await asyncio.gather(stopping, watching, return_exceptions=True)
         connection.cancel()
-        await asyncio.gather(connection, return_exceptions=True)
+        ended = (await asyncio.gather(connection, return_exceptions=True))[0]
         if self.session:
             await self.session.close()
+        if not stop.is_set():  # the connection ended on its own: `serve` logs why and starts a new one
+            raise ended if isinstance(ended, Exception) else ConnectionError("the Discord connection closed")
 
     async def _watch(self, stop: asyncio.Event) -> None:
         await self.ready.wait()  # deliveries need a logged-in client
@@ -176,7 +186,8 @@ class DiscordBot:
         @tree.command(name="queue", description="Your videos in the queue, with their place and time")
         async def queue(interaction: discord.Interaction) -> None:
             jobs = await self.store.user_jobs(PLATFORM, str(interaction.user.id))
-            text = texts.queue_summary(jobs, await self.store.positions(), await self.store.queue_length())
+            text = texts.queue_summary(jobs, await self.store.positions(), await self.store.queue_length(),
+                                       await self.store.worker_status())
             await interaction.response.send_message(text, ephemeral=True)
 
         @tree.command(name="cancel", description="Cancel one of your videos (your newest when no number is given)")
@@ -200,14 +211,18 @@ class DiscordBot:
 
         @admin.command(name="limits", description="Show the current limits")
         async def show_limits(interaction: discord.Interaction) -> None:
-            if await self._require_admin(interaction):
+            if self.is_admin(interaction) or self.moderated_guild(interaction) is not None:
                 await interaction.response.send_message(texts.limits(await self.store.get_limits()), ephemeral=True)
+            else:
+                await interaction.response.send_message("Only the bot's admins can do that.", ephemeral=True)
 
-        @admin.command(name="set-limit", description="Change a limit for everyone")
+        @admin.command(name="set-limit", description="Change a limit for everyone (the bot's own admins)")
         @app_commands.describe(name="Which limit", value="The new value, e.g. 30 or original,f1")
         @app_commands.choices(name=[app_commands.Choice(name=n, value=n) for n in LIMIT_NAMES])
         async def set_limit(interaction: discord.Interaction, name: str, value: str) -> None:
-            if not await self._require_admin(interaction):
+            if not self.is_admin(interaction):
+                refusal = SHARED_LIMITS if self.moderated_guild(interaction) else "Only the bot's admins can do that."
+                await interaction.response.send_message(refusal, ephemeral=True)
                 return
             try:
                 limits = await self.store.set_limit(name, value, f"discord:{interaction.user.id}")
@@ -234,21 +249,21 @@ class DiscordBot:
                 await interaction.response.send_message(text, ephemeral=True)
 
     def is_admin(self, interaction: discord.Interaction) -> bool:
-        """Checked here, not only through Discord's command permissions, which server owners can change."""
-        if interaction.user.id in self.admins:
-            return True
-        return bool(self.settings.discord_manage_server_admins and interaction.guild_id is not None
-                    and interaction.permissions.manage_guild)
+        """The bot's own admins (DISCORD_ADMIN_USER_IDS): every job and the shared limits, everywhere.
+        Checked here, not only through Discord's command permissions, which server owners can change."""
+        return interaction.user.id in self.admins
 
-    async def _require_admin(self, interaction: discord.Interaction) -> bool:
-        if self.is_admin(interaction):
-            return True
-        await interaction.response.send_message("Only the bot's admins can do that.", ephemeral=True)
-        return False
+    def moderated_guild(self, interaction: discord.Interaction) -> str | None:
+        """The server a member with Manage Server moderates (its jobs only); None elsewhere and in DMs."""
+        if (self.settings.discord_manage_server_admins and interaction.guild_id is not None
+                and interaction.permissions.manage_guild):
+            return str(interaction.guild_id)
+        return None
 
     async def _cancel(self, interaction: discord.Interaction, job_id: int) -> None:
         outcome = await self.store.cancel(job_id, PLATFORM, str(interaction.user.id),
-                                          is_admin=self.is_admin(interaction))
+                                          is_admin=self.is_admin(interaction),
+                                          moderated_guild=self.moderated_guild(interaction))
         await interaction.response.send_message(texts.CANCEL_OUTCOMES[outcome], ephemeral=True)
 
     # ----- making jobs ----------------------------------------------------------------------------
@@ -259,6 +274,7 @@ class DiscordBot:
             platform=PLATFORM, chat_id=str(interaction.channel_id), user_id=str(interaction.user.id),
             prompt=request.prompt, params=job_params(request, self.settings, upload_limit),
             user_name=interaction.user.name,
+            guild_id=str(interaction.guild_id) if interaction.guild_id is not None else None,
         )
 
     async def submit_attachment(self, interaction: discord.Interaction, attachment: discord.Attachment,
@@ -281,13 +297,13 @@ class DiscordBot:
         try:
             check()
             await self.store.check_request(job)
-        except (InputError, QueueFull) as error:
+        except REFUSED as error:
             await interaction.response.send_message(str(error), ephemeral=True)
             return
         await interaction.response.defer(thinking=True)
         try:
             enqueued = await self.store.enqueue(job, await fetch_picture())
-        except (InputError, QueueFull) as error:
+        except REFUSED as error:
             await self._refuse_after_defer(interaction, str(error))
             return
         await self._show_queued(interaction, enqueued)
@@ -327,6 +343,11 @@ class DiscordBot:
             await interaction.response.send_message(text, ephemeral=True)
             return
         await self.submit_attachment(interaction, attachment, request)
+
+    async def on_component_error(self, interaction: discord.Interaction, error: Exception) -> None:
+        """A button or modal whose handler failed: logged, and the person gets an answer, not "interaction failed"."""
+        log.error("discord: a button or modal failed", exc_info=error)
+        await self._tell(interaction, "Something went wrong on my side. /queue shows what is queued.")
 
     async def on_cancel_button(self, interaction: discord.Interaction, job_id: int) -> None:
         await self._cancel(interaction, job_id)
@@ -398,6 +419,9 @@ class DiscordBot:
         limit = job.params.upload_limits[0] if job.params.upload_limits else DEFAULT_UPLOAD_LIMIT
         content = f"<@{job.user_id}> {texts.finished(job)}"
         path = job.video_for_limit(limit) if job.state is JobState.DONE else None
+        lost = job.state is JobState.DONE and not (path and os.path.isfile(path))
+        if lost:  # tell the person rather than nothing, then record why it was not delivered
+            content, path = f"<@{job.user_id}> " + texts.VIDEO_LOST.format(job=job.id), None
         if path and os.path.getsize(path) > limit:
             content += f"\nThe video is larger than this chat's upload limit ({limit / 1e6:g} MB)."
             path = None
@@ -406,7 +430,7 @@ class DiscordBot:
             "allowed_mentions": discord.AllowedMentions(everyone=False, roles=False,
                                                         users=[discord.Object(int(job.user_id))]),
         }
-        if job.state is JobState.DONE:
+        if job.state is JobState.DONE and not lost:
             message["view"] = reroll_view(job.id)
 
         def files() -> list[discord.File]:  # a File is consumed by one upload attempt
@@ -418,13 +442,15 @@ class DiscordBot:
                                                  fail_if_not_exists=False)
         try:
             await self._channel(job).send(files=files(), reference=reference, **message)
-        except discord.Forbidden:  # no Send Messages in that channel
+        except (discord.Forbidden, discord.NotFound):  # no Send Messages there, or the channel is gone
             await self._deliver_elsewhere(job, files, message)
         if job.status_message:
             with contextlib.suppress(discord.HTTPException):
                 await self._edit_status(job, lambda: {"content": texts.finished(job)[:2000], "attachments": [],
                                                       "view": None})
         self.interactions.pop(job.id, None)
+        if lost:
+            raise Undeliverable("the video file is missing")
 
     async def _deliver_elsewhere(self, job: Job, files, message: dict) -> None:
         """The interaction's follow-up while its token lasts, else a direct message; else give up, logged."""
@@ -438,8 +464,15 @@ class DiscordBot:
         try:
             user = await self.client.fetch_user(int(job.user_id))
             await user.send(files=files(), **message)
-        except discord.Forbidden as error:
-            log.warning("discord: job %d cannot be delivered anywhere (%s); giving up", job.id, error)
+        except (discord.Forbidden, discord.NotFound) as error:
+            raise Undeliverable(f"no channel, follow-up or direct message reaches the person ({error})") from None
+
+    async def notify_admins(self, text: str) -> None:
+        for admin in sorted(self.admins):
+            try:
+                await (await self.client.fetch_user(admin)).send(text[:2000])
+            except discord.HTTPException as error:
+                log.warning("discord: could not tell admin %d (%s)", admin, error)
 
 
 async def run(settings: Settings, store: JobStore, stop: asyncio.Event) -> None:

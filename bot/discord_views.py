@@ -19,6 +19,14 @@ def _frontend(interaction: discord.Interaction) -> DiscordBot:
     return interaction.client.framepack  # set by FramePackClient
 
 
+async def _answered(interaction: discord.Interaction, handler) -> None:
+    """Run a button's or modal's handler; an error in it still gets the person an answer."""
+    try:
+        await handler
+    except Exception as error:
+        await _frontend(interaction).on_component_error(interaction, error)
+
+
 class CancelButton(discord.ui.DynamicItem[discord.ui.Button], template=r"framepack:cancel:(?P<job>\d+)"):
     def __init__(self, job_id: int):
         super().__init__(discord.ui.Button(label="Cancel", style=discord.ButtonStyle.danger,
@@ -30,7 +38,7 @@ class CancelButton(discord.ui.DynamicItem[discord.ui.Button], template=r"framepa
         return cls(int(match["job"]))
 
     async def callback(self, interaction: discord.Interaction) -> None:
-        await _frontend(interaction).on_cancel_button(interaction, self.job_id)
+        await _answered(interaction, _frontend(interaction).on_cancel_button(interaction, self.job_id))
 
 
 class RerollButton(discord.ui.DynamicItem[discord.ui.Button], template=r"framepack:reroll:(?P<job>\d+)"):
@@ -44,7 +52,7 @@ class RerollButton(discord.ui.DynamicItem[discord.ui.Button], template=r"framepa
         return cls(int(match["job"]))
 
     async def callback(self, interaction: discord.Interaction) -> None:
-        await _frontend(interaction).on_reroll_button(interaction, self.job_id)
+        await _answered(interaction, _frontend(interaction).on_reroll_button(interaction, self.job_id))
 
 
 def cancel_view(job_id: int) -> discord.ui.View:
@@ -72,5 +80,5 @@ class PromptModal(discord.ui.Modal, title="Animate this image"):
         self.attachment = attachment
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
-        await _frontend(interaction).on_prompt_modal(interaction, self.attachment, self.prompt.value,
-                                                     self.seconds.value)
+        await _answered(interaction, _frontend(interaction).on_prompt_modal(interaction, self.attachment,
+                                                                            self.prompt.value, self.seconds.value))

@@ -1,8 +1,9 @@
 """`framepack-bot serve`: the chat frontends in this process, one engine worker process per GPU.
 
 Workers are started as `python -m engine.worker` with their own CUDA_VISIBLE_DEVICES; this process
-never imports the engine. A worker that dies is restarted with a growing pause. SIGTERM or Ctrl-C
-asks every worker to finish its step, save and give its job back, then waits for them.
+never imports the engine. A worker or a frontend that dies (a refused token, an unreachable API, a
+failed command sync) is logged with its reason and restarted after a growing pause; the others carry
+on. SIGTERM or Ctrl-C asks every worker to finish its step, save and give its job back, then waits.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from storage.settings import Settings
-from storage.store import open_store
+from storage.store import EXIT_CANNOT_START, open_store
 
 log = logging.getLogger("framepack.serve")
 
@@ -83,9 +85,10 @@ class WorkerProcess:
                 return
             if time.monotonic() - started > STABLE_SECONDS:
                 backoff = BACKOFF_START
+            if code == EXIT_CANNOT_START:  # it said why in its log; only a fixed set-up helps
+                backoff = BACKOFF_MAX
             log.warning("worker %s exited with code %d; restarting in %.0f s", self.slot.name, code, backoff)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=backoff)
+            await _pause(stop, backoff)
             backoff = min(backoff * 2, BACKOFF_MAX)
 
     async def stop(self) -> None:
@@ -101,6 +104,31 @@ class WorkerProcess:
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
             await process.wait()
+
+
+async def _pause(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+async def supervise(name: str, run: Callable[[], Awaitable[None]], stop: asyncio.Event) -> None:
+    """Keep a frontend running until `stop`: each end of it is logged with its reason and followed by a
+    restart after a pause that doubles (back to the start once it has run for a while)."""
+    backoff = BACKOFF_START
+    while not stop.is_set():
+        started = time.monotonic()
+        try:
+            await run()
+            reason = "it ended without an error"
+        except Exception as error:
+            reason = f"{type(error).__name__}: {error}"
+        if stop.is_set():
+            return
+        if time.monotonic() - started > STABLE_SECONDS:
+            backoff = BACKOFF_START
+        log.error("frontend %s stopped (%s); restarting in %.0f s", name, reason, backoff)
+        await _pause(stop, backoff)
+        backoff = min(backoff * 2, BACKOFF_MAX)
 
 
 def _frontends(settings: Settings) -> list[str]:
@@ -122,7 +150,13 @@ def _frontends(settings: Settings) -> list[str]:
 
 
 async def serve(settings: Settings) -> int:
-    store = await open_store(settings)  # creates or migrates the database before anything starts
+    from storage.sqlite_store import StorageNotWritable
+
+    try:
+        store = await open_store(settings)  # creates or migrates the database before anything starts
+    except StorageNotWritable as error:
+        log.error("cannot start: %s", error)
+        return 2
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -139,7 +173,7 @@ async def serve(settings: Settings) -> int:
     frontends = _frontends(settings)
     for name in frontends:
         module = __import__(AVAILABLE_FRONTENDS[name], fromlist=["run"])
-        tasks.append(asyncio.create_task(module.run(settings, store, stop)))
+        tasks.append(asyncio.create_task(supervise(name, lambda m=module: m.run(settings, store, stop), stop)))
     log.info("serving with %d worker(s) and frontends: %s; data in %s", len(workers),
              ", ".join(frontends) or "none", settings.data_dir)
 

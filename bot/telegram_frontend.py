@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup, InputMediaAnimation, Message, Update
 from telegram.constants import ChatType
-from telegram.error import BadRequest, RetryAfter, TelegramError
+from telegram.error import BadRequest, Forbidden, RetryAfter, TelegramError
 from telegram.ext import (
     Application,
     ApplicationBuilder,
@@ -24,10 +25,10 @@ from telegram.ext import (
 
 from bot import texts
 from bot.options import Request, job_params, new_seed, parse_caption
-from bot.watcher import Frontend, Watcher
+from bot.watcher import Frontend, Undeliverable, Watcher
 from storage.files import JobFiles
 from storage.inputs import InputError
-from storage.jobs import Job, JobParams, JobState, NewJob, QueueFull
+from storage.jobs import Job, JobParams, JobState, NewJob, QueueFull, Unavailable, parse_job_id
 from storage.settings import Settings
 from storage.store import JobStore
 
@@ -36,6 +37,16 @@ log = logging.getLogger(__name__)
 PLATFORM = "telegram"
 EXAMPLE = "Send a photo with a caption, e.g. \"The girl dances gracefully\" --seconds 5"
 PRIVATE_EDIT_SECONDS, GROUP_EDIT_SECONDS = 5.0, 15.0
+# The cloud Bot API lets bots download files of up to 20 MB (getFile fails above that); a self-hosted Bot API
+# server has no such limit. https://core.telegram.org/bots/api#getfile
+CLOUD_API_HOST, CLOUD_DOWNLOAD_LIMIT = "api.telegram.org", 20 * 1024 * 1024
+REFUSED = (InputError, QueueFull, Unavailable)  # what a person is told in words, nothing stored
+
+
+def is_permanent(error: Exception) -> bool:
+    """Telegram errors that trying again cannot fix: the person blocked the bot or left, the chat is gone,
+    or the request itself is refused (400)."""
+    return isinstance(error, (Forbidden, BadRequest))
 
 
 def _admin_ids(settings: Settings) -> set[str]:
@@ -58,7 +69,9 @@ class TelegramBot:
             ApplicationBuilder().token(settings.telegram_token).base_url(f"{root}/bot")
             .base_file_url(f"{root}/file/bot").concurrent_updates(True).build()
         )
-        self.watcher = Watcher(store, Frontend(PLATFORM, self.show_progress, self.deliver, self._edit_interval))
+        self.watcher = Watcher(store, Frontend(PLATFORM, self.show_progress, self.deliver, self._edit_interval,
+                                               notify_admins=self.notify_admins if self.admins else None,
+                                               is_permanent=is_permanent))
         app = self.app
         app.add_handler(CommandHandler(["start", "help"], self.on_help))
         app.add_handler(CommandHandler("queue", self.on_queue))
@@ -69,6 +82,7 @@ class TelegramBot:
         app.add_handler(MessageHandler(filters.PHOTO | filters.Document.IMAGE, self.on_picture))
         app.add_handler(MessageHandler(filters.Document.ALL, self.on_not_a_picture))
         app.add_handler(CallbackQueryHandler(self.on_button))
+        app.add_error_handler(self.on_error)
 
     # ----- lifecycle ------------------------------------------------------------------------------
 
@@ -135,6 +149,10 @@ class TelegramBot:
             size = item.file_size
         if size and size > limits.max_image_bytes:
             raise InputError(f"The picture is {size / 1e6:.1f} MB; the limit is {limits.max_image_bytes / 1e6:g} MB.")
+        download_limit = self._download_limit()
+        if size and download_limit and size > download_limit:
+            raise InputError(f"The file is {size / 1e6:.1f} MB, and Telegram lets bots download files of up to "
+                             f"{download_limit / 2**20:g} MB. Send it as a photo, or a smaller file.")
         file = await item.get_file()
         return bytes(await file.download_as_bytearray())
 
@@ -146,7 +164,7 @@ class TelegramBot:
                 raise InputError("The prompt is empty.\n" + EXAMPLE)
             image = await self._download(source)
             enqueued = await self.store.enqueue(self._new_job(reply_to, user, request, seed), image)
-        except (InputError, QueueFull) as error:
+        except REFUSED as error:
             await reply_to.reply_text(str(error))
             return
         status = await reply_to.reply_text(
@@ -154,6 +172,13 @@ class TelegramBot:
             reply_markup=_buttons(enqueued.job_id),
         )
         await self.store.set_status_message(enqueued.job_id, f"t:{status.message_id}")
+
+    def _download_limit(self) -> int | None:
+        """TELEGRAM_DOWNLOAD_LIMIT, else the cloud Bot API's 20 MB when that is the server, else none."""
+        configured = self.settings.telegram_download_limit
+        if configured is not None:
+            return configured or None
+        return CLOUD_DOWNLOAD_LIMIT if CLOUD_API_HOST in self.settings.telegram_api_url else None
 
     def _new_job(self, message: Message, user, request: Request, seed: int | None) -> NewJob:
         params = job_params(request, self.settings, self.settings.telegram_upload_limit, seed)
@@ -169,16 +194,16 @@ class TelegramBot:
 
     async def on_queue(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         jobs = await self.store.user_jobs(PLATFORM, str(update.effective_user.id))
-        text = texts.queue_summary(jobs, await self.store.positions(), await self.store.queue_length())
+        text = texts.queue_summary(jobs, await self.store.positions(), await self.store.queue_length(),
+                                       await self.store.worker_status())
         await update.effective_message.reply_text(text)
 
     async def on_cancel(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         user_id = str(update.effective_user.id)
         if context.args:
-            try:
-                job_id = int(context.args[0].lstrip("#"))
-            except ValueError:
-                await update.effective_message.reply_text("Usage: /cancel JOB_NUMBER")
+            job_id = parse_job_id(context.args[0])
+            if job_id is None:
+                await update.effective_message.reply_text("Usage: /cancel JOB_NUMBER, e.g. /cancel 12")
                 return
         else:
             mine = await self.store.user_jobs(PLATFORM, user_id)
@@ -217,9 +242,8 @@ class TelegramBot:
         query = update.callback_query
         action, _, raw_id = (query.data or "").partition(":")
         user_id = str(query.from_user.id)
-        try:
-            job_id = int(raw_id)
-        except ValueError:
+        job_id = parse_job_id(raw_id)
+        if job_id is None:
             await query.answer("That button is out of date.")
             return
         if action == "cancel":
@@ -227,27 +251,40 @@ class TelegramBot:
             await query.answer(texts.CANCEL_OUTCOMES[outcome], show_alert=outcome == "not_allowed")
             return
         if action == "reroll":
-            await query.answer("Queued with a new seed.")
-            await self._reroll(job_id, query.message, query.from_user)
+            refused = await self._reroll(job_id, query.message, query.from_user)
+            await query.answer(refused or "Queued with a new seed.", show_alert=refused is not None)
             return
         await query.answer()
 
-    async def _reroll(self, job_id: int, message: Message, user) -> None:
+    async def _reroll(self, job_id: int, message: Message, user) -> str | None:
+        """Queue the same picture and prompt with a new seed, for whoever clicked, in the chat they clicked in;
+        returns why not, or None."""
         old = await self.store.get(job_id)
-        if old is None or old.platform != PLATFORM:
-            return
-        image = JobFiles(self.settings.data_dir).input_path(job_id).read_bytes()
+        picture = JobFiles(self.settings.data_dir).input_path(job_id)
+        if old is None or old.platform != PLATFORM or not picture.is_file():
+            return "That video's picture is no longer stored."
         params = JobParams(**{**old.params.__dict__, "seed": new_seed()})
-        job = NewJob(PLATFORM, old.chat_id, str(user.id), old.prompt, params, str(message.message_id),
+        job = NewJob(PLATFORM, str(message.chat_id), str(user.id), old.prompt, params, str(message.message_id),
                      user.username or user.full_name)
         try:
-            enqueued = await self.store.enqueue(job, image)
-        except (InputError, QueueFull) as error:
-            await message.reply_text(str(error))
-            return
+            enqueued = await self.store.enqueue(job, await asyncio.to_thread(picture.read_bytes))
+        except REFUSED as error:
+            return str(error)
         status = await message.reply_text(texts.queued(enqueued.job_id, enqueued.position, enqueued.eta_seconds),
                                           reply_markup=_buttons(enqueued.job_id))
         await self.store.set_status_message(enqueued.job_id, f"t:{status.message_id}")
+        return None
+
+    async def on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """Anything a handler did not expect: logged, and the person gets an answer instead of silence."""
+        log.error("telegram: handling an update failed: %s", context.error, exc_info=context.error)
+        message = update.effective_message if isinstance(update, Update) else None
+        if message is not None:
+            await _quietly(message.reply_text("Something went wrong on my side. Please try again in a moment."))
+
+    async def notify_admins(self, text: str) -> None:
+        for admin in sorted(self.admins):
+            await _quietly(self.app.bot.send_message(int(admin), text))
 
     # ----- progress and delivery (called by the watcher) -------------------------------------------
 
@@ -287,11 +324,15 @@ class TelegramBot:
     async def deliver(self, job: Job) -> None:
         bot = self.app.bot
         reply_to = int(job.reply_to) if job.reply_to else None
+        video_path = job.video_for_limit(self.settings.telegram_upload_limit)
+        if job.state is JobState.DONE and not (video_path and os.path.isfile(video_path)):
+            await bot.send_message(job.chat_id, texts.VIDEO_LOST.format(job=job.id), reply_to_message_id=reply_to,
+                                   allow_sending_without_reply=True)
+            raise Undeliverable("the video file is missing")
         while True:
             try:
                 if job.state is JobState.DONE:
-                    path = job.video_for_limit(self.settings.telegram_upload_limit)
-                    with open(path, "rb") as video:
+                    with open(video_path, "rb") as video:
                         await bot.send_video(
                             job.chat_id, video, caption=texts.finished(job)[:1024], supports_streaming=True,
                             reply_to_message_id=reply_to, reply_markup=_buttons(job.id, done=True),

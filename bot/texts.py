@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from storage.jobs import Job, JobState
+from storage.jobs import Job, JobState, WorkerStatus
 from storage.limits import Limits
 
 
@@ -61,14 +61,28 @@ def help_text(values: Limits, example: str, discord: bool = False) -> str:
     )
 
 
-def queue_summary(jobs: list[Job], positions: dict[int, tuple[int, float]], total: int) -> str:
+def queue_summary(jobs: list[Job], positions: dict[int, tuple[int, float]], total: int,
+                  workers: WorkerStatus | None = None) -> str:
     """A person's waiting and running jobs, each with its place and time, then the queue's length."""
     lines = []
     for job in jobs:
         position, eta = positions.get(job.id, (0, 0.0))
         lines.append(progress(job, eta) if position == 0 else queued(job.id, position, eta))
     everyone = f"{total} job(s) waiting in all."
-    return "\n".join([*lines, everyone]) if jobs else f"You have no jobs. {everyone}"
+    summary = "\n".join([*lines, everyone]) if jobs else f"You have no jobs. {everyone}"
+    return summary + ("\n" + NO_WORKER if workers is not None and workers.stalled else "")
+
+
+VIDEO_LOST = "Job {job} finished, but its video file was lost on the server. Re-roll it, or try again."
+
+# What people read while no worker can render: the reason (a path, say) is for the admins only.
+NO_WORKER = "No worker can render right now; every job waits in the queue and nothing is lost."
+
+
+def worker_problem(worker: str, problem: str) -> str:
+    """What the admins are told, once per problem."""
+    return (f"Render worker {worker} cannot render: {problem}\n"
+            "Queued jobs wait; the worker tries again by itself. This message is sent once per problem.")
 
 
 CANCEL_OUTCOMES = {

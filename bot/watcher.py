@@ -1,7 +1,10 @@
-"""The loop every frontend runs: edit progress messages (throttled) and deliver finished jobs.
+"""The loop every frontend runs: edit progress messages (throttled), deliver finished jobs, tell the
+admins when a worker cannot render.
 
-A frontend supplies three coroutines; this loop decides when to call them, from storage alone, so it
-picks up where it left off after a restart.
+A frontend supplies a few coroutines; this loop decides when to call them, from storage alone, so it
+picks up where it left off after a restart. A delivery that fails for good (the person blocked the
+bot, the chat is gone, the file is gone) is recorded and not tried again; one that fails for a passing
+reason is tried again after a pause that doubles, up to an hour, and never dropped.
 """
 
 from __future__ import annotations
@@ -20,14 +23,31 @@ from storage.store import JobStore
 log = logging.getLogger(__name__)
 
 
+class Undeliverable(Exception):
+    """Raised by a frontend when a job's result can never reach its person; the message says why."""
+
+
+def _never_permanent(error: Exception) -> bool:
+    return False
+
+
 @dataclass
 class Frontend:
     platform: str
     # (job, status text, newest preview GIF path or None) -> None
     show_progress: Callable[[Job, str, str | None], Awaitable[None]]
-    # (job) -> None; must raise to keep the job undelivered (it is retried)
+    # (job) -> None; raises to keep the job undelivered (tried again) or Undeliverable (given up)
     deliver: Callable[[Job], Awaitable[None]]
     min_edit_seconds: Callable[[Job], float]
+    # (text) -> None: a message to the bot's admins; None when the platform has none configured
+    notify_admins: Callable[[str], Awaitable[None]] | None = None
+    # Errors of this platform's library that will not go away by trying again (blocked, chat not found)
+    is_permanent: Callable[[Exception], bool] = _never_permanent
+
+
+def _reason(error: Exception) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0][:300]
 
 
 class Watcher:
@@ -38,13 +58,24 @@ class Watcher:
         self.shown: dict[int, tuple[str, str | None]] = {}
         self.last_edit: dict[str, float] = {}  # per chat: platforms rate-limit edits per chat
 
+    def _permanent(self, error: Exception) -> bool:
+        return isinstance(error, (Undeliverable, FileNotFoundError)) or self.frontend.is_permanent(error)
+
     async def tick(self) -> None:
+        await self._show_progress()
+        await self._deliver()
+        await self._tell_admins()
+
+    async def _show_progress(self) -> None:
         positions = await self.store.positions()  # one pass for every job, not one per job
+        stalled = (await self.store.worker_status()).stalled
         for job in await self.store.active_jobs(self.frontend.platform):
             if job.status_message is None or job.id not in positions:
                 continue
             position, eta = positions[job.id]
             text = texts.progress(job, eta) if position == 0 else texts.queued(job.id, position, eta)
+            if stalled and position > 0:
+                text += "\n" + texts.NO_WORKER
             preview = job.progress.preview
             if self.shown.get(job.id) == (text, preview):
                 continue
@@ -55,18 +86,48 @@ class Watcher:
                 continue
             try:
                 await self.frontend.show_progress(job, text, preview)
-            except Exception:  # a deleted message or a flaky network must not stop the loop
-                log.exception("progress update for job %d failed", job.id)
+            except Exception as error:  # a deleted message or a flaky network must not stop the loop
+                if self._permanent(error):  # e.g. blocked: stop editing; the result is still tried at the end
+                    log.warning("job %d: progress can no longer be shown (%s)", job.id, _reason(error))
+                    await self.store.set_status_message(job.id, None)
+                else:
+                    log.warning("job %d: progress update failed (%s)", job.id, _reason(error))
             self.shown[job.id] = (text, preview)
             self.last_edit[job.chat_id] = time.monotonic()
+
+    async def _deliver(self) -> None:
         for job in await self.store.undelivered(self.frontend.platform):
             try:
                 await self.frontend.deliver(job)
-            except Exception:
-                log.exception("delivery of job %d failed; retrying later", job.id)
+            except Exception as error:
+                await self._delivery_failed(job, error)
                 continue
             await self.store.mark_delivered(job.id)
             self.shown.pop(job.id, None)
+
+    async def _delivery_failed(self, job: Job, error: Exception) -> None:
+        reason = _reason(error)
+        if self._permanent(error):
+            await self.store.delivery_failed(job.id, reason, permanent=True)
+            log.warning("job %d cannot be delivered (%s); given up, the reason is kept", job.id, reason)
+            self.shown.pop(job.id, None)
+            return
+        pause = await self.store.delivery_failed(job.id, reason, permanent=False)
+        if job.delivery_attempts == 0 and not isinstance(error, (OSError, asyncio.TimeoutError)):
+            log.warning("delivery of job %d failed", job.id, exc_info=error)  # the first time, with its stack
+        log.warning("delivery of job %d failed (%s); trying again in %.0f s", job.id, reason, pause)
+
+    async def _tell_admins(self) -> None:
+        """Each worker problem once per platform, even across restarts."""
+        if self.frontend.notify_admins is None:
+            return
+        for worker, problem, _since in await self.store.worker_problems():
+            if not await self.store.claim_notice(f"{self.frontend.platform}:{worker}:{problem}"):
+                continue
+            try:
+                await self.frontend.notify_admins(texts.worker_problem(worker, problem))
+            except Exception as error:
+                log.warning("could not tell the admins about worker %s (%s)", worker, _reason(error))
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

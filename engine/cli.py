@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from storage.log_setup import configure_logging
 from storage.settings import DEVICE_NAME, SettingsError, get_settings
 
 EXIT_BAD_INPUT = 2
@@ -152,9 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         print(error, file=sys.stderr)
         return 2
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s: %(message)s"
-    )
+    configure_logging(get_settings(), fmt="%(asctime)s %(name)s: %(message)s",
+                      level=logging.INFO if args.verbose else logging.WARNING)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     handlers = {"animate": _animate, "download": _download}
     return handlers[args.command](args)

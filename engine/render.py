@@ -5,11 +5,14 @@ Everything a job needs lives in its work folder:
     input.png           the picture cropped to its bucket
     conditioning.pt     prompt and image embeddings and the start latent (computed once)
     checkpoint.pt       after every section: history latents, sections done, generator state
+    latents_NNNN.pt     each section's new latents and the generator after its draw
     segment_NNNN.mp4    finished frames, encoded as soon as they are final
     section_NNNN.gif    a small preview of each finished section
 
 A run that finds a checkpoint of the same request in its folder resumes from it and produces the
-same video as an uninterrupted run.
+same video as an uninterrupted run. Before the segments are joined (and on a resume) each one's frame
+count is checked against the record; a missing or damaged segment sends the render back to the
+section that wrote it, rebuilt from the saved latents, so the video is never short.
 """
 
 from __future__ import annotations
@@ -34,9 +37,9 @@ from engine.image_input import prepare_image, scaled_buckets
 from engine.models import FramePackModels
 from engine.preview import latent_preview, section_gif
 from engine.section_sampler import JobConditioning, SectionSampler, encode_conditioning
-from engine.stitch import OverlapStitcher, chunk_latents, vae_decode
+from engine.stitch import OverlapStitcher, vae_decode
 from engine.unipc import Cancelled, Paused
-from engine.video import concat_segments, frames_to_uint8, write_segment
+from engine.video import concat_segments, count_frames, frames_to_uint8, write_segment
 from storage.inputs import InputError
 
 log = logging.getLogger(__name__)
@@ -44,6 +47,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_VERSION = 1
 MAX_SECONDS = 120.0
 MAX_STEPS = 100
+REDO_ROUNDS = 3  # segments that keep going bad after this many re-renders point at the disk: give up
 
 __all__ = ["Cancelled", "Paused", "RenderRequest", "StepEvent", "SectionEvent", "RenderResult", "render"]
 
@@ -279,23 +283,10 @@ def render(
     fingerprint = _fingerprint(request, cropped)
     conditioning = _load_or_encode_conditioning(models, cropped, request, work_dir / "conditioning.pt", fingerprint)
 
-    # 2. Where to start: the last checkpoint of this very request, or the beginning.
+    # 2. Where to start: the last checkpoint of this very request (its segments checked), or the beginning.
     checkpoint = _Checkpoint(work_dir / "checkpoint.pt", fingerprint)
-    saved = checkpoint.load()
-    stitcher = OverlapStitcher(sec.overlap_frames(window), variant is sec.Variant.ORIGINAL, sections)
-    partial = None
-    if saved is not None:
-        done, segments, partial = saved["sections_done"], saved["segments"], saved.get("partial")
-        sampler = SectionSampler(models, request, conditioning, saved["history"], saved["generator_state"])
-        if done > 0:
-            previous = chunk_latents(variant, saved["history"], done - 1, sections, window)
-            with models.placement.vae():
-                stitcher.restore(vae_decode(previous, models.encoders.vae), done)
-        log.info("resuming at section %d of %d%s", done + 1, sections,
-                 f", step {partial['sampler']['step'] + 1}" if partial else "")
-    else:
-        done, segments = 0, {}
-        sampler = SectionSampler(models, request, conditioning)
+    saved_sections = _SavedSections(work_dir, fingerprint)
+    done, segments, partial, sampler = _start_point(models, request, conditioning, checkpoint, saved_sections)
     resumed_from = done
     frames_done = sum(int(n) for n in segments.values())
 
@@ -307,61 +298,156 @@ def render(
         segments[rank] = block.shape[1]
         return block.shape[1]
 
-    def finish_section(index: int, blocks: list, chunk: torch.Tensor, history: torch.Tensor, generator_state,
-                       **timings: float) -> None:
-        """On the output thread: the section's frames, preview and checkpoint, then its event."""
+    def finish_section(index: int, blocks: list, chunk: torch.Tensor, generated: torch.Tensor,
+                       history: torch.Tensor, generator_state, **timings: float) -> None:
+        """On the output thread: the section's frames, latents, preview and checkpoint, then its event."""
         nonlocal frames_done
         start = time.perf_counter()
         for rank, block in blocks:
             frames_done += write_block(rank, block)
+        saved_sections.save(index, generated, generator_state)
         gif = section_gif(frames_to_uint8(chunk), work_dir / f"section_{index + 1:04d}.gif")
         checkpoint.save(index + 1, history, generator_state, segments)
         if on_section is not None:
             on_section(SectionEvent(index + 1, sections, gif, frames_done, request.frames,
                                     output_seconds=time.perf_counter() - start, **timings))
 
-    # 3. The section loop: sample, decode and blend; the output thread writes while the next one samples.
-    output = _OutputStage()
-    try:
-        for index in range(done, sections):
-            if should_cancel is not None and should_cancel():
-                raise Cancelled()
-            if should_pause is not None and should_pause():
-                output.drain()
-                raise Paused()  # the checkpoint of the last section is the place to resume from
-            report_step = _StepReporter(on_step, index + 1, sections, request.steps)
-            clock = time.perf_counter()
-            try:
-                sampler.sample(index, report_step, should_cancel, should_pause, partial)
-            except Paused as paused:
-                output.drain()  # the earlier sections' checkpoints first, then this one
-                checkpoint.save(index, sampler.history, paused.start_state, segments, paused.partial)
-                log.info("paused at section %d, step %d", index + 1, paused.state["step"] + 1)
-                raise
-            partial = None
-            sampled = time.perf_counter()
+    def run_sections(first: int, partial: dict | None) -> None:
+        """Sample, decode and blend from section `first` on; the output thread writes while the next samples."""
+        stitcher = OverlapStitcher(sec.overlap_frames(window), variant is sec.Variant.ORIGINAL, sections)
+        if first > 0:
             with models.placement.vae():
-                chunk = vae_decode(sampler.decode_window(index), models.encoders.vae)
-            blocks = [stitcher.add(chunk)]
-            if index == sections - 1:
-                blocks.append(stitcher.finish())
-            decoded = time.perf_counter()
-            blocked = output.make_room()
-            output.submit(functools.partial(
-                finish_section, index, blocks, chunk, sampler.history, sampler.generator.get_state(),
-                sample_seconds=sampled - clock, decode_seconds=decoded - sampled, blocked_seconds=blocked,
-            ))
-        output.drain()
-    except BaseException:
-        output.close(quiet=True)  # the first error is the one to report
-        raise
-    output.close()
+                stitcher.restore(vae_decode(sampler.decode_window(first - 1), models.encoders.vae), first)
+        output = _OutputStage()
+        try:
+            for index in range(first, sections):
+                if should_cancel is not None and should_cancel():
+                    raise Cancelled()
+                if should_pause is not None and should_pause():
+                    output.drain()
+                    raise Paused()  # the checkpoint of the last section is the place to resume from
+                report_step = _StepReporter(on_step, index + 1, sections, request.steps)
+                clock = time.perf_counter()
+                try:
+                    generated = sampler.sample(index, report_step, should_cancel, should_pause, partial)
+                except Paused as paused:
+                    output.drain()  # the earlier sections' checkpoints first, then this one
+                    checkpoint.save(index, sampler.history, paused.start_state, segments, paused.partial)
+                    log.info("paused at section %d, step %d", index + 1, paused.state["step"] + 1)
+                    raise
+                partial = None
+                sampled = time.perf_counter()
+                with models.placement.vae():
+                    chunk = vae_decode(sampler.decode_window(index), models.encoders.vae)
+                blocks = [stitcher.add(chunk)]
+                if index == sections - 1:
+                    blocks.append(stitcher.finish())
+                decoded = time.perf_counter()
+                blocked = output.make_room()
+                output.submit(functools.partial(
+                    finish_section, index, blocks, chunk, generated, sampler.history, sampler.generator.get_state(),
+                    sample_seconds=sampled - clock, decode_seconds=decoded - sampled, blocked_seconds=blocked,
+                ))
+            output.drain()
+        except BaseException:
+            output.close(quiet=True)  # the first error is the one to report
+            raise
+        output.close()
 
-    # 4. The finished segments, joined into one MP4.
+    # 3. The section loop, again from the section that wrote a segment that did not check out.
+    for _ in range(REDO_ROUNDS):
+        run_sections(done, partial)
+        redo = _first_section_to_redo(work_dir, segments, request, complete=True)
+        if redo is None:
+            break
+        done, sampler = _rewind(models, request, conditioning, saved_sections, redo, segments)
+        partial, frames_done = None, sum(segments.values())
+    else:
+        raise RuntimeError(f"The video's segments in {work_dir} went bad {REDO_ROUNDS} times over: check the disk.")
+
+    # 4. The finished segments, joined into one MP4 of the frames the request asks for.
     ordered = [work_dir / f"segment_{rank:04d}.mp4" for rank in sorted(segments)]
     concat_segments(ordered, Path(out_path))
-    frames = sum(segments.values())
+    frames = count_frames(Path(out_path))
+    if frames != request.frames:
+        raise RuntimeError(f"The joined video has {frames} frames instead of {request.frames}.")
     return RenderResult(Path(out_path), frames, width, height, frames / sec.FPS, resumed_from)
+
+
+class _SavedSections:
+    """Each finished section's latents and generator state, enough to rebuild the render at any section."""
+
+    def __init__(self, work_dir: Path, fingerprint: str):
+        self.work_dir, self.fingerprint = work_dir, fingerprint
+
+    def _path(self, index: int) -> Path:
+        return self.work_dir / f"latents_{index + 1:04d}.pt"
+
+    def save(self, index: int, generated: torch.Tensor, generator_state: torch.Tensor) -> None:
+        _save_atomic({"version": CHECKPOINT_VERSION, "fingerprint": self.fingerprint, "generated": generated,
+                      "generator_state": generator_state}, self._path(index))
+
+    def load(self, index: int) -> dict | None:
+        return _load_if_matching(self._path(index), self.fingerprint)
+
+
+def _producing_section(rank: int, sections: int, reverse: bool) -> int:
+    """The section (0-based, generation order) whose blend wrote segment `rank`: the stitcher's ranks run
+    down from `sections` (inverted sampler) or up from 0, and the last section also writes the far end."""
+    if reverse:
+        return sections - rank if rank > 0 else sections - 1
+    return rank if rank < sections else sections - 1
+
+
+def _first_section_to_redo(work_dir: Path, segments: dict[int, int], request: RenderRequest,
+                           complete: bool = False) -> int | None:
+    """The earliest section (generation order) that wrote a missing or damaged segment, or None. With
+    `complete` (every section done) the segments must also add up to the request's frames."""
+    reverse = request.variant is sec.Variant.ORIGINAL
+    bad = [rank for rank, frames in segments.items() if count_frames(work_dir / f"segment_{rank:04d}.mp4") != frames]
+    if not bad and (not complete or sum(segments.values()) == request.frames):
+        return None
+    if not bad:  # every file checks out but frames are missing: a record was lost, render it all again
+        log.warning("the segments hold %d of %d frames; rendering again", sum(segments.values()), request.frames)
+        return 0
+    log.warning("segment(s) %s missing or damaged", ", ".join(str(r) for r in sorted(bad)))
+    return min(_producing_section(rank, request.sections, reverse) for rank in bad)
+
+
+def _rewind(models: FramePackModels, request: RenderRequest, conditioning: JobConditioning,
+            saved_sections: _SavedSections, section: int, segments: dict[int, int]) -> tuple[int, SectionSampler]:
+    """The render as it stood before `section`, rebuilt from the saved latents (from the start when one is
+    missing); `segments` keeps only what earlier sections wrote."""
+    sampler = SectionSampler(models, request, conditioning)
+    for index in range(section):
+        saved = saved_sections.load(index)
+        if saved is None:
+            log.warning("section %d's latents are gone: rendering from the start", index + 1)
+            return _rewind(models, request, conditioning, saved_sections, 0, segments)
+        sampler.add(index, saved["generated"])
+        sampler.generator.set_state(saved["generator_state"])
+    reverse = request.variant is sec.Variant.ORIGINAL
+    for rank in [r for r in segments if _producing_section(r, request.sections, reverse) >= section]:
+        del segments[rank]
+    log.warning("rendering again from section %d of %d", section + 1, request.sections)
+    return section, sampler
+
+
+def _start_point(models: FramePackModels, request: RenderRequest, conditioning: JobConditioning,
+                 checkpoint: _Checkpoint, saved_sections: _SavedSections):
+    """(sections done, segments, partial section, sampler) to start from."""
+    saved = checkpoint.load()
+    if saved is None:
+        return 0, {}, None, SectionSampler(models, request, conditioning)
+    done, segments, partial = saved["sections_done"], dict(saved["segments"]), saved.get("partial")
+    redo = _first_section_to_redo(checkpoint.path.parent, segments, request) if done else None
+    if redo is not None and redo < done:
+        done, sampler = _rewind(models, request, conditioning, saved_sections, redo, segments)
+        return done, segments, None, sampler
+    sampler = SectionSampler(models, request, conditioning, saved["history"], saved["generator_state"])
+    log.info("resuming at section %d of %d%s", done + 1, request.sections,
+             f", step {partial['sampler']['step'] + 1}" if partial else "")
+    return done, segments, partial, sampler
 
 
 def _load_or_encode_conditioning(models: FramePackModels, cropped: np.ndarray, request: RenderRequest, path: Path,

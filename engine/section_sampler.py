@@ -111,10 +111,14 @@ class SectionSampler:
                               "teacache": self.teacache.state() if self.teacache is not None else None}
             paused.start_state = start_state
             raise
+        self.add(index, generated)
+        return generated
+
+    def add(self, index: int, generated: torch.Tensor) -> None:
+        """Put section `index`'s latents into the history (also to rebuild it from saved sections)."""
         history, _ = sec.extend_history(self.variant, self.history, generated, self.start_latent,
                                         self.layouts[index].is_last)
         self.history = sec.trim_history(self.variant, history, self.keep)
-        return generated
 
     def decode_window(self, index: int) -> torch.Tensor:
         """The latents the demos decode after section `index`: the new ones and their overlap."""

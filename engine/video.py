@@ -83,6 +83,19 @@ def concat_segments(segments: list[Path], out: Path) -> Path:
     return out
 
 
+def count_frames(path: Path) -> int | None:
+    """The frames in a video file, counted from its packets without decoding; None when it does not read."""
+    if not Path(path).is_file():
+        return None
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostats", "-i", str(path), "-map", "0:v:0",
+           "-c", "copy", "-progress", "pipe:1", "-f", "null", "-"]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    counts = [line.split("=", 1)[1] for line in result.stdout.splitlines() if line.startswith("frame=")]
+    if result.returncode != 0 or not counts:
+        return None
+    return int(counts[-1])
+
+
 @dataclass(frozen=True)
 class VideoInfo:
     width: int

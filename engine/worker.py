@@ -5,6 +5,10 @@
 The render runs in a thread; the asyncio loop beside it renews the job's lease, watches for a
 cancel, and writes progress. SIGTERM or SIGINT stops the render after the current step, saves the
 step's state, gives the job back to the queue and exits; the next worker resumes it.
+
+A worker that cannot render (no GPU, weights missing or unreadable, its disk full) is not the jobs'
+fault: it claims nothing, says why in its heartbeat (the chats show it, the admins are told once), and
+tries again after a pause that grows to a few minutes. A job it had taken goes back to the queue.
 """
 
 from __future__ import annotations
@@ -12,24 +16,60 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import gc
 import logging
 import os
+import shutil
 import signal
 import socket
 import statistics
 import sys
 import threading
+import time
+from pathlib import Path
 
 from storage.files import JobFiles
 from storage.jobs import Job, Progress
-from storage.settings import Settings, get_settings
-from storage.store import JobStore, open_store
+from storage.log_setup import configure_logging
+from storage.settings import Settings, SettingsError, get_settings
+from storage.store import EXIT_CANNOT_START, JobStore, open_store
 
 log = logging.getLogger("engine.worker")
 
 IDLE_POLL_SECONDS = 1.0
 CANCEL_POLL_SECONDS = 0.5
+NOT_READY_PAUSE_FIRST, NOT_READY_PAUSE_MAX = 5.0, 300.0
+READY_CHECK_SECONDS = 30.0  # while ready, the device and weight folders are looked at again this often
+MIN_FREE_DISK_BYTES = 512 * 2**20  # below this the data folder's disk counts as full: checkpoints need room
+FAILED_TEXT = "The render failed on the server; the bot's operator can find why in the worker's log."
+
+
+class WorkerFault(Exception):
+    """This worker cannot render now (the device, the weights, the disk): the job is not at fault.
+    The message is for the log and the admins: no secrets, no stack."""
+
+
+def disk_trouble(error: BaseException, data_dir: Path | None = None) -> bool:
+    """A full disk (or quota) anywhere in the error's chain. ffmpeg dying of ENOSPC reaches Python as a broken
+    pipe with ffmpeg's own text, so that text and the data folder's free space count too."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    if isinstance(error, OSError) and data_dir is not None:
+        return free_disk_bytes(data_dir) < MIN_FREE_DISK_BYTES
+    return False
+
+
+def free_disk_bytes(folder: Path) -> int:
+    folder = Path(folder)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
 
 
 class ModelCache:
@@ -41,6 +81,19 @@ class ModelCache:
         self.transformers: dict = {}
         self.device = None
         self.mode = None
+
+    def check(self, variants) -> None:
+        """What a render needs before any weight is loaded: the device, and every weight folder of
+        `variants` present. Raises WorkerFault saying what is wrong."""
+        from engine.models import DeviceUnavailable, ModelsNotFound, locate, parts_for, resolve_device
+        from engine.sections import Variant
+
+        try:
+            resolve_device(self.settings.engine_device)
+            locate(parts_for([Variant.parse(v) for v in variants]), self.settings.framepack_models_dir,
+                   self.settings.framepack_auto_download)
+        except (DeviceUnavailable, ModelsNotFound, ValueError) as error:
+            raise WorkerFault(str(error)) from None
 
     def get(self, variant):
         import torch
@@ -87,6 +140,9 @@ class Worker:
         self.models = models or ModelCache(settings)
         self.stopping = threading.Event()  # shutdown: finish the step, save, give the job back
         self.files = JobFiles(settings.data_dir)
+        self.fault: str | None = None  # set by a job that hit a worker fault; cleared by the next good check
+        self.reported: str | None = None  # the problem last logged, so a lasting one is logged once
+        self.checked_at = -float("inf")  # when the device and the weights were last found in place
 
     def request_stop(self) -> None:
         if not self.stopping.is_set():
@@ -94,17 +150,50 @@ class Worker:
         self.stopping.set()
 
     async def run(self, max_jobs: int | None = None) -> None:
-        done = 0
+        done, pause = 0, NOT_READY_PAUSE_FIRST
         log.info("%s: waiting for jobs", self.name)
         while not self.stopping.is_set() and (max_jobs is None or done < max_jobs):
-            await self.store.heartbeat(self.name)
+            problem = await self.readiness()
+            await self.store.heartbeat(self.name, problem)
+            if problem is not None:
+                await self._pause(pause)
+                pause = min(pause * 2, NOT_READY_PAUSE_MAX)
+                continue
             job = await self.store.claim(self.name)
             if job is None:
                 await asyncio.sleep(IDLE_POLL_SECONDS)
                 continue
-            await self.process(job)
-            done += 1
+            if await self.process(job):
+                done, pause = done + 1, NOT_READY_PAUSE_FIRST  # a fault that comes back keeps growing the pause
         log.info("%s: stopped", self.name)
+
+    async def readiness(self) -> str | None:
+        """None when this worker can render, else why not (logged when it changes)."""
+        problem = self.fault
+        if problem is None and free_disk_bytes(self.settings.data_dir) < MIN_FREE_DISK_BYTES:
+            problem = f"The data folder's disk has less than {MIN_FREE_DISK_BYTES // 2**20} MB free."
+        now = time.monotonic()
+        if problem is None and (self.reported is not None or now - self.checked_at > READY_CHECK_SECONDS):
+            variants = (await self.store.get_limits()).allowed_variants
+            try:
+                await asyncio.to_thread(self.models.check, variants)
+                self.checked_at = now
+            except WorkerFault as fault:
+                problem = str(fault)
+        if problem != self.reported:
+            if problem is None:
+                log.info("%s: ready to render", self.name)
+            else:
+                log.error("%s: cannot render: %s (jobs wait; trying again with a growing pause)", self.name, problem)
+            self.reported = problem
+        return problem
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but wake at once on a stop request; a fault is checked afresh after the pause."""
+        deadline = asyncio.get_running_loop().time() + seconds
+        while not self.stopping.is_set() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(min(0.5, seconds))
+        self.fault = None
 
     async def _watch(self, job: Job, run: JobRun, rendering: asyncio.Future) -> None:
         """Renew the lease and poll for a cancel until the render ends."""
@@ -122,7 +211,8 @@ class Worker:
             if await self.store.is_cancel_requested(job.id):
                 run.cancel.set()
 
-    async def process(self, job: Job) -> None:
+    async def process(self, job: Job) -> bool:
+        """Render one claimed job to its end; False when it went back to the queue for a worker fault."""
         from engine.render import Cancelled, Paused, RenderRequest, render
         from engine.video import fit_to_size
         from storage.inputs import InputError, load_image
@@ -155,7 +245,10 @@ class Worker:
             report(Progress(section, event.sections, step, p.steps, last_preview[0], frames[0]))
 
         def work():
-            models = self.models.get(p.variant)
+            try:
+                models = self.models.get(p.variant)
+            except Exception as error:  # missing or damaged weights, no device, no memory: not the job's fault
+                raise WorkerFault(f"Loading the {p.variant} models failed: {type(error).__name__}: {error}") from None
             image = load_image(self.files.input_path(job.id), max_pixels=10**9)
             request = RenderRequest(prompt=job.prompt, seconds=p.seconds, variant=p.variant, seed=p.seed,
                                     steps=p.steps, resolution=p.resolution, crf=self.settings.video_crf,
@@ -163,6 +256,8 @@ class Worker:
             video = self.files.video_path(job.id)
             render(models, image, request, self.files.work_dir(job.id), video, on_step=on_step,
                    on_section=on_section, should_cancel=run.cancel.is_set, should_pause=self.stopping.is_set)
+            if run.cancel.is_set():  # cancelled after the last step: no upload copies, the store ends it cancelled
+                return str(video), {}
             fitted = {}
             for limit in p.upload_limits:
                 fitted[limit] = str(fit_to_size(video, self.files.fitted_path(job.id, limit), limit))
@@ -175,20 +270,27 @@ class Worker:
         except Paused:
             await self.store.release(job.id, self.name)
             log.info("%s: job %d given back to the queue at its last step", self.name, job.id)
-            return
+            return True
         except Cancelled:
             if run.lease_lost:
-                return  # another worker owns it now
+                return True  # another worker owns it now
             await self.store.mark_cancelled(job.id, self.name)
             log.info("%s: job %d cancelled", self.name, job.id)
-            return
-        except InputError as error:
+            return True
+        except InputError as error:  # written for the person
             await self.store.fail(job.id, self.name, str(error))
-            return
-        except Exception as error:  # the job fails, the worker lives on for the next one
+            return True
+        except WorkerFault as fault:
+            return await self._give_back(job, str(fault))
+        except Exception as error:
+            if disk_trouble(error, self.settings.data_dir):  # passing: the job resumes from its checkpoint later
+                log.error("%s: job %d paused, the disk is full: %s", self.name, job.id, error)
+                return await self._give_back(job, "The data folder's disk is full.")
+            # The job fails, the worker lives on for the next one. The person reads a plain sentence; the
+            # details (paths, ffmpeg's command line) stay in this log.
             log.exception("%s: job %d failed", self.name, job.id)
-            await self.store.fail(job.id, self.name, f"The render failed: {type(error).__name__}: {error}")
-            return
+            await self.store.fail(job.id, self.name, FAILED_TEXT)
+            return True
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -202,11 +304,25 @@ class Worker:
             teacache = p.teacache > 0
             step = statistics.fmean(run.step_seconds) if teacache else statistics.median(run.step_seconds)
             await self.store.record_speed(self.name, step, overhead, teacache=teacache)
+        return True
+
+    async def _give_back(self, job: Job, problem: str) -> bool:
+        """A worker fault: the job waits in the queue (the attempt does not count), this worker pauses."""
+        await self.store.release(job.id, self.name)
+        log.warning("%s: job %d given back to the queue: %s", self.name, job.id, problem)
+        self.fault = problem
+        return False
 
 
-async def main_async(name: str, max_jobs: int | None) -> None:
+async def main_async(name: str, max_jobs: int | None) -> int:
+    from storage.sqlite_store import StorageNotWritable
+
     settings = get_settings()
-    store = await open_store(settings)
+    try:
+        store = await open_store(settings)
+    except StorageNotWritable as error:
+        log.error("%s: cannot start: %s", name, error)
+        return EXIT_CANNOT_START
     worker = Worker(store, settings, name)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -215,6 +331,7 @@ async def main_async(name: str, max_jobs: int | None) -> None:
         await worker.run(max_jobs)
     finally:
         await store.close()
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,11 +339,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default=f"{socket.gethostname()}-{os.getpid()}")
     parser.add_argument("--max-jobs", type=int, default=None, help="exit after this many jobs")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {args.name} %(levelname)s %(message)s",
-                        stream=sys.stderr)
+    try:
+        settings = get_settings()
+    except SettingsError as error:
+        print(error, file=sys.stderr)
+        return 2
+    configure_logging(settings, fmt=f"%(asctime)s {args.name} %(levelname)s %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    asyncio.run(main_async(args.name, args.max_jobs))
-    return 0
+    return asyncio.run(main_async(args.name, args.max_jobs))
 
 
 if __name__ == "__main__":

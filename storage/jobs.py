@@ -46,6 +46,7 @@ class NewJob:
     params: JobParams = field(default_factory=JobParams)
     reply_to: str | None = None
     user_name: str | None = None
+    guild_id: str | None = None  # the Discord server it came from; None for DMs and other platforms
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,9 @@ class Job:
     fitted: dict[int, str] = field(default_factory=dict)  # upload limit -> path of the copy under it
     delivered: bool = False
     status_message: str | None = None
+    guild_id: str | None = None
+    delivery_error: str | None = None  # why it could never be delivered (the person blocked the bot, ...)
+    delivery_attempts: int = 0
 
     def video_for_limit(self, limit: int) -> str | None:
         """The largest copy that fits `limit` bytes (the original if no copy was asked for)."""
@@ -104,3 +108,34 @@ class Enqueued:
 
 class QueueFull(Exception):
     """The person has as many jobs waiting as the limit allows."""
+
+
+class Unavailable(Exception):
+    """The bot cannot take a job right now (its disk is full, say); the message is for the person."""
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    """The render workers as the queue sees them: how many are alive, how many can render, and why not."""
+
+    alive: int
+    ready: int
+    problems: tuple[str, ...] = ()
+
+    @property
+    def stalled(self) -> bool:
+        """No worker can take a job now: queued jobs wait until one can."""
+        return self.ready == 0
+
+
+# Job ids are SQLite integers: a number outside them cannot name a job (and would overflow the binding).
+MAX_JOB_ID = 2**63 - 1
+
+
+def parse_job_id(text: str) -> int | None:
+    """A job number a person typed (or a button carried), or None when it cannot be one."""
+    text = text.strip().lstrip("#")
+    if not text.isdigit() or len(text) > 19:
+        return None
+    value = int(text)
+    return value if 1 <= value <= MAX_JOB_ID else None

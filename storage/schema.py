@@ -46,4 +46,19 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE workers ADD COLUMN teacache_factor REAL;
     """,
+    # 3: hardening. Delivery: permanent failures recorded, transient ones retried with a growing pause.
+    # Workers: why one cannot render now. Notices: what the admins were told, once. Jobs: the Discord
+    # server they came from, so a server's moderators act on that server's jobs only.
+    """
+    ALTER TABLE jobs ADD COLUMN delivery_error TEXT;
+    ALTER TABLE jobs ADD COLUMN delivery_attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN next_delivery_at REAL;
+    ALTER TABLE jobs ADD COLUMN guild_id TEXT;
+    ALTER TABLE workers ADD COLUMN problem TEXT;
+    ALTER TABLE workers ADD COLUMN problem_since REAL;
+    CREATE TABLE notices (
+        key TEXT PRIMARY KEY,
+        sent_at REAL NOT NULL
+    );
+    """,
 ]

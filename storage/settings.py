@@ -56,13 +56,15 @@ class Settings(BaseSettings):
     discord_token: str | None = None
     discord_api_url: str = "https://discord.com/api/v10"  # a proxy or a test server; its /gateway/bot names the gateway
     discord_guild_ids: str = ""  # comma-separated: commands appear there at once (global sync can take an hour)
-    discord_admin_user_ids: str = ""  # comma-separated Discord user ids that may change limits anywhere
-    discord_manage_server_admins: bool = True  # members with Manage Server may change limits too
+    discord_admin_user_ids: str = ""  # comma-separated Discord user ids: every job and the limits, everywhere
+    discord_manage_server_admins: bool = True  # members with Manage Server may cancel their server's jobs
     telegram_token: str | None = None
     telegram_api_url: str = "https://api.telegram.org"  # a self-hosted Bot API server or a test server
     telegram_admin_ids: str = ""  # comma-separated Telegram user ids
     # bytes; a self-hosted Bot API server allows up to 2 GB
     telegram_upload_limit: int = Field(50_000_000, ge=1_000_000, le=2_000_000_000)
+    # bytes a bot may download (getFile); unset: 20 MiB on api.telegram.org, none elsewhere; 0: none
+    telegram_download_limit: int | None = Field(None, ge=0, le=2_000_000_000)
 
     # Queue and workers.
     engine_gpus: str | None = None  # "0,1": one worker per listed GPU; unset: every visible GPU

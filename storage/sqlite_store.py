@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import sqlite3
@@ -21,7 +22,18 @@ import aiosqlite
 from storage.eta import Speed, finish_times
 from storage.files import JobFiles
 from storage.inputs import InputError, check_prompt, load_image
-from storage.jobs import Enqueued, Job, JobParams, JobState, NewJob, Progress, QueueFull
+from storage.jobs import (
+    MAX_JOB_ID,
+    Enqueued,
+    Job,
+    JobParams,
+    JobState,
+    NewJob,
+    Progress,
+    QueueFull,
+    Unavailable,
+    WorkerStatus,
+)
 from storage.limits import LIMIT_NAMES, VARIANTS, Limits, parse_limit
 from storage.schema import MIGRATIONS
 from storage.settings import Settings
@@ -29,11 +41,17 @@ from storage.settings import Settings
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3  # a job that takes down its worker this often is failed instead of retried
+# A delivery that failed for a passing reason waits this long before the next try, doubling up to the cap.
+DELIVERY_RETRY_FIRST, DELIVERY_RETRY_MAX = 5.0, 3600.0
 _JOB_COLUMNS = (
     "id, platform, chat_id, reply_to, user_id, user_name, prompt, params, state, created_at, started_at, "
     "finished_at, worker, lease_expires_at, attempts, cancel_requested, progress, error, result, delivered, "
-    "status_message"
+    "status_message, guild_id, delivery_error, delivery_attempts"
 )
+
+
+class StorageNotWritable(RuntimeError):
+    """The database or the data folder cannot be written; the message says which and what to do."""
 
 
 def _job_from_row(row) -> Job:
@@ -47,7 +65,8 @@ def _job_from_row(row) -> Job:
         cancel_requested=bool(row[15]), progress=Progress(**json.loads(row[16])) if row[16] else Progress(),
         error=row[17], video=result.get("video"),
         fitted={int(k): v for k, v in result.get("fitted", {}).items()},
-        delivered=bool(row[19]), status_message=row[20],
+        delivered=bool(row[19]), status_message=row[20], guild_id=row[21], delivery_error=row[22],
+        delivery_attempts=row[23],
     )
 
 
@@ -67,13 +86,41 @@ class SqliteJobStore:
         data_dir.mkdir(parents=True, exist_ok=True)
         path = path or data_dir / "framepack.db"
         path.parent.mkdir(parents=True, exist_ok=True)
-        db = await aiosqlite.connect(path, isolation_level=None, timeout=30)
-        await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute("PRAGMA synchronous=NORMAL")
-        await db.execute("PRAGMA busy_timeout=30000")
+        try:
+            db = await aiosqlite.connect(path, isolation_level=None, timeout=30)
+        except sqlite3.OperationalError as error:
+            raise StorageNotWritable(_not_writable(path, error)) from None
         store = cls(db, settings, JobFiles(data_dir))
-        await store._migrate()
+        try:
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA synchronous=NORMAL")
+            await db.execute("PRAGMA busy_timeout=30000")
+            await store._migrate()
+            await store._check_writable(path)
+        except sqlite3.OperationalError as error:
+            await db.close()
+            if "readonly" in str(error) or "read-only" in str(error) or "unable to open" in str(error):
+                raise StorageNotWritable(_not_writable(path, error)) from None
+            raise
+        except BaseException:
+            await db.close()
+            raise
         return store
+
+    async def _check_writable(self, path: Path) -> None:
+        """Refuse to start on a read-only database or data folder: every worker would crash-loop on it."""
+        async with self._write() as db:
+            await db.execute("CREATE TABLE IF NOT EXISTS write_probe (x)")
+            await db.execute("DROP TABLE write_probe")
+        probe = self.files.root.parent / ".write-probe"
+        try:
+            probe.write_bytes(b"ok")
+            probe.unlink()
+        except OSError as error:
+            raise StorageNotWritable(
+                f"The data folder {probe.parent} cannot be written ({error.strerror or error}). "
+                "Check its permissions and free disk space, or point DATA_DIR elsewhere."
+            ) from None
 
     async def close(self) -> None:
         await self.db.close()
@@ -95,12 +142,15 @@ class SqliteJobStore:
 
     async def _migrate(self) -> None:
         async with self._write() as db:
-            version = (await (await db.execute("PRAGMA user_version")).fetchone())[0]
-            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                for statement in filter(str.strip, script.split(";")):
-                    await db.execute(statement)
-                await db.execute(f"PRAGMA user_version = {number}")
-                log.info("database migrated to version %d", number)
+            await self._apply_migrations(db)
+
+    async def _apply_migrations(self, db) -> None:
+        version = (await (await db.execute("PRAGMA user_version")).fetchone())[0]
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            for statement in filter(str.strip, script.split(";")):
+                await db.execute(statement)
+            await db.execute(f"PRAGMA user_version = {number}")
+            log.info("database migrated to version %d", number)
 
     async def _one(self, sql: str, args=()) -> tuple | None:
         return await (await self.db.execute(sql, args)).fetchone()
@@ -186,13 +236,17 @@ class SqliteJobStore:
             await self._check_quota(job, limits)
             cursor = await db.execute(
                 "INSERT INTO jobs (platform, chat_id, reply_to, user_id, user_name, prompt, params, state, "
-                "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?)",
+                "created_at, guild_id) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
                 (job.platform, job.chat_id, job.reply_to, job.user_id, job.user_name, job.prompt,
-                 json.dumps(asdict(job.params)), now),
+                 json.dumps(asdict(job.params)), now, job.guild_id),
             )
             job_id = cursor.lastrowid
             # Inside the transaction: if the file cannot be written, no row is committed.
-            self.files.write_input(job_id, image)
+            try:
+                self.files.write_input(job_id, image)
+            except OSError as error:
+                log.error("job %d: could not store the picture: %s", job_id, error)
+                raise Unavailable(_storage_trouble(error)) from None
         position, eta = await self.position(job_id)
         log.info("job %d queued for %s:%s at position %d", job_id, job.platform, job.user_id, position)
         return Enqueued(job_id, position, eta)
@@ -200,6 +254,8 @@ class SqliteJobStore:
     # ----- reading --------------------------------------------------------------------------------
 
     async def get(self, job_id: int) -> Job | None:
+        if not 1 <= job_id <= MAX_JOB_ID:  # not a job id at all (and too large for SQLite's integers)
+            return None
         row = await self._one(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id=?", (job_id,))
         return _job_from_row(row) if row else None
 
@@ -223,17 +279,34 @@ class SqliteJobStore:
         return [_job_from_row(r) for r in rows]
 
     async def undelivered(self, platform: str) -> list[Job]:
-        """Finished jobs (done, failed, cancelled) whose result the frontend has not yet posted."""
+        """Finished jobs (done, failed, cancelled) whose result the frontend has not yet posted and may try
+        now: one whose last try failed for a passing reason waits out its pause first."""
         rows = await self._all(
             f"SELECT {_JOB_COLUMNS} FROM jobs WHERE platform=? AND delivered=0 "
-            "AND state IN ('done', 'failed', 'cancelled') ORDER BY id",
-            (platform,),
+            "AND state IN ('done', 'failed', 'cancelled') AND (next_delivery_at IS NULL OR next_delivery_at <= ?) "
+            "ORDER BY id",
+            (platform, time.time()),
         )
         return [_job_from_row(r) for r in rows]
 
     async def mark_delivered(self, job_id: int) -> None:
         async with self._write() as db:
             await db.execute("UPDATE jobs SET delivered=1 WHERE id=?", (job_id,))
+
+    async def delivery_failed(self, job_id: int, reason: str, permanent: bool) -> float | None:
+        """Record a failed delivery. Permanent (the person blocked the bot, the file is gone): never tried
+        again, the reason kept. Otherwise tried again after a pause that doubles each time; returns it."""
+        async with self._write() as db:
+            if permanent:
+                await db.execute("UPDATE jobs SET delivered=1, delivery_error=? WHERE id=?", (reason[:500], job_id))
+                return None
+            (attempts,) = await self._one("SELECT delivery_attempts FROM jobs WHERE id=?", (job_id,))
+            pause = min(DELIVERY_RETRY_FIRST * 2**attempts, DELIVERY_RETRY_MAX)
+            await db.execute(
+                "UPDATE jobs SET delivery_attempts=delivery_attempts+1, next_delivery_at=? WHERE id=?",
+                (time.time() + pause, job_id),
+            )
+            return pause
 
     async def set_status_message(self, job_id: int, message_id: str | None) -> None:
         async with self._write() as db:
@@ -309,12 +382,38 @@ class SqliteJobStore:
 
     # ----- worker side ----------------------------------------------------------------------------
 
-    async def heartbeat(self, worker: str) -> None:
+    async def heartbeat(self, worker: str, problem: str | None = None) -> None:
+        """The worker is alive; `problem` says why it cannot render now (None: it can)."""
+        now = time.time()
         async with self._write() as db:
             await db.execute(
-                "INSERT INTO workers (name, seen_at) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET seen_at=?",
-                (worker, time.time(), time.time()),
+                "INSERT INTO workers (name, seen_at, problem, problem_since) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET seen_at=excluded.seen_at, problem=excluded.problem, "
+                "problem_since=CASE WHEN excluded.problem IS NULL THEN NULL "
+                "WHEN workers.problem IS excluded.problem THEN workers.problem_since ELSE excluded.seen_at END",
+                (worker, now, problem, now if problem else None),
             )
+
+    async def worker_status(self) -> WorkerStatus:
+        """Workers seen within two leases, how many of them can render, and the others' reasons."""
+        live_since = time.time() - 2 * self.settings.lease_seconds
+        rows = await self._all("SELECT name, problem FROM workers WHERE seen_at >= ? ORDER BY name", (live_since,))
+        problems = tuple(dict.fromkeys(problem for _, problem in rows if problem))
+        return WorkerStatus(alive=len(rows), ready=sum(1 for _, problem in rows if not problem), problems=problems)
+
+    async def worker_problems(self) -> list[tuple[str, str, float]]:
+        """(worker, problem, since) of every live worker that cannot render now."""
+        live_since = time.time() - 2 * self.settings.lease_seconds
+        return await self._all(
+            "SELECT name, problem, problem_since FROM workers WHERE seen_at >= ? AND problem IS NOT NULL "
+            "ORDER BY name", (live_since,),
+        )
+
+    async def claim_notice(self, key: str) -> bool:
+        """True the first time `key` is claimed, ever: what admins are told once, across restarts too."""
+        async with self._write() as db:
+            cursor = await db.execute("INSERT OR IGNORE INTO notices (key, sent_at) VALUES (?, ?)", (key, time.time()))
+        return cursor.rowcount == 1
 
     async def record_speed(
         self, worker: str, seconds_per_step: float, section_overhead: float, teacache: bool = False
@@ -408,11 +507,24 @@ class SqliteJobStore:
         return cursor.rowcount == 1
 
     async def complete(self, job_id: int, worker: str, video: str, fitted: dict[int, str]) -> bool:
+        """Mark the job done; False if this worker no longer holds it, or if a cancel came in after its
+        last step: the person was told it would stop, so it ends cancelled and no video is sent."""
         result = json.dumps({"video": video, "fitted": {str(k): v for k, v in fitted.items()}})
-        done = await self._finish(job_id, worker, JobState.DONE, result=result)
-        if done:
-            log.info("job %d done by %s", job_id, worker)
-        return done
+        async with self._write() as db:
+            cursor = await db.execute(
+                "UPDATE jobs SET state=CASE WHEN cancel_requested THEN 'cancelled' ELSE 'done' END, finished_at=?, "
+                "lease_expires_at=NULL, result=CASE WHEN cancel_requested THEN NULL ELSE ? END "
+                "WHERE id=? AND worker=? AND state='running'",
+                (time.time(), result, job_id, worker),
+            )
+            if cursor.rowcount != 1:
+                return False
+            (state,) = await self._one("SELECT state FROM jobs WHERE id=?", (job_id,))
+        if state == JobState.CANCELLED.value:
+            log.info("job %d finished rendering after it was cancelled: cancelled, not delivered", job_id)
+            return False
+        log.info("job %d done by %s", job_id, worker)
+        return True
 
     async def fail(self, job_id: int, worker: str, error: str) -> bool:
         log.warning("job %d failed on %s: %s", job_id, worker, error)
@@ -438,14 +550,19 @@ class SqliteJobStore:
 
     # ----- cancel ---------------------------------------------------------------------------------
 
-    async def cancel(self, job_id: int, platform: str, user_id: str, is_admin: bool = False) -> str:
+    async def cancel(self, job_id: int, platform: str, user_id: str, is_admin: bool = False,
+                     moderated_guild: str | None = None) -> str:
         """Cancel for a person: 'cancelled' (was waiting), 'stopping' (its worker stops within a step),
-        'finished' (too late), 'not_found', or 'not_allowed' (neither the owner nor an admin)."""
+        'finished' (too late), 'not_found', or 'not_allowed'. The owner and the bot's admins (`is_admin`)
+        may cancel; a server's moderator (`moderated_guild`) only the jobs that came from that server."""
+        if not 1 <= job_id <= MAX_JOB_ID:
+            return "not_found"
         async with self._write() as db:
-            row = await self._one("SELECT platform, user_id, state FROM jobs WHERE id=?", (job_id,))
+            row = await self._one("SELECT platform, user_id, state, guild_id FROM jobs WHERE id=?", (job_id,))
             if row is None or row[0] != platform:
                 return "not_found"
-            if row[1] != user_id and not is_admin:
+            moderates = moderated_guild is not None and row[3] == moderated_guild
+            if row[1] != user_id and not is_admin and not moderates:
                 return "not_allowed"
             state = JobState(row[2])
             if state.finished:
@@ -460,3 +577,15 @@ class SqliteJobStore:
             await db.execute("UPDATE jobs SET cancel_requested=1 WHERE id=?", (job_id,))
             log.info("job %d: cancel requested while running", job_id)
             return "stopping"
+
+
+def _not_writable(path: Path, error: Exception) -> str:
+    return (f"The database {path} cannot be written ({error}). Check the permissions of the file and of its "
+            "folder, and the free disk space.")
+
+
+def _storage_trouble(error: OSError) -> str:
+    """What a person reads when the bot could not store their job: no path, no error text."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "The bot's server is out of disk space right now, so it cannot take new videos. Try again later."
+    return "The bot could not store your picture just now (a problem on its server). Try again in a while."

@@ -13,6 +13,13 @@ import time
 
 from aiohttp import web
 
+DOWNLOAD_LIMIT = 20 * 1024 * 1024
+
+
+class BadRequestError(Exception):
+    """A method refused with 400 and this description, as the Bot API does."""
+
+
 BOT_USER = {"id": 4242, "is_bot": True, "first_name": "FramePack", "username": "framepack_test_bot",
             "can_join_groups": True, "can_read_all_group_messages": False, "supports_inline_queries": False}
 
@@ -27,6 +34,8 @@ class FakeTelegram:
         self.ids = itertools.count(1000)
         self.update_ids = itertools.count(1)
         self.fail_next: dict[str, int] = {}  # method -> seconds of a 429 retry_after to answer once
+        self.blocked: set[int] = set()  # chats whose user blocked the bot: sending there answers 403
+        self.server_errors: dict[str, int] = {}  # method -> how many 500s to answer before working again
         self.runner: web.AppRunner | None = None
         self.url = ""
 
@@ -154,10 +163,20 @@ class FakeTelegram:
             retry = self.fail_next.pop(method)
             return web.json_response({"ok": False, "error_code": 429, "description": "Too Many Requests",
                                       "parameters": {"retry_after": retry}}, status=429)
+        if self.server_errors.get(method):
+            self.server_errors[method] -= 1
+            return web.json_response({"ok": False, "error_code": 500, "description": "Internal Server Error"},
+                                     status=500)
+        if method.startswith(("send", "edit")) and int(params.get("chat_id") or 0) in self.blocked:
+            return web.json_response({"ok": False, "error_code": 403,
+                                      "description": "Forbidden: bot was blocked by the user"}, status=403)
         handler = getattr(self, f"m_{method}", None)
         if handler is None:
             return self._ok(True)
-        return self._ok(await handler(params))
+        try:
+            return self._ok(await handler(params))
+        except BadRequestError as error:
+            return web.json_response({"ok": False, "error_code": 400, "description": str(error)}, status=400)
 
     async def m_getMe(self, params):
         return BOT_USER
@@ -175,6 +194,8 @@ class FakeTelegram:
 
     async def m_getFile(self, params):
         file_id = params["file_id"]
+        if len(self.files[file_id]) > DOWNLOAD_LIMIT:  # the cloud Bot API's limit for bots
+            raise BadRequestError("Bad Request: file is too big")
         return {"file_id": file_id, "file_unique_id": "u" + file_id, "file_size": len(self.files[file_id]),
                 "file_path": f"photos/{file_id}.jpg"}
 

@@ -12,14 +12,14 @@ import time
 
 import pytest
 from fake_discord import MANAGE_GUILD, FakeDiscord
-from helpers import picture_bytes, worker_env, worker_settings
+from helpers import picture_bytes, wait_for, worker_env, worker_settings
 from PIL import Image
 
 from bot import discord_frontend
 from bot.discord_frontend import DiscordBot
 from bot.downloads import download_capped
 from engine.worker import Worker
-from storage.jobs import JobState
+from storage.jobs import JobParams, JobState, NewJob
 
 OWNER, STRANGER, MODERATOR, ADMIN = 701, 702, 703, 900
 UPLOAD_LIMIT = 9_000_000  # not a default anywhere: proves the limit comes from the interaction
@@ -264,10 +264,17 @@ async def test_admin_commands_are_checked_by_the_bot(env):
 
     shown = await fake.slash_command("admin", ADMIN, subcommand="limits")
     assert "max_seconds: 120 s" in await env.ephemeral_answer(shown)
-    changed = await fake.slash_command("admin", MODERATOR, {"name": "max_seconds", "value": "30"},
+    shown = await fake.slash_command("admin", MODERATOR, subcommand="limits")  # a server's moderator may look
+    assert "max_seconds: 120 s" in await env.ephemeral_answer(shown)
+    # ...but the limits are every server's: only the listed admins change them.
+    refused = await fake.slash_command("admin", MODERATOR, {"name": "max_seconds", "value": "30"},
+                                       subcommand="set-limit")
+    assert "only the bot's own admins" in await env.ephemeral_answer(refused)
+    assert (await store.get_limits()).max_seconds == 120
+    changed = await fake.slash_command("admin", ADMIN, {"name": "max_seconds", "value": "30"},
                                        subcommand="set-limit")
     assert "max_seconds: 30 s" in await env.ephemeral_answer(changed)
-    bad = await fake.slash_command("admin", MODERATOR, {"name": "max_seconds", "value": "lots"},
+    bad = await fake.slash_command("admin", ADMIN, {"name": "max_seconds", "value": "lots"},
                                    subcommand="set-limit")
     assert "must be a number" in await env.ephemeral_answer(bad)
     unknown = await fake.slash_command("admin", ADMIN, {"name": "max_fun", "value": "1"}, subcommand="set-limit")
@@ -277,9 +284,8 @@ async def test_admin_commands_are_checked_by_the_bot(env):
     help_ = await fake.slash_command("help", STRANGER)
     assert "up to 30 s" in await env.ephemeral_answer(help_)
 
-    await env.restart_bot(discord_manage_server_admins=False)  # only the listed user ids now
-    refused = await fake.slash_command("admin", MODERATOR, {"name": "max_seconds", "value": "40"},
-                                       subcommand="set-limit")
+    await env.restart_bot(discord_manage_server_admins=False)  # Manage Server gives nothing now
+    refused = await fake.slash_command("admin", MODERATOR, subcommand="limits")
     assert "Only the bot's admins" in await env.ephemeral_answer(refused)
     assert (await store.get_limits()).max_seconds == 30
 
@@ -443,3 +449,48 @@ async def test_serve_runs_the_discord_frontend_with_a_worker_process(tmp_path, t
     text = log.read_text()
     assert code == 0, text[-3000:]
     assert "discord: commands synced" in text and "No chat frontend" not in text
+
+
+async def test_a_server_moderator_acts_on_that_servers_jobs_only(env):
+    """Manage Server in one server is no right over another server's jobs, nor over DMs."""
+    fake, store = env.fake, env.store
+    here = await env.animate(seconds=1.0)
+    await fake.wait_for(lambda: (m := here.original()) and "Job 1" in m.content)
+    assert (await store.get(1)).guild_id == str(fake.guild_id)
+    elsewhere = NewJob("discord", "555", str(STRANGER), "another server's", JobParams(seconds=1.0),
+                       guild_id="1300000000000000009")
+    direct = NewJob("discord", "556", str(STRANGER), "a DM's", JobParams(seconds=1.0))
+    for job in (elsewhere, direct):
+        await store.enqueue(job, picture_bytes())
+    for job_id in (2, 3):
+        refused = await fake.slash_command("cancel", MODERATOR, {"job": job_id})
+        assert "Only the person who asked" in await env.ephemeral_answer(refused)
+        assert (await store.get(job_id)).state is JobState.QUEUED
+    allowed = await fake.slash_command("cancel", MODERATOR, {"job": 1})
+    assert await env.ephemeral_answer(allowed) == "Cancelled."
+    by_admin = await fake.slash_command("cancel", ADMIN, {"job": 2})  # the listed admins act everywhere
+    assert await env.ephemeral_answer(by_admin) == "Cancelled."
+
+
+async def test_undeliverable_results_are_given_up_with_a_record(env):
+    """No channel permission, no token, DMs closed: one try, the reason kept, no retry loop."""
+    fake, store = env.fake, env.store
+    interaction = await env.animate(seconds=1.0)
+    await fake.wait_for(lambda: (m := interaction.original()) and "Job 1" in m.content)
+    env.bot.interactions.clear()  # as after a restart: no fresh interaction token
+    fake.forbid_channel(fake.channel_id)
+    fake.forbid_channel(fake.dm_channel_id(OWNER))  # DMs closed too
+    video = env.settings.data_dir / "elsewhere.mp4"
+    video.write_bytes(picture_bytes())  # any file will do: it is never uploaded
+    await store.claim("w")
+    await store.complete(1, "w", str(video), {})
+
+    async def given_up():
+        job = await store.get(1)
+        return job if job.delivered else None
+
+    job = await wait_for(given_up, timeout=30)
+    assert job.delivery_error.startswith("no channel, follow-up or direct message reaches the person")
+    tries = len(fake.requests_to(f"POST /api/v10/channels/{fake.channel_id}/messages"))
+    await asyncio.sleep(2)
+    assert len(fake.requests_to(f"POST /api/v10/channels/{fake.channel_id}/messages")) == tries

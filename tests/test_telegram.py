@@ -11,7 +11,7 @@ import sys
 
 import pytest
 from fake_telegram import BOT_USER, FakeTelegram
-from helpers import picture_bytes, worker_env, worker_settings
+from helpers import picture_bytes, wait_for, worker_env, worker_settings
 
 from bot.options import parse_caption
 from bot.telegram_frontend import TelegramBot
@@ -30,6 +30,7 @@ async def telegram(stores, tmp_path, tiny_models_dir):
     settings = worker_settings(
         tmp_path, tiny_models_dir, telegram_token=TOKEN, telegram_api_url=url, telegram_admin_ids=str(ADMIN),
         render_resolution=64, default_steps=2, lease_seconds=30.0, max_queued_per_user=2,
+        telegram_download_limit=20 * 2**20,  # the fake stands in for the cloud Bot API and its limit
     )
     store = await stores(settings)
     bot = TelegramBot(settings, store)
@@ -292,3 +293,130 @@ async def test_serve_runs_the_telegram_frontend_with_a_worker_process(tmp_path, 
     assert code == 0, text[-3000:]
     assert "telegram: polling as @framepack_test_bot" in text and "No chat frontend" not in text
     assert os.path.exists(settings.data_dir / "jobs" / "1" / "video.mp4")
+    secret = TOKEN.split(":")[1]
+    assert secret not in text and TOKEN not in text, [line for line in text.splitlines() if secret in line][:3]
+
+
+async def test_a_refused_token_is_logged_without_the_token_and_the_frontend_restarts(tmp_path, tiny_models_dir):
+    fake = FakeTelegram("999999:the-real-token-is-another")
+    url = await fake.start()
+    settings = worker_settings(tmp_path, tiny_models_dir)
+    env = {**worker_env(settings), "TELEGRAM_TOKEN": TOKEN, "TELEGRAM_API_URL": url, "ENGINE_WORKERS": "1"}
+    log = tmp_path / "serve.log"
+    serve = subprocess.Popen([sys.executable, "-m", "bot.cli", "serve"], env=env, stdout=log.open("wb"),
+                             stderr=subprocess.STDOUT)
+    try:
+        await wait_for(lambda: _logged(log, "restarting in 2 s"), timeout=60)  # two deaths, each with its reason
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        code = serve.wait(timeout=90)
+        await fake.stop()
+    text = log.read_text()
+    assert code == 0, text[-3000:]
+    assert "frontend telegram stopped (InvalidToken" in text
+    assert TOKEN.split(":")[1] not in text and "Traceback" not in text, text[-3000:]
+
+
+async def _logged(log, needle: str) -> bool:
+    return needle in log.read_text()
+
+
+async def test_a_user_who_blocked_the_bot_gets_one_try_and_a_record(telegram, caplog):
+    fake, store = telegram.fake, telegram.store
+    fake.send_photo(OWNER, OWNER, picture_bytes(), caption="a kite --seconds 1")
+    await fake.wait_for("sendMessage", lambda p: "Job 1" in p.get("text", ""))
+    fake.blocked.add(OWNER)
+    telegram.start_worker()
+    job = await wait_for(lambda: _delivered(store, 1), timeout=180)
+    await asyncio.sleep(2)  # ten more watcher ticks
+    assert job.delivery_error == "Forbidden: bot was blocked by the user"
+    assert len(fake.calls_to("sendVideo")) == 1
+    assert caplog.text.count("cannot be delivered") == 1 and "Traceback" not in caplog.text
+
+
+async def test_a_server_error_is_retried_and_the_video_arrives(telegram, monkeypatch):
+    from storage import sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "DELIVERY_RETRY_FIRST", 0.5)
+    fake, store = telegram.fake, telegram.store
+    fake.server_errors["sendVideo"] = 2
+    fake.send_photo(OWNER, OWNER, picture_bytes(), caption="a kite --seconds 1")
+    await fake.wait_for("sendMessage", lambda p: "Job 1" in p.get("text", ""))
+    telegram.start_worker()
+    job = await wait_for(lambda: _delivered(store, 1), timeout=180)
+    assert job.delivery_error is None and job.delivery_attempts == 2
+    assert len(fake.calls_to("sendVideo")) == 3
+
+
+async def test_a_lost_video_file_is_told_once(telegram):
+    fake, store = telegram.fake, telegram.store
+    fake.send_photo(OWNER, OWNER, picture_bytes(), caption="a kite --seconds 1")
+    await fake.wait_for("sendMessage", lambda p: "Job 1" in p.get("text", ""))
+    await store.claim("w")
+    await store.complete(1, "w", str(telegram.settings.data_dir / "gone.mp4"), {})
+    await fake.wait_for("sendMessage", lambda p: "video file was lost" in p.get("text", ""))
+    job = await wait_for(lambda: _delivered(store, 1), timeout=30)
+    assert job.delivery_error == "the video file is missing" and not fake.calls_to("sendVideo")
+
+
+async def test_a_file_over_telegrams_download_limit_is_refused_before_get_file(telegram):
+    fake, store = telegram.fake, telegram.store
+    await store.set_limit("max_image_bytes", "30000000", "test")
+    big = picture_bytes() + b"\0" * (21 * 2**20)  # a PNG with trailing bytes: 21 MB declared
+    downloads = len(fake.calls_to("getFile"))
+    fake.send_document(OWNER, OWNER, big, "image/png", "a huge file --seconds 1")
+    await fake.wait_for("sendMessage", lambda p: "download files of up to 20 MB" in p.get("text", ""))
+    assert len(fake.calls_to("getFile")) == downloads and await store.queue_length() == 0
+
+
+@pytest.mark.parametrize("number", ["18446744073709551616", "9223372036854775808", "-3", "0", "1e9", "１"])
+async def test_job_numbers_that_cannot_be_jobs_get_a_plain_answer(telegram, number):
+    fake = telegram.fake
+    fake.send_text(OWNER, OWNER, f"/cancel {number}")
+    await fake.wait_for("sendMessage", lambda p: "Usage: /cancel" in p.get("text", ""))
+    fake.click(OWNER, OWNER, 1, f"cancel:{number}")
+    fake.click(OWNER, OWNER, 1, f"reroll:{number}")
+    await fake.wait_for("answerCallbackQuery", lambda p: "out of date" in p.get("text", ""))
+    assert len([p for p in fake.calls_to("answerCallbackQuery") if "out of date" in p.get("text", "")]) == 2
+
+
+async def test_reroll_checks_before_it_answers_and_files_the_job_in_the_clickers_chat(telegram):
+    fake, store = telegram.fake, telegram.store
+    fake.send_photo(OWNER, OWNER, picture_bytes(), caption="a fox --seconds 1")
+    await fake.wait_for("sendMessage", lambda p: "Job 1" in p.get("text", ""))
+    group = -200
+    fake.click(group, STRANGER, 77, "reroll:1")
+    await fake.wait_for("answerCallbackQuery", lambda p: p.get("text") == "Queued with a new seed.")
+    assert (await store.get(2)).chat_id == str(group)
+    store.files.input_path(1).unlink()
+    fake.click(group, STRANGER, 77, "reroll:1")
+    answer = await fake.wait_for("answerCallbackQuery", lambda p: "no longer stored" in p.get("text", ""))
+    assert answer["show_alert"] in ("true", True) and await store.queue_length() == 2
+
+
+async def test_a_full_disk_at_enqueue_gets_a_plain_reply(telegram, monkeypatch):
+    import errno
+
+    from storage.files import JobFiles
+
+    def disk_full(self, job_id, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self.input_path(job_id)))
+
+    monkeypatch.setattr(JobFiles, "write_input", disk_full)
+    telegram.fake.send_photo(OWNER, OWNER, picture_bytes(), caption="a kite --seconds 1")
+    reply = await telegram.fake.wait_for("sendMessage", lambda p: "out of disk space" in p.get("text", ""))
+    assert str(telegram.settings.data_dir) not in reply["text"] and await telegram.store.queue_length() == 0
+
+
+async def test_an_unexpected_error_in_a_handler_gets_an_answer(telegram, monkeypatch):
+    async def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(telegram.store, "user_jobs", broken)
+    telegram.fake.send_text(OWNER, OWNER, "/queue")
+    await telegram.fake.wait_for("sendMessage", lambda p: "Something went wrong on my side" in p.get("text", ""))
+
+
+async def _delivered(store, job_id: int):
+    job = await store.get(job_id)
+    return job if job.delivered else None
