@@ -135,7 +135,7 @@ MAX_JOB_ID = 2**63 - 1
 def parse_job_id(text: str) -> int | None:
     """A job number a person typed (or a button carried), or None when it cannot be one."""
     text = text.strip().lstrip("#")
-    if not text.isdigit() or len(text) > 19:
+    if not (text.isascii() and text.isdigit()) or len(text) > 19:
         return None
     value = int(text)
     return value if 1 <= value <= MAX_JOB_ID else None
