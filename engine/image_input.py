@@ -7,9 +7,10 @@ from PIL import Image
 
 from storage.inputs import InputError
 
-# A picture scaled to cover its bucket may be at most this many times the bucket's pixels: a thin one
-# (load_image refuses beyond 8:1, but the engine can be called directly) would otherwise need gigabytes.
-MAX_COVER_FACTOR = 4
+# A picture scaled to cover its bucket may be at most this many times the bucket's pixels (a 20:1 one needs
+# about 9, some 20 MB of pixels): a 1x20000 one would otherwise need gigabytes. load_image refuses beyond
+# 8:1 already; this holds when the engine is called directly.
+MAX_COVER_FACTOR = 16
 
 BUCKETS_640 = (
     (416, 960), (448, 864), (480, 832), (512, 768), (544, 704), (576, 672), (608, 640),
