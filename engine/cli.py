@@ -88,7 +88,9 @@ def _animate(args: argparse.Namespace) -> int:
     models_dir = args.models or settings.framepack_models_dir
     try:
         options = EngineOptions(memory_mode=args.memory_mode, compile=args.compile, attention=settings.engine_attention,
-                                fp8=args.fp8, stream_slots=settings.engine_stream_slots)
+                                fp8=args.fp8, stream_slots=settings.engine_stream_slots,
+                                vram_gb=settings.engine_vram_gb, ram_gb=settings.engine_ram_gb,
+                                cache_dir=Path(settings.data_dir) / "cache")
         models = load_models(request.variant, args.device, models_dir, settings.framepack_auto_download, options)
     except (ModelsNotFound, DeviceUnavailable) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -1,19 +1,23 @@
-"""How the engine runs the models: memory mode, compile, attention kernel, FP8; from settings to set-up.
+"""How the engine runs the models: memory plan, compile, attention kernel, FP8; from settings to set-up.
 
 `load_models(..., options=None)` keeps the plain behaviour (every model on the device, stock eager
-forward). With options, `prepare_transformer` and `prepare_encoders` apply them once per loaded model and
-`placement_for` says where each model sits during each phase of a job.
+forward). With options, `choose_plan` decides where each model lives (engine/memory_plan.py),
+`prepare_transformer` and `prepare_encoders` apply the plan and the speed options once per loaded model,
+and `placement_for` says where each model sits during each phase of a job.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from engine.memory_modes import MemoryMode, Offloaded, Placement, choose_memory_mode
+from engine.memory_modes import Offloaded, Placement, available_ram_bytes, free_device_bytes
+from engine.memory_plan import GB, Budget, MemoryPlan, ModelSizes, high_plan, low_plan, plan_memory
 from engine.offload import BlockStreamer
 
 log = logging.getLogger(__name__)
@@ -21,11 +25,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class EngineOptions:
-    memory_mode: str = "auto"  # auto | high | low
+    memory_mode: str = "auto"  # auto (the planner) | high | low
     compile: bool = True  # regional torch.compile of the blocks (CUDA only)
     attention: str = "auto"  # auto | sdpa | cudnn | flash | efficient
     fp8: bool = False  # FP8 linears in the blocks (Hopper, Ada): faster, slightly different results
-    stream_slots: int = 2  # low-VRAM: device slots per block kind (2: one runs while the next loads)
+    stream_slots: int = 2  # device slots per streamed block kind (2: one runs while the next loads)
+    vram_gb: float | None = None  # the GPU memory the plan may use (default: what is free at start)
+    ram_gb: float | None = None  # the host RAM the plan may use (default: what is available at start)
+    cache_dir: Path | None = None  # memory-mapped block files (default: the Hugging Face cache's folder)
 
     @classmethod
     def from_settings(cls, settings) -> EngineOptions:
@@ -35,10 +42,37 @@ class EngineOptions:
             attention=settings.engine_attention,
             fp8=settings.engine_fp8,
             stream_slots=settings.engine_stream_slots,
+            vram_gb=settings.engine_vram_gb,
+            ram_gb=settings.engine_ram_gb,
+            cache_dir=Path(settings.data_dir) / "cache",
         )
 
-    def mode_for(self, device: torch.device) -> MemoryMode:
-        return choose_memory_mode(self.memory_mode, device)
+    def budget(self, device: torch.device) -> Budget:
+        vram = self.vram_gb * GB if self.vram_gb is not None else free_device_bytes(device)
+        ram = self.ram_gb * GB if self.ram_gb is not None else available_ram_bytes()
+        return Budget(int(vram), int(ram))
+
+
+def choose_plan(options: EngineOptions, device: torch.device, sizes: ModelSizes) -> MemoryPlan:
+    """`high` and `low` are the named plans; `auto` plans from the budget (on a CPU without a budget given,
+    everything simply stays in memory)."""
+    mode = (options.memory_mode or "auto").strip().lower()
+    if mode == "high":
+        return high_plan(sizes)
+    if mode == "low":
+        return low_plan(sizes)
+    if mode != "auto":
+        raise ValueError(f"ENGINE_MEMORY_MODE must be auto, high or low, not {mode!r}.")
+    if device.type != "cuda" and options.vram_gb is None:
+        return high_plan(sizes)
+    return plan_memory(options.budget(device), sizes)
+
+
+def mapped_file(options: EngineOptions, name: str, identity: str) -> Path:
+    """Where a model's streamed blocks are kept as a memory-mapped file, one per weights and layout."""
+    root = options.cache_dir or Path.home() / ".cache" / "framepack-bot"
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
+    return Path(root) / "mapped" / f"{name}-{digest}.bin"
 
 
 def _streamer(module: nn.Module) -> BlockStreamer | None:
@@ -46,8 +80,8 @@ def _streamer(module: nn.Module) -> BlockStreamer | None:
 
 
 def prepare_transformer(transformer: nn.Module, device: torch.device, options: EngineOptions,
-                        mode: MemoryMode) -> nn.Module:
-    """Apply FP8, streaming (low mode), the attention kernel and compile; `transformer` may sit on the CPU."""
+                        plan: MemoryPlan) -> nn.Module:
+    """Apply FP8, the plan's placement, the attention kernel and compile; `transformer` may sit on the CPU."""
     from engine.fp8 import fp8_supported, quantize_blocks_fp8
     from engine.speed import compile_blocks, default_attention, repeated_blocks, set_block_attention
 
@@ -58,9 +92,16 @@ def prepare_transformer(transformer: nn.Module, device: torch.device, options: E
             raise ValueError("ENGINE_FP8 needs an Ada or Hopper GPU (compute capability 8.9 or newer).")
         count = quantize_blocks_fp8(transformer, work_device=device)
         log.info("FP8: %d linears quantized", count)
-    if mode is MemoryMode.LOW:
+    blocks = repeated_blocks(transformer)
+    if plan.streams_blocks:
+        source = None
+        if plan.blocks_from == "mapped":
+            identity = f"{getattr(transformer, '_framepack_source', 'in memory')}|{options.fp8}|{plan.resident_blocks}"
+            source = mapped_file(options, "transformer", identity)
         transformer._framepack_streamer = BlockStreamer(
-            transformer, repeated_blocks(transformer), slots=options.stream_slots, ahead=options.stream_slots - 1
+            transformer, blocks, slots=options.stream_slots, ahead=options.stream_slots - 1,
+            pin=plan.blocks_from == "pinned" and device.type == "cuda", resident=plan.resident_blocks,
+            mapped_file=source,
         )
     else:
         transformer.to(device)
@@ -73,21 +114,34 @@ def prepare_transformer(transformer: nn.Module, device: torch.device, options: E
     return transformer
 
 
-def prepare_encoders(encoders, device: torch.device, mode: MemoryMode):
-    """Low mode: Llama's layers stream, the small encoders and the VAE wait on the CPU, the VAE tiles."""
-    if mode is MemoryMode.HIGH or _streamer(encoders.text_encoder) is not None:
+def prepare_encoders(encoders, device: torch.device, options: EngineOptions, plan: MemoryPlan):
+    """Llama on the GPU or streamed (pinned or mapped); CLIP, SigLIP and the VAE on the GPU or in RAM
+    between their phases; the VAE tiled where the plan says so."""
+    if getattr(encoders, "_framepack_prepared", False):
         return encoders
-    for module in (encoders.text_encoder_2, encoders.image_encoder, encoders.vae):
-        module.to("cpu")
-    encoders.vae.enable_tiling()  # SPEC: the low-VRAM VAE tiles
-    encoders.text_encoder._framepack_streamer = BlockStreamer(
-        encoders.text_encoder, encoders.text_encoder.layers, slots=2, ahead=1
-    )
+    small = (encoders.text_encoder_2, encoders.image_encoder, encoders.vae)
+    for module in small:
+        module.to(device if plan.encoders_on_gpu else "cpu")
+    if plan.vae_tiled:
+        encoders.vae.enable_tiling()
+    llama = encoders.text_encoder
+    if plan.llama == "gpu":
+        llama.to(device)
+    else:
+        source = None
+        if plan.llama == "mapped":
+            source = mapped_file(options, "llama", str(getattr(llama, "_framepack_source", "in memory")))
+        llama._framepack_streamer = BlockStreamer(llama, llama.layers, slots=2, ahead=1,
+                                                  pin=plan.llama == "pinned" and device.type == "cuda",
+                                                  mapped_file=source)
+    encoders._framepack_prepared = True
     return encoders
 
 
-def placement_for(encoders, transformer: nn.Module, device: torch.device) -> Placement:
+def placement_for(encoders, transformer: nn.Module, device: torch.device, plan: MemoryPlan) -> Placement:
     llama, blocks = _streamer(encoders.text_encoder), _streamer(transformer)
-    if llama is None or blocks is None:
+    if llama is None and blocks is None and plan.encoders_on_gpu:
         return Placement()
-    return Offloaded(device, llama, encoders.text_encoder_2, encoders.image_encoder, encoders.vae, blocks)
+    visiting = {} if plan.encoders_on_gpu else {"text": [encoders.text_encoder_2], "image": [encoders.image_encoder],
+                                                 "vae": [encoders.vae]}
+    return Offloaded(device, llama, visiting, blocks)

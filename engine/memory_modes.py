@@ -1,15 +1,13 @@
-"""High- and low-VRAM modes (SPEC.md section 8): which one to use, and where each model sits during a job.
+"""Where each model sits during each phase of a job, as the memory plan (engine/memory_plan.py) decides.
 
-High: every model stays on the GPU (about 61 GB at 640 px). Low: everything lives in CPU RAM; the
-text encoders, SigLIP and the VAE visit the GPU only for their part of the job, Llama's and the
-transformer's blocks stream through a few GPU slots (engine/offload.py), and the VAE decodes in tiles.
-Peak GPU memory then stays under 6 GB whatever the video's length (4.3 GB for a whole 640 px job on an H100).
+`Placement` is the all-on-the-GPU case: every phase is a no-op. `Offloaded` brings what the plan keeps
+off the GPU in for its phase: Llama's layers stream while the prompt is encoded, CLIP, SigLIP and the VAE
+visit for theirs, the transformer's streamed blocks run through their slots while a section samples.
 """
 
 from __future__ import annotations
 
 import contextlib
-import enum
 import logging
 from collections.abc import Iterator
 
@@ -20,13 +18,6 @@ from engine.offload import BlockStreamer
 
 log = logging.getLogger(__name__)
 
-HIGH_VRAM_FREE_BYTES = 60 * 2**30  # SPEC: high when more than 60 GB are free at start-up
-
-
-class MemoryMode(str, enum.Enum):
-    HIGH = "high"
-    LOW = "low"
-
 
 def free_device_bytes(device: torch.device) -> int:
     """Free memory as the official demos count it: the driver's free bytes plus our cached, unused ones."""
@@ -35,25 +26,22 @@ def free_device_bytes(device: torch.device) -> int:
     return free + stats.get("reserved_bytes.all.current", 0) - stats.get("active_bytes.all.current", 0)
 
 
-def choose_memory_mode(requested: str | None, device: torch.device, free_bytes: int | None = None) -> MemoryMode:
-    """`requested` is auto, high or low; auto picks high when more than 60 GB are free (always on a CPU)."""
-    requested = (requested or "auto").strip().lower()
-    if requested in (MemoryMode.HIGH.value, MemoryMode.LOW.value):
-        return MemoryMode(requested)
-    if requested != "auto":
-        raise ValueError(f"ENGINE_MEMORY_MODE must be auto, high or low, not {requested!r}.")
-    if device.type != "cuda":
-        return MemoryMode.HIGH  # nothing to save on the CPU
-    free = free_device_bytes(device) if free_bytes is None else free_bytes
-    mode = MemoryMode.HIGH if free > HIGH_VRAM_FREE_BYTES else MemoryMode.LOW
-    log.info("%.1f GB free on %s: %s-VRAM mode", free / 2**30, device, mode.value)
-    return mode
+def available_ram_bytes() -> int:
+    """Host RAM the kernel could give us now without swapping (MemAvailable), plus what we already hold."""
+    fields = {}
+    with open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            name, _, value = line.partition(":")
+            fields[name] = int(value.split()[0]) * 1024
+    with open("/proc/self/status") as status:
+        own = next((int(line.split()[1]) * 1024 for line in status if line.startswith("RssAnon:")), 0)
+    return fields.get("MemAvailable", fields.get("MemFree", 0)) + own
 
 
 class Placement:
-    """High-VRAM: every model already sits on the device and stays there; each phase is a no-op."""
+    """Every model already sits on the device and stays there; each phase is a no-op."""
 
-    mode = MemoryMode.HIGH
+    mode = "high"
 
     @contextlib.contextmanager
     def text_encoders(self) -> Iterator[None]:
@@ -76,22 +64,27 @@ class Placement:
 
 
 class Offloaded(Placement):
-    """Low-VRAM: models on the CPU, each brought to `device` for its phase of the job and sent back."""
+    """Models the plan keeps off the GPU, each brought to `device` for its phase of the job and sent back.
 
-    mode = MemoryMode.LOW
+    `llama` and `blocks` are streamers (None: that model stays on the GPU); `visiting` maps a phase
+    ("text", "image", "vae") to the modules that come in for it.
+    """
 
-    def __init__(self, device: torch.device, llama: BlockStreamer, text_encoder_2: nn.Module,
-                 image_encoder: nn.Module, vae: nn.Module, blocks: BlockStreamer):
+    mode = "planned"
+
+    def __init__(self, device: torch.device, llama: BlockStreamer | None, visiting: dict[str, list[nn.Module]],
+                 blocks: BlockStreamer | None):
         self.device = device
         self.llama, self.blocks = llama, blocks
-        self._clip, self._siglip, self._vae = text_encoder_2, image_encoder, vae
+        self.visiting = visiting
 
     def _release(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
     @contextlib.contextmanager
-    def _visit(self, *modules: nn.Module) -> Iterator[None]:
+    def _visit(self, phase: str) -> Iterator[None]:
+        modules = self.visiting.get(phase, [])
         for module in modules:
             module.to(self.device)
         try:
@@ -99,26 +92,32 @@ class Offloaded(Placement):
         finally:
             for module in modules:
                 module.to("cpu")
-            self._release()
+            if modules:
+                self._release()
 
     @contextlib.contextmanager
     def text_encoders(self) -> Iterator[None]:
-        self.llama.attach(self.device)
+        if self.llama is not None:
+            self.llama.attach(self.device)
         try:
-            with self._visit(self._clip):
+            with self._visit("text"):
                 yield
         finally:
-            self.llama.detach()
-            self._release()
+            if self.llama is not None:
+                self.llama.detach()
+                self._release()
 
     def image_encoder(self):
-        return self._visit(self._siglip)
+        return self._visit("image")
 
     def vae(self):
-        return self._visit(self._vae)
+        return self._visit("vae")
 
     @contextlib.contextmanager
     def transformer(self) -> Iterator[None]:
+        if self.blocks is None:
+            yield
+            return
         self.blocks.attach(self.device)
         try:
             yield
@@ -127,4 +126,5 @@ class Offloaded(Placement):
             self._release()
 
     def before_first_block(self) -> None:
-        self.blocks.ready(0)
+        if self.blocks is not None:
+            self.blocks.ready(0)

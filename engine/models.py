@@ -23,7 +23,9 @@ from huggingface_hub import snapshot_download
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
 from engine.denoiser import use_fp32_output_projection
-from engine.memory_modes import MemoryMode, Placement
+from engine.memory_modes import Placement
+from engine.memory_plan import MemoryPlan, ModelSizes, sizes_from_folders
+from engine.prompt_cache import PromptCache, encoders_identity
 from engine.sections import Variant
 
 if TYPE_CHECKING:
@@ -245,6 +247,8 @@ class FramePackModels:
     variant: Variant
     device: torch.device
     placement: Placement = field(default_factory=Placement)  # where each model sits in each phase of a job
+    plan: MemoryPlan | None = None
+    prompt_cache: PromptCache | None = None  # prompt embeddings on disk: repeated prompts skip the text encoders
 
 
 def _load_failure(error: Exception, what: str, root: Path) -> ModelsNotFound:
@@ -284,7 +288,16 @@ def load_encoders(
     for module, dtype in ((encoders.text_encoder, dtypes.text), (encoders.text_encoder_2, dtypes.text),
                           (encoders.image_encoder, dtypes.image), (encoders.vae, dtypes.vae)):
         _cast_like_the_demos(module.requires_grad_(False).eval(), dtype).to(place or device)
+    encoders.text_encoder._framepack_source = weights_identity(hunyuan / "text_encoder", dtypes.text)
+    encoders.text_encoder_2._framepack_source = weights_identity(hunyuan / "text_encoder_2", dtypes.text)
     return encoders
+
+
+def weights_identity(folder: Path, dtype: torch.dtype) -> str:
+    """Which weights these are (folder, files' sizes and times, dtype): names the mapped files and caches."""
+    files = sorted(Path(folder).glob("*.safetensors"))
+    stamp = ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+    return f"{Path(folder).resolve()}|{stamp}|{dtype}"
 
 
 def _cast_like_the_demos(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
@@ -311,6 +324,7 @@ def load_transformer(
         raise _load_failure(error, f"the {variant.value} transformer", root) from None
     _cast_like_the_demos(transformer.requires_grad_(False).eval(), dtype or dtypes_for(device).transformer)
     use_fp32_output_projection(transformer)
+    transformer._framepack_source = weights_identity(root, dtype or dtypes_for(device).transformer)
     return transformer.to(place or device)
 
 
@@ -322,10 +336,10 @@ def load_models(
     options: EngineOptions | None = None,
     dtypes: Dtypes | None = None,
 ) -> FramePackModels:
-    """Without `options`: every model on the device, stock forward. With them: the memory mode and speed
-    options of engine/engine_options.py (low-VRAM loads into CPU RAM and streams from there).
+    """Without `options`: every model on the device, stock forward. With them: the memory plan and speed
+    options of engine/engine_options.py (what the plan keeps off the GPU is loaded into RAM).
     `dtypes` overrides the device's (OFFICIAL_DTYPES on a CPU: the golden tests)."""
-    from engine.engine_options import placement_for
+    from engine.engine_options import choose_plan, placement_for
 
     variant = Variant.parse(variant)
     device = device if isinstance(device, torch.device) else resolve_device(device)
@@ -336,28 +350,46 @@ def load_models(
         transformer = load_transformer(variant, device, models_dir, allow_download,
                                        dtype=dtypes.transformer if dtypes else None)
         return FramePackModels(encoders=encoders, transformer=transformer, variant=variant, device=device)
-    mode = options.mode_for(device)
-    encoders = load_prepared_encoders(device, mode, models_dir, allow_download)
-    transformer = load_prepared_transformer(variant, device, options, mode, models_dir, allow_download)
-    return FramePackModels(encoders, transformer, variant, device, placement_for(encoders, transformer, device))
+    sizes = checkpoint_sizes(variant, device, options, models_dir, allow_download)
+    plan = choose_plan(options, device, sizes)
+    log.info("%s", plan.describe(sizes))
+    encoders = load_prepared_encoders(device, options, plan, models_dir, allow_download)
+    transformer = load_prepared_transformer(variant, device, options, plan, models_dir, allow_download)
+    cache = PromptCache(options.cache_dir / "prompts", encoders_identity(encoders)) if options.cache_dir else None
+    return FramePackModels(encoders, transformer, variant, device, placement_for(encoders, transformer, device, plan),
+                           plan, cache)
 
 
-def _weights_home(device: torch.device, mode: MemoryMode) -> torch.device:
-    """Where weights are loaded: the device in high-VRAM mode, CPU RAM (to stream from) in low-VRAM mode."""
-    return device if mode is MemoryMode.HIGH else torch.device("cpu")
+def checkpoint_sizes(variant: Variant, device: torch.device, options: EngineOptions, models_dir: Path | None = None,
+                     allow_download: bool = True) -> ModelSizes:
+    """The models' sizes as they will be loaded, from the weight files' headers (nothing is loaded)."""
+    roots = locate(parts_for([variant]), models_dir, allow_download)
+    dtypes = dtypes_for(device)
+    return sizes_from_folders(roots[TRANSFORMER_REPOS[variant]], roots[HUNYUAN_REPO], roots[REDUX_REPO],
+                              text_itemsize=dtypes.text.itemsize, transformer_itemsize=dtypes.transformer.itemsize,
+                              fp8_blocks=options.fp8)
 
 
-def load_prepared_encoders(device: torch.device, mode: MemoryMode, models_dir: Path | None = None,
-                           allow_download: bool = True) -> Encoders:
+def _weights_home(device: torch.device, plan: MemoryPlan, part: str) -> torch.device:
+    """Where weights are loaded: on the device what the plan keeps there whole, else CPU RAM (to stream or
+    visit from; resident blocks go to the device when their streamer first attaches)."""
+    on_device = {"encoders": plan.llama == "gpu" and plan.encoders_on_gpu,
+                 "transformer": not plan.streams_blocks}[part]
+    return device if on_device else torch.device("cpu")
+
+
+def load_prepared_encoders(device: torch.device, options: EngineOptions, plan: MemoryPlan,
+                           models_dir: Path | None = None, allow_download: bool = True) -> Encoders:
     from engine.engine_options import prepare_encoders
 
-    encoders = load_encoders(device, models_dir, allow_download, _weights_home(device, mode))
-    return prepare_encoders(encoders, device, mode)
+    encoders = load_encoders(device, models_dir, allow_download, _weights_home(device, plan, "encoders"))
+    return prepare_encoders(encoders, device, options, plan)
 
 
-def load_prepared_transformer(variant: Variant, device: torch.device, options: EngineOptions, mode: MemoryMode,
+def load_prepared_transformer(variant: Variant, device: torch.device, options: EngineOptions, plan: MemoryPlan,
                               models_dir: Path | None = None, allow_download: bool = True) -> torch.nn.Module:
     from engine.engine_options import prepare_transformer
 
-    transformer = load_transformer(variant, device, models_dir, allow_download, _weights_home(device, mode))
-    return prepare_transformer(transformer, device, options, mode)
+    transformer = load_transformer(variant, device, models_dir, allow_download,
+                                   _weights_home(device, plan, "transformer"))
+    return prepare_transformer(transformer, device, options, plan)

@@ -1,21 +1,30 @@
-"""Low-VRAM mode: a model whose repeated blocks stream from pinned CPU memory into a few GPU slots.
+"""Streaming a model's repeated blocks into a few GPU slots (the memory plan's streamed blocks).
 
-Each block's weights are packed once into one flat pinned buffer, so a block moves in a single large
-copy at full PCIe speed. While block i runs on the compute stream, the next blocks are copied into
-their slots on a side stream; a slot is overwritten only after the block that last used it has
-finished (CUDA events order the two streams). Blocks of the same layout share `slots` buffers, so the
-GPU holds `slots` blocks of each kind plus the small resident rest (embedders, norms, projections).
+Each block's weights are packed once into one flat CPU buffer, so a block moves in a single large copy.
+While block i runs on the compute stream, the next blocks are copied into their slots on a side stream;
+a slot is overwritten only after the block that last used it has finished (CUDA events order the two
+streams). Blocks of the same layout share `slots` buffers, so the GPU holds `slots` blocks of each kind
+plus the small rest (embedders, norms, projections), and the first `resident` blocks, which are copied
+to the GPU once and stay there.
+
+The packed buffers are pinned RAM (copies at full PCIe speed), or a memory-mapped file (`mapped_file`):
+then the weights are the page cache's, evictable and private to nobody, and a helper thread copies each
+block from the mapping into a pinned staging buffer of its slot before the GPU copy.
 
 On the CPU (tests) the same bookkeeping runs with plain synchronous copies into CPU "slots".
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import mmap
+import os
 import weakref
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -97,22 +106,30 @@ def _view(flat: torch.Tensor, slot: _Slot) -> torch.Tensor:
 
 
 class _PackedBlock:
-    """A block's tensors copied into one flat (pinned) CPU buffer; the block then points into it."""
+    """A block's tensors in one flat CPU buffer (pinned, plain, or a view of a mapped file); the block then
+    points into it."""
 
-    def __init__(self, block: nn.Module, pin: bool):
+    def __init__(self, block: nn.Module):
         self.layout: list[_Slot] = []
         offset = 0
-        tensors = list(_direct_tensors(block))
-        for owner, name, tensor, is_param in tensors:
+        self.tensors = list(_direct_tensors(block))
+        for owner, name, tensor, is_param in self.tensors:
             nbytes = tensor.numel() * tensor.element_size()
             self.layout.append(_Slot(owner, name, is_param, offset, nbytes, tensor.shape, tensor.dtype))
             offset += -(-nbytes // ALIGN) * ALIGN
         self.nbytes = offset
-        self.cpu = host_buffer(offset, pin)
-        for slot, (_, _, tensor, _) in zip(self.layout, tensors, strict=True):
+        self.cpu: torch.Tensor | None = None
+
+    def pack_into(self, flat: torch.Tensor) -> None:
+        """Copy the block's tensors into `flat` (unless it already holds them) and point the block at it."""
+        for slot, (_, _, tensor, _) in zip(self.layout, self.tensors, strict=True):
             raw = tensor.detach().contiguous().reshape(-1).view(torch.uint8)
-            self.cpu[slot.offset: slot.offset + slot.nbytes].copy_(raw)
-        self.point_at(self.cpu)  # frees the original storage
+            flat[slot.offset: slot.offset + slot.nbytes].copy_(raw)
+        self.adopt(flat)
+
+    def adopt(self, flat: torch.Tensor) -> None:
+        self.cpu, self.tensors = flat, []
+        self.point_at(flat)  # frees the original storage
 
     @property
     def signature(self) -> tuple:
@@ -123,16 +140,50 @@ class _PackedBlock:
             _set_tensor(slot.owner, slot.name, slot.is_param, _view(flat, slot))
 
 
+def _write_packed(path: Path, packed: Sequence[_PackedBlock]) -> None:
+    """The blocks' flat buffers one after another, after a JSON header of their sizes, written once."""
+    header = json.dumps({"blocks": [p.nbytes for p in packed]}).encode()
+    start = -(-(8 + len(header)) // ALIGN) * ALIGN
+    tmp = path.with_suffix(".part")
+    with tmp.open("wb") as out:
+        out.write(len(header).to_bytes(8, "little") + header + b"\0" * (start - 8 - len(header)))
+        for block in packed:
+            flat = torch.empty(block.nbytes, dtype=torch.uint8)
+            block.pack_into(flat)
+            out.write(flat.numpy().tobytes())
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
+
+
+def _map_packed(path: Path, packed: Sequence[_PackedBlock]) -> mmap.mmap | None:
+    """Map a packed file read-only and point each block into it; None when the file does not match."""
+    with path.open("rb") as source:
+        length = int.from_bytes(source.read(8), "little")
+        sizes = json.loads(source.read(length))["blocks"]
+        if sizes != [p.nbytes for p in packed]:
+            return None
+        mapping = mmap.mmap(source.fileno(), 0, access=mmap.ACCESS_COPY)  # copy-on-write: torch wants writable
+    offset = -(-(8 + length) // ALIGN) * ALIGN
+    data = torch.frombuffer(mapping, dtype=torch.uint8)
+    for block in packed:
+        block.adopt(data[offset: offset + block.nbytes])
+        offset += block.nbytes
+    return mapping
+
+
 class BlockStreamer:
     """Keeps `model` on the CPU and, while attached to a device, runs `blocks` from rotating device slots.
 
     `blocks` are the model's repeated blocks in the order they run (several lists are joined in order);
-    the rest of the model's tensors are resident on the device while attached. `ahead` blocks are
-    prefetched; the order is taken as cyclic, so the last block prefetches the first for the next call.
+    the rest of the model's tensors are on the device while attached. The first `resident` blocks are
+    copied to the device at the first attach and stay there until `close`. `ahead` blocks are prefetched;
+    the order is taken as cyclic, so the last streamed block prefetches the first for the next call.
+    With `mapped_file`, the streamed blocks' weights live in that file (written on first use, mapped after).
     """
 
     def __init__(self, model: nn.Module, blocks: Sequence[nn.Module], slots: int = 2, ahead: int = 1,
-                 pin: bool | None = None):
+                 pin: bool | None = None, resident: int = 0, mapped_file: Path | None = None):
         if slots < 2:
             raise ValueError("Streaming needs at least two slots per block kind: one runs while one loads.")
         pin = torch.cuda.is_available() if pin is None else pin
@@ -140,31 +191,60 @@ class BlockStreamer:
         self.blocks = list(blocks)
         self.slots = slots
         self.ahead = max(1, min(ahead, slots - 1))
+        self.resident_count = max(0, min(resident, len(self.blocks)))
         block_ids = {id(m) for b in self.blocks for m in b.modules()}
         self._pinned: list[torch.Tensor] = []
         self.resident = [
-            (owner, name, is_param, _cpu_copy(tensor, pin, self._pinned))
+            (owner, name, is_param, _cpu_copy(tensor, pin and mapped_file is None, self._pinned))
             for owner, name, tensor, is_param in _direct_tensors(model)
             if id(owner) not in block_ids
         ]
         for owner, name, is_param, cpu in self.resident:
             _set_tensor(owner, name, is_param, cpu)
-        self.packed = [_PackedBlock(block, pin) for block in self.blocks]
+        self.packed = [_PackedBlock(block) for block in self.blocks]
+        self.streamed = list(range(self.resident_count, len(self.blocks)))
+        self._mapping = None
+        if mapped_file is not None and self.streamed:
+            self._map(Path(mapped_file))
+        for index, block in enumerate(self.packed):
+            if block.cpu is None:  # resident blocks, and streamed ones that are not mapped
+                flat = host_buffer(block.nbytes, pin and index in self.streamed)
+                block.pack_into(flat)
         kinds: dict[tuple, int] = {}
         self.kind_of = [kinds.setdefault(p.signature, len(kinds)) for p in self.packed]
         seen: dict[int, int] = {}
-        self.slot_of: list[tuple[int, int]] = []
-        for kind in self.kind_of:
+        self.slot_of: list[tuple[int, int] | None] = []
+        for index, kind in enumerate(self.kind_of):
+            if index < self.resident_count:
+                self.slot_of.append(None)
+                continue
             self.slot_of.append((kind, seen.get(kind, 0) % slots))
             seen[kind] = seen.get(kind, 0) + 1
-        self.kind_bytes = {k: next(p.nbytes for p, kk in zip(self.packed, self.kind_of, strict=True) if kk == k)
-                           for k in kinds.values()}
+        self.kind_bytes = {k: self.packed[i].nbytes for i, k in enumerate(self.kind_of) if i in self.streamed}
         self.device: torch.device | None = None
+        self._resident_on: torch.device | None = None  # where the resident blocks are, once copied
         self.copies = 0  # block copies issued since attach, for tests and benchmarks
+        self._stager: ThreadPoolExecutor | None = None
+        self._staged: dict[int, Future] = {}
         self._hooks: list = []
         for index, block in enumerate(self.blocks):
             self._hooks.append(block.register_forward_pre_hook(lambda _m, _a, i=index: self._before(i)))
             self._hooks.append(block.register_forward_hook(lambda _m, _a, _o, i=index: self._after(i)))
+
+    def _map(self, path: Path) -> None:
+        """Point the streamed blocks into `path`, writing it first when it is missing or stale."""
+        streamed = [self.packed[i] for i in self.streamed]
+        if path.is_file():
+            self._mapping = _map_packed(path, streamed)
+        if self._mapping is None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            log.info("writing the streamed blocks to %s (once)", path)
+            _write_packed(path, streamed)
+            self._mapping = _map_packed(path, streamed)
+
+    @property
+    def mapped(self) -> bool:
+        return self._mapping is not None
 
     # -- placement ---------------------------------------------------------------------------------
 
@@ -174,9 +254,10 @@ class BlockStreamer:
 
     @property
     def device_bytes(self) -> int:
-        """Bytes held on the device while attached: the slots plus the resident tensors."""
+        """Bytes held on the device while attached: the slots, the resident blocks and the rest."""
         slots = sum(self.kind_bytes.values()) * self.slots
-        return slots + sum(t.numel() * t.element_size() for *_, t in self.resident)
+        blocks = sum(p.nbytes for p in self.packed[:self.resident_count])
+        return slots + blocks + sum(t.numel() * t.element_size() for *_, t in self.resident)
 
     def attach(self, device: torch.device | str) -> None:
         device = torch.device(device)
@@ -188,27 +269,42 @@ class BlockStreamer:
         self._copy_stream = torch.cuda.Stream(device) if self._cuda else None
         for owner, name, is_param, cpu in self.resident:
             _set_tensor(owner, name, is_param, cpu.to(device))
+        if self._resident_on != device:
+            for packed in self.packed[:self.resident_count]:
+                packed.point_at(packed.cpu.to(device))
+            self._resident_on = device
         self._buffers = {
             (kind, s): torch.empty(nbytes, dtype=torch.uint8, device=device)
             for kind, nbytes in self.kind_bytes.items() for s in range(self.slots)
         }
+        if self.mapped and self._cuda:  # pinned staging, one per GPU slot, filled by a helper thread
+            self._staging = {slot: host_buffer(buffer.numel(), True) for slot, buffer in self._buffers.items()}
+            self._staging_free: dict = dict.fromkeys(self._buffers)
+            self._stager = ThreadPoolExecutor(max_workers=1, thread_name_prefix="framepack-stager")
         self._occupant: dict[tuple[int, int], int | None] = dict.fromkeys(self._buffers)
         self._ready: dict[tuple[int, int], torch.cuda.Event | None] = dict.fromkeys(self._buffers)
         self._free: dict[tuple[int, int], torch.cuda.Event | None] = dict.fromkeys(self._buffers)
-        for packed, slot in zip(self.packed, self.slot_of, strict=True):
-            packed.point_at(self._buffers[slot])
+        for index in self.streamed:
+            self.packed[index].point_at(self._buffers[self.slot_of[index]])
         self.copies = 0
-        self._load(0)
+        if self.streamed:
+            self._load(self.streamed[0])
 
     def detach(self) -> None:
-        """Everything back to the CPU buffers; the device slots are released."""
+        """The streamed blocks and the rest back to the CPU buffers; the device slots are released. The
+        resident blocks stay on the device."""
         if self.device is None:
             return
+        if self._stager is not None:
+            for future in self._staged.values():
+                future.result()
+            self._stager.shutdown(wait=True)
+            self._stager, self._staged = None, {}
         if self._cuda:
             self._copy_stream.synchronize()
             torch.cuda.current_stream(self.device).synchronize()
-        for packed in self.packed:
-            packed.point_at(packed.cpu)
+        for index in self.streamed:
+            self.packed[index].point_at(self.packed[index].cpu)
         for owner, name, is_param, cpu in self.resident:
             _set_tensor(owner, name, is_param, cpu)
         self._buffers = {}
@@ -216,34 +312,58 @@ class BlockStreamer:
 
     def close(self) -> None:
         self.detach()
+        for packed in self.packed[:self.resident_count]:
+            packed.point_at(packed.cpu)
+        self._resident_on = None
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
 
     # -- streaming ---------------------------------------------------------------------------------
 
+    def _copy_to_slot(self, index: int, slot: tuple[int, int], source: torch.Tensor) -> None:
+        """Issue the GPU copy of a pinned `source` into `slot` once the slot's last user has finished."""
+        with torch.cuda.stream(self._copy_stream):
+            if self._free[slot] is not None:
+                self._copy_stream.wait_event(self._free[slot])
+            self._buffers[slot].copy_(source, non_blocking=True)
+            ready = torch.cuda.Event()
+            ready.record(self._copy_stream)
+        self._ready[slot] = ready
+
+    def _stage(self, index: int, slot: tuple[int, int]) -> None:
+        """On the helper thread: the mapped block into its pinned staging buffer (page faults happen here,
+        off the compute thread), then its GPU copy."""
+        if self._staging_free[slot] is not None:
+            self._staging_free[slot].synchronize()  # the staging buffer's previous GPU copy is done
+        self._staging[slot].copy_(self.packed[index].cpu)
+        self._copy_to_slot(index, slot, self._staging[slot])
+        done = torch.cuda.Event()
+        done.record(self._copy_stream)
+        self._staging_free[slot] = done
+
     def _load(self, index: int) -> None:
         slot = self.slot_of[index]
-        if self._occupant[slot] == index:
+        if slot is None or self._occupant[slot] == index:
             return
-        source = self.packed[index].cpu
-        if self._cuda:
-            with torch.cuda.stream(self._copy_stream):
-                if self._free[slot] is not None:
-                    self._copy_stream.wait_event(self._free[slot])  # its last user has finished
-                self._buffers[slot].copy_(source, non_blocking=True)
-                ready = torch.cuda.Event()
-                ready.record(self._copy_stream)
-            self._ready[slot] = ready
+        if self._cuda and self._stager is not None:
+            self._staged[index] = self._stager.submit(self._stage, index, slot)
+        elif self._cuda:
+            self._copy_to_slot(index, slot, self.packed[index].cpu)
         else:
-            self._buffers[slot].copy_(source)
+            self._buffers[slot].copy_(self.packed[index].cpu)
         self._occupant[slot] = index
         self.copies += 1
 
     def ready(self, index: int) -> None:
         """Make block `index`'s weights usable outside its own forward (TeaCache reads block 0's norm)."""
-        self._load(index)
         slot = self.slot_of[index]
+        if slot is None:
+            return  # resident
+        self._load(index)
+        staged = self._staged.pop(index, None)
+        if staged is not None:
+            staged.result()
         if self._cuda and self._ready[slot] is not None:
             torch.cuda.current_stream(self.device).wait_event(self._ready[slot])
 
@@ -251,18 +371,26 @@ class BlockStreamer:
         if self.device is None:
             raise RuntimeError("A streamed block ran while its weights were on the CPU; attach() the streamer first.")
         self.ready(index)
-        slot = self.slot_of[index]
-        # Prefetch in run order, stopping at the first slot that is busy (running or already prefetched).
-        busy = {slot}
-        for step in range(1, self.ahead + 1):
-            following = (index + step) % len(self.blocks)
+        if not self.streamed:
+            return
+        # Prefetch the next streamed blocks in run order, stopping at the first slot that is busy (running
+        # or already prefetched); a resident block prefetches the first streamed one after it.
+        busy = {self.slot_of[index]}
+        following = index
+        for _ in range(self.ahead):
+            following = self._next_streamed(following)
             if self.slot_of[following] in busy:
                 break
             busy.add(self.slot_of[following])
             self._load(following)
 
+    def _next_streamed(self, index: int) -> int:
+        later = [i for i in self.streamed if i > index]
+        return later[0] if later else self.streamed[0]
+
     def _after(self, index: int) -> None:
-        if self._cuda:
+        slot = self.slot_of[index]
+        if self._cuda and slot is not None:
             done = torch.cuda.Event()
             done.record(torch.cuda.current_stream(self.device))
-            self._free[self.slot_of[index]] = done
+            self._free[slot] = done

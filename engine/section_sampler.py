@@ -36,9 +36,10 @@ def encode_conditioning(models: FramePackModels, image: np.ndarray, request) -> 
     """Prompt, negative prompt and picture embeddings, and the picture's latent; `image` is the bucket crop."""
     enc, placement = models.encoders, models.placement
     true_cfg = request.cfg != 1.0
-    with placement.text_encoders():
-        text, mask, pooled = (t.cpu() for t in encode_prompt(request.prompt, enc))
-        negative_text = [t.cpu() for t in encode_prompt(request.negative_prompt, enc)] if true_cfg else None
+    prompts = [request.prompt, request.negative_prompt] if true_cfg else [request.prompt]
+    encoded = _encode_prompts(models, prompts)
+    text, mask, pooled = encoded[0]
+    negative_text = encoded[1] if true_cfg else None
     with placement.image_encoder():
         pixels = enc.feature_extractor.preprocess(images=image, return_tensors="pt")["pixel_values"]
         siglip = enc.image_encoder(pixel_values=pixels.to(enc.image_encoder.device, enc.image_encoder.dtype))
@@ -57,6 +58,21 @@ def encode_conditioning(models: FramePackModels, image: np.ndarray, request) -> 
         start = posterior.sample(generator=start_gen) * vae.config.scaling_factor
         start = start.float().cpu()
     return JobConditioning(positive, negative, start)
+
+
+def _encode_prompts(models: FramePackModels, prompts: list[str]) -> list[tuple[torch.Tensor, ...]]:
+    """(text, mask, pooled) of each prompt on the CPU: from the prompt cache where it has them; the text
+    encoders come to the GPU only for the others."""
+    cache = models.prompt_cache
+    found = [cache.get(p) if cache is not None else None for p in prompts]
+    missing = [p for p, hit in zip(prompts, found, strict=True) if hit is None]
+    if missing:
+        with models.placement.text_encoders():
+            made = {p: tuple(t.cpu() for t in encode_prompt(p, models.encoders)) for p in dict.fromkeys(missing)}
+        if cache is not None:
+            for prompt, tensors in made.items():
+                cache.put(prompt, *tensors)
+    return [hit if hit is not None else made[p] for p, hit in zip(prompts, found, strict=True)]
 
 
 class SectionSampler:

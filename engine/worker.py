@@ -80,7 +80,8 @@ class ModelCache:
         self.encoders = None
         self.transformers: dict = {}
         self.device = None
-        self.mode = None
+        self.plan = None
+        self.prompt_cache = None
 
     def check(self, variants) -> None:
         """What a render needs before any weight is loaded: the device, and every weight folder of
@@ -98,28 +99,40 @@ class ModelCache:
     def get(self, variant):
         import torch
 
-        from engine.engine_options import EngineOptions, placement_for
-        from engine.models import FramePackModels, load_prepared_encoders, load_prepared_transformer, resolve_device
+        from engine.engine_options import EngineOptions, choose_plan, placement_for
+        from engine.models import (
+            FramePackModels,
+            checkpoint_sizes,
+            load_prepared_encoders,
+            load_prepared_transformer,
+            resolve_device,
+        )
+        from engine.prompt_cache import PromptCache, encoders_identity
         from engine.sections import Variant
 
         variant = Variant.parse(variant)
         options = EngineOptions.from_settings(self.settings)
-        if self.device is None:
-            self.device = resolve_device(self.settings.engine_device)
-            self.mode = options.mode_for(self.device)  # decided once, before anything is loaded
         models_dir, download = self.settings.framepack_models_dir, self.settings.framepack_auto_download
+        if self.device is None:  # the plan is made once, from the weights' sizes, before anything is loaded
+            self.device = resolve_device(self.settings.engine_device)
+            sizes = checkpoint_sizes(variant, self.device, options, models_dir, download)
+            self.plan = choose_plan(options, self.device, sizes)
+            log.info("%s", self.plan.describe(sizes))
         if self.encoders is None:
-            self.encoders = load_prepared_encoders(self.device, self.mode, models_dir, download)
+            self.encoders = load_prepared_encoders(self.device, options, self.plan, models_dir, download)
         if variant not in self.transformers:
             self.transformers.clear()  # one 13B transformer in memory at a time
             gc.collect()
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
-            self.transformers[variant] = load_prepared_transformer(variant, self.device, options, self.mode,
+            self.transformers[variant] = load_prepared_transformer(variant, self.device, options, self.plan,
                                                                    models_dir, download)
         transformer = self.transformers[variant]
+        if self.prompt_cache is None and options.cache_dir is not None:
+            self.prompt_cache = PromptCache(options.cache_dir / "prompts", encoders_identity(self.encoders))
         return FramePackModels(self.encoders, transformer, variant, self.device,
-                               placement_for(self.encoders, transformer, self.device))
+                               placement_for(self.encoders, transformer, self.device, self.plan), self.plan,
+                               self.prompt_cache)
 
 
 class JobRun:

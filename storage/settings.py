@@ -89,7 +89,12 @@ class Settings(BaseSettings):
     video_crf: int = Field(16, ge=0, le=51)  # x264: 0 lossless, 51 worst
 
     # Engine speed and memory (README "Speed and memory"; benchmarks/README.md has the figures).
-    engine_memory_mode: str = "auto"  # auto (high when > 60 GB free) | high | low (~6 GB GPU, streams from RAM)
+    # auto (the planner: what fits the GPU memory and RAM at hand) | high (all on the GPU, ~61 GB) | low (~6 GB GPU,
+    # everything streamed from ~43 GB of pinned RAM)
+    engine_memory_mode: str = "auto"
+    # the budgets the planner may use, in GiB (default: the GPU memory free and the RAM available at start)
+    engine_vram_gb: float | None = Field(None, gt=0, le=4096)
+    engine_ram_gb: float | None = Field(None, gt=0, le=65536)
     engine_compile: bool = True  # regional torch.compile of the transformer blocks on CUDA (same math)
     # auto (the fastest installed kernel that passes a start-up test call: FA3 on Hopper, FP8 attention with
     # engine_fp8 when nvidia-cudnn-frontend is installed; else PyTorch's SDPA choice)

@@ -1,6 +1,12 @@
-"""Low-VRAM mode on the CPU: block streaming, placement per phase, mode choice; the video stays the same."""
+"""The memory planner and the placements it makes, on the CPU: the decisions for a table of budgets, block
+streaming (resident blocks, pinned or mapped sources), placement per phase; the video stays the same."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,46 +15,78 @@ from conftest import make_picture
 from engine_inputs import forward_inputs, stock, tiny_transformer
 from helpers import video_frames
 
-from engine.engine_options import EngineOptions
-from engine.memory_modes import HIGH_VRAM_FREE_BYTES, MemoryMode, Offloaded, choose_memory_mode
+from engine.engine_options import EngineOptions, choose_plan
+from engine.memory_modes import Offloaded
+from engine.memory_plan import FULL_SIZE, GB, Budget, high_plan, low_plan, plan_memory
 from engine.models import load_models
 from engine.offload import BlockStreamer
 from engine.render import RenderRequest, render
 from engine.speed import repeated_blocks
 from engine.text_encoding import encode_llama
 
-CUDA = torch.device("cuda")  # only its type is read: no GPU is touched with a free-memory number given
+CUDA = torch.device("cuda")  # only its type is read: no GPU is touched with a budget given
 
 
-@pytest.mark.parametrize(("free_gb", "expected"), [(79, MemoryMode.HIGH), (61, MemoryMode.HIGH),
-                                                   (59, MemoryMode.LOW), (6, MemoryMode.LOW)])
-def test_auto_mode_follows_free_memory(free_gb, expected):
-    assert choose_memory_mode("auto", CUDA, free_bytes=free_gb * 2**30) is expected
+# (VRAM GiB, RAM GiB) -> (plan name, resident blocks, streamed from, Llama, encoders on the GPU, VAE tiled)
+PLANS = {
+    (140, 128): ("high", 60, "", "gpu", True, False),
+    (80, 64): ("high", 60, "", "gpu", True, False),
+    (48, 64): ("planned", 60, "", "pinned", True, False),
+    (24, 32): ("planned", 37, "pinned", "pinned", False, True),
+    (12, 32): ("planned", 6, "pinned", "mapped", False, True),
+    (8, 16): ("planned", 0, "mapped", "mapped", False, True),
+}
 
 
-def test_requested_mode_wins_and_nonsense_is_refused():
-    assert choose_memory_mode("low", CUDA, free_bytes=80 * 2**30) is MemoryMode.LOW
-    assert choose_memory_mode(" HIGH ", CUDA, free_bytes=2 * 2**30) is MemoryMode.HIGH
-    assert choose_memory_mode(None, torch.device("cpu")) is MemoryMode.HIGH
-    assert HIGH_VRAM_FREE_BYTES == 60 * 2**30
+@pytest.mark.parametrize("budget", list(PLANS), ids=[f"{v}GB-{r}GB" for v, r in PLANS])
+def test_the_plan_for_each_budget(budget):
+    vram, ram = budget
+    plan = plan_memory(Budget(vram * GB, ram * GB), FULL_SIZE)
+    decided = (plan.name, plan.resident_blocks, plan.blocks_from, plan.llama, plan.encoders_on_gpu, plan.vae_tiled)
+    assert decided == PLANS[budget]
+    assert plan.gpu_bytes <= vram * GB  # the plan's own peak estimate fits the budget
+    if plan.name == "planned":  # private memory within the budget, with room left for the OS
+        assert plan.private_bytes <= ram * GB - 4 * GB
+    assert f"memory plan {plan.name}" in plan.describe(FULL_SIZE)
+
+
+def test_the_targets_private_memory():
+    """README's machines: 24 GB / 32 GB within 28 GB of private memory, 8 GB / 16 GB within 14 GB."""
+    assert plan_memory(Budget(24 * GB, 32 * GB)).private_bytes <= 28 * GB
+    assert plan_memory(Budget(8 * GB, 16 * GB)).private_bytes <= 14 * GB
+    assert plan_memory(Budget(80 * GB, 64 * GB)).private_bytes <= 16 * GB
+
+
+def test_named_plans_and_auto():
+    options = EngineOptions(memory_mode="low")
+    assert choose_plan(options, CUDA, FULL_SIZE) == low_plan(FULL_SIZE)
+    assert choose_plan(EngineOptions(memory_mode=" HIGH "), CUDA, FULL_SIZE) == high_plan(FULL_SIZE)
+    assert choose_plan(EngineOptions(), torch.device("cpu"), FULL_SIZE).name == "high"  # a CPU without a budget
+    budgeted = EngineOptions(vram_gb=24, ram_gb=32)
+    assert choose_plan(budgeted, CUDA, FULL_SIZE) == plan_memory(Budget(24 * GB, 32 * GB))
     with pytest.raises(ValueError, match="auto, high or low"):
-        choose_memory_mode("medium", CUDA, free_bytes=0)
+        choose_plan(EngineOptions(memory_mode="medium"), CUDA, FULL_SIZE)
 
 
 def test_settings_reach_the_engine_options(monkeypatch):
     from storage.settings import Settings
 
-    for name in ("ENGINE_MEMORY_MODE", "ENGINE_FP8", "ENGINE_COMPILE", "ENGINE_TEACACHE", "ENGINE_STREAM_SLOTS"):
+    for name in ("ENGINE_MEMORY_MODE", "ENGINE_FP8", "ENGINE_COMPILE", "ENGINE_TEACACHE", "ENGINE_STREAM_SLOTS",
+                 "ENGINE_VRAM_GB", "ENGINE_RAM_GB", "DATA_DIR"):
         monkeypatch.delenv(name, raising=False)
-    assert EngineOptions.from_settings(Settings(_env_file=None)) == EngineOptions()
+    defaults = EngineOptions.from_settings(Settings(_env_file=None))
+    assert defaults == EngineOptions(cache_dir=Path("data") / "cache")
     monkeypatch.setenv("ENGINE_MEMORY_MODE", "low")
     monkeypatch.setenv("ENGINE_FP8", "true")
     monkeypatch.setenv("ENGINE_COMPILE", "false")
     monkeypatch.setenv("ENGINE_TEACACHE", "0.15")
     monkeypatch.setenv("ENGINE_STREAM_SLOTS", "3")
+    monkeypatch.setenv("ENGINE_VRAM_GB", "24")
+    monkeypatch.setenv("ENGINE_RAM_GB", "31.5")
     settings = Settings()
     options = EngineOptions.from_settings(settings)
-    assert options == EngineOptions(memory_mode="low", compile=False, attention="auto", fp8=True, stream_slots=3)
+    assert options == EngineOptions(memory_mode="low", compile=False, attention="auto", fp8=True, stream_slots=3,
+                                    vram_gb=24.0, ram_gb=31.5, cache_dir=Path("data") / "cache")
     assert settings.engine_teacache == 0.15
 
 
@@ -131,5 +169,99 @@ def test_worker_model_cache_builds_the_low_vram_placement(tiny_models_dir, tmp_p
                         framepack_models_dir=tiny_models_dir, data_dir=tmp_path)
     cache = ModelCache(settings)
     models = cache.get("f1")
-    assert cache.mode is MemoryMode.LOW and isinstance(models.placement, Offloaded)
+    assert cache.plan.name == "low" and isinstance(models.placement, Offloaded)
     assert cache.get("f1").transformer is models.transformer  # prepared once, reused per job
+
+
+def test_resident_blocks_stay_and_only_the_rest_streams():
+    reference = stock(tiny_transformer(dual=3, single=3), forward_inputs())
+    model = tiny_transformer(dual=3, single=3)
+    streamer = BlockStreamer(model, repeated_blocks(model), slots=2, ahead=1, pin=False, resident=4)
+    assert streamer.slot_of[:4] == [None] * 4 and streamer.kind_bytes.keys() == {1}  # only singles stream
+    streamer.attach("cpu")
+    resident = [next(b.parameters()).data_ptr() for b in repeated_blocks(model)[:4]]
+    for _ in range(3):
+        assert torch.equal(stock(model, forward_inputs()), reference)
+    streamer.detach()
+    streamer.attach("cpu")  # resident blocks are not copied again
+    assert [next(b.parameters()).data_ptr() for b in repeated_blocks(model)[:4]] == resident
+    assert torch.equal(stock(model, forward_inputs()), reference)
+    streamer.close()
+
+
+def test_streamed_blocks_from_a_mapped_file_give_the_same_output(tmp_path):
+    reference = stock(tiny_transformer(dual=2, single=3), forward_inputs(seed=5))
+    model = tiny_transformer(dual=2, single=3)
+    path = tmp_path / "mapped" / "blocks.bin"
+    streamer = BlockStreamer(model, repeated_blocks(model), pin=False, resident=1, mapped_file=path)
+    assert streamer.mapped and path.is_file()
+    streamer.attach("cpu")
+    assert torch.equal(stock(model, forward_inputs(seed=5)), reference)
+    streamer.close()
+    # A second streamer over a model with the same layout maps the file as it is: the file's weights win.
+    other = tiny_transformer(dual=2, single=3)
+    for block in repeated_blocks(other)[1:]:
+        for parameter in block.parameters():
+            parameter.data.zero_()
+    written = path.stat().st_mtime_ns
+    reused = BlockStreamer(other, repeated_blocks(other), pin=False, resident=1, mapped_file=path)
+    reused.attach("cpu")
+    assert path.stat().st_mtime_ns == written
+    # block 0 is the other model's own (resident), the rest the file's: not the reference, and not zeros
+    assert torch.equal(repeated_blocks(other)[1].norm1.linear.weight, repeated_blocks(model)[1].norm1.linear.weight)
+    reused.close()
+
+
+MEMORY_PROBE = """
+import gc, sys, torch
+from pathlib import Path
+from engine.offload import BlockStreamer
+torch.manual_seed(0)
+blocks = torch.nn.ModuleList([torch.nn.Linear(2048, 4096) for _ in range(8)])  # 8 blocks of 32 MiB
+model = torch.nn.Sequential(*blocks)
+streamer = BlockStreamer(model, list(blocks), pin=False, mapped_file=Path(sys.argv[1]) if sys.argv[1] else None)
+gc.collect()
+streamer.attach("cpu")
+with torch.no_grad():
+    model(torch.ones(1, 2048)) if False else [b(torch.ones(1, 2048)) for b in blocks]
+fields = dict(line.split(":", 1) for line in open("/proc/self/status"))
+print(int(fields["RssAnon"].split()[0]) * 1024, int(fields["RssFile"].split()[0]) * 1024)
+"""
+
+
+def _rss(mapped: Path | None) -> tuple[int, int]:
+    done = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(mapped or "")], capture_output=True, text=True,
+                          cwd=Path(__file__).parents[1], env={**os.environ, "OMP_NUM_THREADS": "1"}, check=True)
+    anon, file = done.stdout.split()
+    return int(anon), int(file)
+
+
+def test_mapped_blocks_are_not_private_memory(tmp_path):
+    """RSS from /proc, not the planner's accounting: 256 MiB of blocks are private memory when copied, page
+    cache when mapped."""
+    path = tmp_path / "blocks.bin"
+    _rss(path)  # writes the file once
+    copied_anon, _ = _rss(None)
+    mapped_anon, mapped_file = _rss(path)
+    assert copied_anon - mapped_anon > 200 * 2**20, (copied_anon, mapped_anon)
+    assert mapped_file > 200 * 2**20
+
+
+@pytest.mark.parametrize(("vram", "ram"), [(24, 32), (12, 32), (8, 16)])
+def test_every_plan_renders_the_same_video(original_models, tiny_models_dir, tmp_path, vram, ram, monkeypatch):
+    """Each budget's placement on the tiny models (their sizes scaled up to the full stack's) gives the
+    video of the all-in-memory run, bit for bit."""
+    import engine.models
+
+    full = plan_memory(Budget(vram * GB, ram * GB))
+    monkeypatch.setattr(engine.models, "checkpoint_sizes", lambda *a, **k: FULL_SIZE)
+    options = EngineOptions(vram_gb=vram, ram_gb=ram, cache_dir=tmp_path / "cache")
+    planned = load_models("original", "cpu", tiny_models_dir, options=options)
+    assert planned.plan == full
+    assert isinstance(planned.placement, Offloaded)
+    request = RenderRequest(prompt="a cat dances", seconds=2.4, steps=3, resolution=64, variant="original")
+    reference = render(original_models, make_picture(), request, tmp_path / "hw", tmp_path / "high.mp4")
+    result = render(planned, make_picture(), request, tmp_path / "pw", tmp_path / "planned.mp4")
+    assert np.array_equal(video_frames(reference.video), video_frames(result.video))
+    if full.blocks_from == "mapped":
+        assert list((tmp_path / "cache" / "mapped").glob("transformer-*.bin"))
