@@ -25,29 +25,16 @@ import torch
 from PIL import Image
 
 from benchmarks.full_size import full_models
-from engine.engine_options import EngineOptions, placement_for, prepare_encoders, prepare_transformer
-from engine.memory_modes import MemoryMode
+from engine.engine_options import EngineOptions
+from engine.memory_plan import high_plan, low_plan, sizes_of_modules
 from engine.models import FramePackModels
-from engine.offload import BlockStreamer
+from engine.prompt_cache import PromptCache
 from engine.render import Paused, RenderRequest, render
 from engine.sections import Variant
 from engine.speed import block_attention_backend, repeated_blocks
 
 
-def switch_to(models: FramePackModels, mode: MemoryMode, options: EngineOptions) -> FramePackModels:
-    """The built (GPU) models as `mode` runs them: prepared once for high, streamed from RAM for low."""
-    device = models.device
-    transformer = prepare_transformer(models.transformer, device, options, MemoryMode.HIGH)
-    if mode is MemoryMode.LOW and getattr(transformer, "_framepack_streamer", None) is None:
-        transformer._framepack_streamer = BlockStreamer(
-            transformer, repeated_blocks(transformer), slots=options.stream_slots, ahead=options.stream_slots - 1
-        )
-    encoders = prepare_encoders(models.encoders, device, mode)
-    placement = placement_for(encoders, transformer, device) if mode is MemoryMode.LOW else models.placement
-    return FramePackModels(encoders, transformer, models.variant, device, placement)
-
-
-def run(models: FramePackModels, mode: MemoryMode, request: RenderRequest, work: Path, fresh: bool = True,
+def run(models: FramePackModels, mode: str, request: RenderRequest, work: Path, fresh: bool = True,
         pause_after_s: float | None = None) -> dict:
     """One job; `fresh=False` resumes from `work`'s checkpoint; `pause_after_s` stops at a section's end."""
     if fresh:
@@ -99,7 +86,7 @@ def run(models: FramePackModels, mode: MemoryMode, request: RenderRequest, work:
         "paused_after_section": None if result else max(step_times, default=0),
     }
     if result is None:  # the rest of the job runs in the next call, from the checkpoint
-        return {"bench": "engine_e2e", "mode": mode.value, "seconds": request.seconds, "steps": request.steps,
+        return {"bench": "engine_e2e", "mode": mode, "seconds": request.seconds, "steps": request.steps,
                 "sections": request.sections, **done, "median_s_per_step_by_section": per_section,
                 "section_end_times_s": [round(x, 2) for x in section_done], "section_phases": phases,
                 "host_rss_gb_after_each_section": rss, "run_s": round(total, 2),
@@ -110,7 +97,7 @@ def run(models: FramePackModels, mode: MemoryMode, request: RenderRequest, work:
         **done,
         "bench": "engine_e2e",
         "variant": request.variant.value,
-        "mode": mode.value,
+        "mode": mode,
         "resolution": f"{result.width}x{result.height}",
         "seconds": request.seconds,
         "steps": request.steps,
@@ -156,18 +143,22 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")  # the engine's choices, e.g. attention
     variant = Variant.parse(args.variant)
-    options = EngineOptions(compile=not args.no_compile, attention=args.attention, fp8=args.fp8)
+    from benchmarks.memory_plans import place  # it imports this module's run()
+
+    options = EngineOptions(compile=not args.no_compile, attention=args.attention, fp8=args.fp8,
+                            cache_dir=args.work.parent / "framepack_cache")
     t0 = time.perf_counter()
     built = full_models(variant)
     torch.cuda.synchronize()
     print(f"built the models in {time.perf_counter() - t0:.1f} s", flush=True)
-    jobs = [(MemoryMode(name), float(threshold)) for name in args.modes.split(",")
-            for threshold in args.teacache.split(",")]
+    sizes = sizes_of_modules(built.encoders, built.transformer, repeated_blocks(built.transformer))
+    jobs = [(name, float(threshold)) for name in args.modes.split(",") for threshold in args.teacache.split(",")]
     for mode, threshold in jobs:
         request = RenderRequest(prompt="A character doing some simple body movements.", seconds=args.seconds,
                                 variant=variant, steps=args.steps, teacache=threshold, crf=args.crf)
         t = time.perf_counter()
-        models = switch_to(built, mode, options)
+        plan = {"high": high_plan, "low": low_plan}[mode](sizes)
+        models = place(built, plan, options, 0.0, PromptCache(options.cache_dir / "prompts", "random weights"))
         prepared = time.perf_counter() - t
         pause_after_s = None if args.pause_after_s is None else args.pause_after_s - (time.perf_counter() - t0)
         record = run(models, mode, request, args.work, fresh=not args.resume, pause_after_s=pause_after_s)

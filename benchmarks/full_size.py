@@ -67,10 +67,11 @@ def full_encoders(device: str = "cuda") -> Encoders:
         CLIPTextModel,
         LlamaConfig,
         LlamaModel,
-        SiglipImageProcessor,
         SiglipVisionConfig,
         SiglipVisionModel,
     )
+
+    from engine.models import siglip_processor_class
 
     llama_tok, clip_tok = _tokenizers()
     with default_dtype(torch.float16), torch.device(device):
@@ -87,7 +88,7 @@ def full_encoders(device: str = "cuda") -> Encoders:
             image_size=384, patch_size=14,
         ))
         vae = AutoencoderKLHunyuanVideo()
-    processor = SiglipImageProcessor(
+    processor = siglip_processor_class()(
         size={"height": 384, "width": 384}, resample=3, image_mean=[0.5] * 3, image_std=[0.5] * 3
     )
     for module in (llama, clip, siglip, vae):

@@ -223,6 +223,7 @@ class BlockStreamer:
         self.kind_bytes = {k: self.packed[i].nbytes for i, k in enumerate(self.kind_of) if i in self.streamed}
         self.device: torch.device | None = None
         self._resident_on: torch.device | None = None  # where the resident blocks are, once copied
+        self._copy_delay = 0.0  # benchmarks: GPU clock cycles added per byte copied (a slower link)
         self.copies = 0  # block copies issued since attach, for tests and benchmarks
         self._stager: ThreadPoolExecutor | None = None
         self._staged: dict[int, Future] = {}
@@ -245,6 +246,11 @@ class BlockStreamer:
     @property
     def mapped(self) -> bool:
         return self._mapping is not None
+
+    def slow_down(self, cycles_per_byte: float) -> None:
+        """Benchmarks: hold the copy stream this many GPU cycles per byte after each block's copy, so that
+        copies take as long as over a slower link (a consumer PCIe 4.0 x16 moves about 25 GB/s)."""
+        self._copy_delay = cycles_per_byte
 
     # -- placement ---------------------------------------------------------------------------------
 
@@ -271,7 +277,8 @@ class BlockStreamer:
             _set_tensor(owner, name, is_param, cpu.to(device))
         if self._resident_on != device:
             for packed in self.packed[:self.resident_count]:
-                packed.point_at(packed.cpu.to(device))
+                packed.cpu = packed.cpu.to(device)  # no copy stays in RAM: resident blocks live on the device
+                packed.point_at(packed.cpu)
             self._resident_on = device
         self._buffers = {
             (kind, s): torch.empty(nbytes, dtype=torch.uint8, device=device)
@@ -311,8 +318,10 @@ class BlockStreamer:
         self.device = None
 
     def close(self) -> None:
+        """Detach and bring the resident blocks back to RAM; the model is then a plain CPU model again."""
         self.detach()
         for packed in self.packed[:self.resident_count]:
+            packed.cpu = packed.cpu.to("cpu")
             packed.point_at(packed.cpu)
         self._resident_on = None
         for hook in self._hooks:
@@ -327,6 +336,8 @@ class BlockStreamer:
             if self._free[slot] is not None:
                 self._copy_stream.wait_event(self._free[slot])
             self._buffers[slot].copy_(source, non_blocking=True)
+            if self._copy_delay:
+                torch.cuda._sleep(int(source.numel() * self._copy_delay))
             ready = torch.cuda.Event()
             ready.record(self._copy_stream)
         self._ready[slot] = ready

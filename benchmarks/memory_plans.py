@@ -1,0 +1,187 @@
+"""Whole jobs under simulated GPU-memory and RAM budgets, in one process on one GPU (issue 15's table).
+
+    python -m benchmarks.memory_plans --budgets high,48:64,24:32,24:32@25,12:32 --out results.jsonl
+
+Each budget "VRAM:RAM" (GiB; "@25" adds a copy link of 25 GB/s, a consumer PCIe 4.0 x16) is planned by
+engine.memory_plan from the full-size models' real sizes, the models are placed as the plan says (the
+compiled transformer is kept), torch's allocator is capped at the budget as a guard, and one whole job
+runs. Host memory comes from /proc (RssAnon, which holds pinned buffers, and RssFile, mapped files),
+sampled every 0.2 s during the job, not from the plan's own figures. `high` is today's high mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.engine_e2e import run
+from benchmarks.full_size import full_models
+from engine.engine_options import EngineOptions, placement_for, prepare_encoders, prepare_transformer
+from engine.memory_plan import GB, Budget, MemoryPlan, high_plan, low_plan, plan_memory, sizes_of_modules
+from engine.models import FramePackModels
+from engine.offload import BlockStreamer
+from engine.prompt_cache import PromptCache
+from engine.render import RenderRequest
+from engine.sections import Variant
+from engine.speed import repeated_blocks
+
+PROMPTS = ("A character doing some simple body movements.", "The girl dances gracefully, with clear movements.")
+
+
+class HostMemory:
+    """Peak RssAnon / RssFile of this process while running, from /proc/self/status."""
+
+    def __init__(self):
+        self.peak = {"RssAnon": 0, "RssFile": 0}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            with open("/proc/self/status") as status:
+                for line in status:
+                    name, _, value = line.partition(":")
+                    if name in self.peak:
+                        self.peak[name] = max(self.peak[name], int(value.split()[0]) * 1024)
+            self._stop.wait(0.2)
+
+    def __enter__(self) -> HostMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def copy_link() -> tuple[float, float]:
+    """(pinned host-to-GPU bytes/s, GPU clock cycles/s of torch.cuda._sleep), measured here."""
+    source = torch.empty(2 * GB, dtype=torch.uint8, pin_memory=True)
+    target = torch.empty(2 * GB, dtype=torch.uint8, device="cuda")
+    target.copy_(source, non_blocking=True)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(3):
+        target.copy_(source, non_blocking=True)
+    end.record()
+    end.synchronize()
+    bandwidth = 3 * 2 * GB / (start.elapsed_time(end) / 1000)
+    start.record()
+    torch.cuda._sleep(200_000_000)
+    end.record()
+    end.synchronize()
+    cycles = 200_000_000 / (start.elapsed_time(end) / 1000)
+    del source, target
+    torch.cuda.empty_cache()
+    return bandwidth, cycles
+
+
+def release(models: FramePackModels) -> None:
+    """Undo the last plan: streamers closed (their blocks back in RAM), VAE untiled."""
+    for module in (models.transformer, models.encoders.text_encoder):
+        streamer = getattr(module, "_framepack_streamer", None)
+        if streamer is not None:
+            streamer.close()
+            del module._framepack_streamer
+    models.encoders.vae.disable_tiling()
+    models.encoders._framepack_prepared = False
+    torch.cuda.empty_cache()
+
+
+def place(models: FramePackModels, plan: MemoryPlan, options: EngineOptions, slow_cycles_per_byte: float,
+          cache: PromptCache) -> FramePackModels:
+    """The built models as `plan` places them; the transformer is compiled once, on the first plan."""
+    device, transformer = models.device, models.transformer
+    release(models)
+    if not getattr(transformer, "_framepack_prepared", False):
+        prepare_transformer(transformer, device, options, high_plan(sizes_of_modules(
+            models.encoders, transformer, repeated_blocks(transformer))))
+    if plan.streams_blocks:
+        mapped = options.cache_dir / "transformer.bin" if plan.blocks_from == "mapped" else None
+        transformer._framepack_streamer = BlockStreamer(
+            transformer, repeated_blocks(transformer), slots=options.stream_slots, ahead=options.stream_slots - 1,
+            pin=plan.blocks_from == "pinned" and device.type == "cuda", resident=plan.resident_blocks,
+            mapped_file=mapped)
+        transformer._framepack_streamer.slow_down(slow_cycles_per_byte)
+    else:
+        transformer.to(device)
+    encoders = prepare_encoders(models.encoders, device, options, plan)
+    llama = getattr(encoders.text_encoder, "_framepack_streamer", None)
+    if llama is not None:
+        llama.slow_down(slow_cycles_per_byte)
+    return FramePackModels(encoders, transformer, models.variant, device,
+                           placement_for(encoders, transformer, device, plan), plan, cache)
+
+
+def parse_budget(text: str) -> tuple[str, float | None, float | None, float | None]:
+    """'high' | 'low' | 'VRAM:RAM[@GBps]' -> (label, vram GiB, ram GiB, link GB/s)."""
+    if text in ("high", "low"):
+        return text, None, None, None
+    budget, _, link = text.partition("@")
+    vram, ram = (float(x) for x in budget.split(":"))
+    return text, vram, ram, float(link) if link else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--budgets", default="high,48:64,24:32")
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--reroll", default="", help="a budget after whose job a re-roll (same prompt) runs")
+    parser.add_argument("--cache", type=Path, default=Path("/tmp/framepack_cache"))
+    parser.add_argument("--work", type=Path, default=Path("/tmp/memory_plans"))
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--note", default="")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    options = EngineOptions(cache_dir=args.cache)
+    t0 = time.perf_counter()
+    built = full_models(Variant.ORIGINAL)
+    torch.cuda.synchronize()
+    print(f"built the models in {time.perf_counter() - t0:.1f} s", flush=True)
+    sizes = sizes_of_modules(built.encoders, built.transformer, repeated_blocks(built.transformer))
+    bandwidth, cycles_per_s = copy_link()
+    total = torch.cuda.get_device_properties(0).total_memory
+    print(f"pinned host-to-GPU {bandwidth / 1e9:.1f} GB/s; sizes {sizes}", flush=True)
+    cache = PromptCache(args.cache / "prompts", "benchmark random weights")
+    for number, text in enumerate(args.budgets.split(",")):
+        label, vram, ram, link = parse_budget(text)
+        plan = {"high": high_plan, "low": low_plan}[label](sizes) if vram is None else \
+            plan_memory(Budget(int(vram * GB), int(ram * GB)), sizes)
+        slow = 0.0 if link is None else max(1 / (link * 1e9) - 1 / bandwidth, 0.0) * cycles_per_s
+        print(f"== {label}: {plan.describe(sizes)}", flush=True)
+        t = time.perf_counter()
+        models = place(built, plan, options, slow, cache)
+        prepared = time.perf_counter() - t
+        fraction = min((vram or total / GB) * GB / total, 1.0)
+        torch.cuda.set_per_process_memory_fraction(fraction)
+        jobs = [PROMPTS[number % 2]] + ([PROMPTS[number % 2]] if text == args.reroll else [])
+        for seed, prompt in enumerate(jobs):
+            request = RenderRequest(prompt=prompt, seconds=args.seconds, steps=args.steps, seed=seed + 1)
+            try:
+                with HostMemory() as host:
+                    record = run(models, label, request, args.work)
+            except torch.OutOfMemoryError as error:
+                record = {"error": f"out of GPU memory under the budget: {str(error)[:200]}"}
+                host = None
+            record.update({
+                "bench": "memory_plans", "budget": label, "vram_budget_gb": vram, "ram_budget_gb": ram,
+                "link_gb_per_s": link, "plan": plan.describe(sizes), "prepare_s": round(prepared, 1),
+                "reroll": seed > 0, "pinned_h2d_gb_per_s": round(bandwidth / 1e9, 1), "note": args.note,
+                "peak_rss_anon_gb": round(host.peak["RssAnon"] / GB, 2) if host else None,
+                "peak_rss_file_gb": round(host.peak["RssFile"] / GB, 2) if host else None,
+            })
+            with args.out.open("a") as sink:
+                sink.write(json.dumps(record) + "\n")
+            print(json.dumps(record), flush=True)
+        torch.cuda.set_per_process_memory_fraction(1.0)
+
+
+if __name__ == "__main__":
+    main()
