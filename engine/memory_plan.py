@@ -21,10 +21,14 @@ GB = 2**30
 CUDA_CONTEXT = int(0.8 * GB)  # the CUDA context and cuBLAS/cuDNN workspaces, outside torch's allocator
 SAMPLING_WORKSPACE = int(2.5 * GB)  # a section's activations at 640x608 (the low-VRAM job peaked at 4.3 GB)
 TEXT_WORKSPACE = int(1.0 * GB)
-# A section's decode beyond the VAE's weights: untiled, the high-VRAM job peaked at 61 GB with 42.3 GB of
-# weights; in diffusers' default tiles the decode alone peaked at 4.6 GB with its 0.5 GB of weights.
-VAE_UNTILED_DECODE = int(18.7 * GB)
+# A section's decode beyond the VAE's weights: untiled, the high-VRAM job on an H200 peaked at 60.65 GiB with
+# 39.48 GiB of weights (benchmarks/results/2026-12-03_memory_plans_h200_call1.jsonl); in diffusers' default
+# tiles the decode alone peaked at 4.6 GiB with its 0.5 GiB of weights.
+VAE_UNTILED_DECODE = int(21.5 * GB)
 VAE_TILED_DECODE = int(4.1 * GB)
+# What torch's caching allocator holds beyond the live tensors (a 48 GiB budget with a 45 GiB estimate ran
+# out of memory in the same run): every GPU estimate leaves this much.
+FRAGMENTATION = int(1.5 * GB)
 PROCESS_PRIVATE = int(3.0 * GB)  # Python, torch and the job's host tensors (the high-VRAM job's RSS: 3.2 GB)
 RAM_RESERVE = int(4.0 * GB)  # left to the OS and the page cache out of the RAM budget
 STREAM_SLOTS = 2  # GPU slots per block kind while streaming: one runs while the next loads
@@ -132,9 +136,10 @@ def plan_memory(budget: Budget, sizes: ModelSizes = FULL_SIZE) -> MemoryPlan:
     is the first to stream; pinned RAM goes to the transformer's streamed blocks first.
     """
     high = high_plan(sizes)
-    if high.gpu_bytes <= budget.vram and high.private_bytes <= budget.ram:
+    if high.gpu_bytes + FRAGMENTATION <= budget.vram and high.private_bytes <= budget.ram:
         return high
     usable_ram = max(budget.ram - RAM_RESERVE, 0)
+    budget = Budget(budget.vram - FRAGMENTATION, budget.ram)
     # GPU: the resident blocks stay through every phase; the sampling (with the streaming slots) and the
     # decode (in tiles, with the VAE's weights) take turns beside them.
     fixed = CUDA_CONTEXT + sizes.transformer_rest

@@ -31,9 +31,9 @@ CUDA = torch.device("cuda")  # only its type is read: no GPU is touched with a b
 PLANS = {
     (140, 128): ("high", 60, "", "gpu", True, False),
     (80, 64): ("high", 60, "", "gpu", True, False),
-    (48, 64): ("planned", 60, "", "pinned", True, False),
-    (24, 32): ("planned", 37, "pinned", "pinned", False, True),
-    (12, 32): ("planned", 6, "pinned", "mapped", False, True),
+    (48, 64): ("planned", 60, "", "gpu", True, True),
+    (24, 32): ("planned", 32, "pinned", "pinned", False, True),
+    (12, 32): ("planned", 4, "pinned", "mapped", False, True),
     (8, 16): ("planned", 0, "mapped", "mapped", False, True),
 }
 
