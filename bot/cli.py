@@ -7,7 +7,7 @@ import asyncio
 import os
 import sys
 
-ENGINE_COMMANDS = ("animate", "download")
+ENGINE_COMMANDS = ("animate", "download", "doctor")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("serve", help="run the chat bot(s) and one engine worker per GPU")
     commands.add_parser("animate", help="render one video locally (framepack-bot animate --help)")
     commands.add_parser("download", help="fetch the model weights (framepack-bot download --help)")
+    commands.add_parser("doctor", help="check this machine: GPUs, memory, weights, the memory plan, the speed")
     args = parser.parse_args(argv)
 
     if args.command == "serve":

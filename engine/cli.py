@@ -49,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
                          help="compile the transformer blocks on CUDA (a minute once, then faster)")
     _add_model_args(animate)
 
+    commands.add_parser("doctor", help="can the bot run here, with which memory plan, how fast; what to change")
+
     download = commands.add_parser("download", help="fetch all model weights ahead of time")
     download.add_argument("--variant", action="append", help="original and/or f1 (default: both)")
     _add_model_args(download)
@@ -148,6 +150,14 @@ def _download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    from engine.doctor import diagnose
+
+    report = diagnose(get_settings())
+    print(report.text())
+    return 1 if report.problems else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         parser = _parser()
@@ -158,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(get_settings(), fmt="%(asctime)s %(name)s: %(message)s",
                       level=logging.INFO if args.verbose else logging.WARNING)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    handlers = {"animate": _animate, "download": _download}
+    handlers = {"animate": _animate, "download": _download, "doctor": _doctor}
     return handlers[args.command](args)
 
 

@@ -146,3 +146,31 @@ def test_animate_rejects_a_folder_as_output_and_an_unknown_device(tmp_path, pict
 def test_animate_rejects_an_invisible_or_control_character_prompt(tmp_path, picture_file, prompt, message):
     result = _run(["animate", str(picture_file), prompt], cwd=tmp_path)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def _doctor(env: dict, tmp_path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bot.cli", "doctor"], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1", "DATA_DIR": str(tmp_path / "d"),
+                                             **env})
+
+
+def test_doctor_on_a_machine_without_a_gpu_says_why_not(tmp_path, tiny_models_dir):
+    done = _doctor({"FRAMEPACK_MODELS_DIR": str(tiny_models_dir)}, tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "GPUs: none visible" in done.stdout and "No CUDA GPU is visible" in done.stdout
+    assert "weights: present for original, f1" in done.stdout and "RAM:" in done.stdout
+
+
+def test_doctor_names_a_missing_weights_folder(tmp_path):
+    empty = tmp_path / "models"
+    empty.mkdir()
+    done = _doctor({"FRAMEPACK_MODELS_DIR": str(empty), "FRAMEPACK_AUTO_DOWNLOAD": "false", "ENGINE_DEVICE": "cpu"},
+                   tmp_path)
+    assert done.returncode == 1
+    assert "lllyasviel/FramePackI2V_HY" in done.stdout and "The bot cannot run here" in done.stdout
+
+
+def test_doctor_passes_a_cpu_machine_with_its_weights(tmp_path, tiny_models_dir):
+    done = _doctor({"FRAMEPACK_MODELS_DIR": str(tiny_models_dir), "ENGINE_DEVICE": "cpu"}, tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "The bot can run here." in done.stdout
