@@ -278,17 +278,14 @@ async def test_serve_runs_the_telegram_frontend_with_a_worker_process(tmp_path, 
     env = {**worker_env(settings), "TELEGRAM_TOKEN": TOKEN, "TELEGRAM_API_URL": url, "RENDER_RESOLUTION": "64",
            "DEFAULT_STEPS": "2", "ENGINE_WORKERS": "1"}
     log = tmp_path / "serve.log"
-    serve = subprocess.Popen([sys.executable, "-m", "bot.cli", "serve"], env=env, stdout=log.open("wb"),
-                             stderr=subprocess.STDOUT)
+    serve = _start_serve(env, log)
     try:
         await fake.wait_for("getMe", timeout=60)
         photo = fake.send_photo(OWNER, OWNER, picture_bytes(), caption="a lantern sways --seconds 1")
         video = await fake.wait_for("sendVideo", timeout=180)
         assert int(video["reply_parameters"]["message_id"]) == photo["message_id"]
     finally:
-        serve.send_signal(signal.SIGTERM)
-        code = serve.wait(timeout=90)
-        await fake.stop()
+        code = await _stop_serve(serve, fake)
     text = log.read_text()
     assert code == 0, text[-3000:]
     assert "telegram: polling as @framepack_test_bot" in text and "No chat frontend" not in text
@@ -303,18 +300,27 @@ async def test_a_refused_token_is_logged_without_the_token_and_the_frontend_rest
     settings = worker_settings(tmp_path, tiny_models_dir)
     env = {**worker_env(settings), "TELEGRAM_TOKEN": TOKEN, "TELEGRAM_API_URL": url, "ENGINE_WORKERS": "1"}
     log = tmp_path / "serve.log"
-    serve = subprocess.Popen([sys.executable, "-m", "bot.cli", "serve"], env=env, stdout=log.open("wb"),
-                             stderr=subprocess.STDOUT)
+    serve = _start_serve(env, log)
     try:
         await wait_for(lambda: _logged(log, "restarting in 2 s"), timeout=60)  # two deaths, each with its reason
     finally:
-        serve.send_signal(signal.SIGTERM)
-        code = serve.wait(timeout=90)
-        await fake.stop()
+        code = await _stop_serve(serve, fake)
     text = log.read_text()
     assert code == 0, text[-3000:]
     assert "frontend telegram stopped (InvalidToken" in text
     assert TOKEN.split(":")[1] not in text and "Traceback" not in text, text[-3000:]
+
+
+def _start_serve(env: dict, log) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "bot.cli", "serve"], env=env, stdout=log.open("wb"),
+                            stderr=subprocess.STDOUT)
+
+
+async def _stop_serve(serve: subprocess.Popen, fake: FakeTelegram) -> int:
+    serve.send_signal(signal.SIGTERM)
+    code = serve.wait(timeout=90)
+    await fake.stop()
+    return code
 
 
 async def _logged(log, needle: str) -> bool:
