@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from benchmarks.full_size import full_models
+from benchmarks.placing import place
 from engine.engine_options import EngineOptions
 from engine.memory_plan import high_plan, low_plan, sizes_of_modules
 from engine.models import FramePackModels
@@ -143,8 +144,6 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")  # the engine's choices, e.g. attention
     variant = Variant.parse(args.variant)
-    from benchmarks.memory_plans import place  # it imports this module's run()
-
     options = EngineOptions(compile=not args.no_compile, attention=args.attention, fp8=args.fp8,
                             cache_dir=args.work.parent / "framepack_cache")
     t0 = time.perf_counter()

@@ -22,10 +22,9 @@ import torch
 
 from benchmarks.engine_e2e import run
 from benchmarks.full_size import full_models
-from engine.engine_options import EngineOptions, placement_for, prepare_encoders, prepare_transformer
-from engine.memory_plan import GB, Budget, MemoryPlan, high_plan, low_plan, plan_memory, sizes_of_modules
-from engine.models import FramePackModels
-from engine.offload import BlockStreamer
+from benchmarks.placing import place
+from engine.engine_options import EngineOptions
+from engine.memory_plan import GB, Budget, high_plan, low_plan, plan_memory, sizes_of_modules
 from engine.prompt_cache import PromptCache
 from engine.render import RenderRequest
 from engine.sections import Variant
@@ -80,43 +79,6 @@ def copy_link() -> tuple[float, float]:
     del source, target
     torch.cuda.empty_cache()
     return bandwidth, cycles
-
-
-def release(models: FramePackModels) -> None:
-    """Undo the last plan: streamers closed (their blocks back in RAM), VAE untiled."""
-    for module in (models.transformer, models.encoders.text_encoder):
-        streamer = getattr(module, "_framepack_streamer", None)
-        if streamer is not None:
-            streamer.close()
-            del module._framepack_streamer
-    models.encoders.vae.disable_tiling()
-    models.encoders._framepack_prepared = False
-    torch.cuda.empty_cache()
-
-
-def place(models: FramePackModels, plan: MemoryPlan, options: EngineOptions, slow_cycles_per_byte: float,
-          cache: PromptCache) -> FramePackModels:
-    """The built models as `plan` places them; the transformer is compiled once, on the first plan."""
-    device, transformer = models.device, models.transformer
-    release(models)
-    if not getattr(transformer, "_framepack_prepared", False):
-        prepare_transformer(transformer, device, options, high_plan(sizes_of_modules(
-            models.encoders, transformer, repeated_blocks(transformer))))
-    if plan.streams_blocks:
-        mapped = options.cache_dir / "transformer.bin" if plan.blocks_from == "mapped" else None
-        transformer._framepack_streamer = BlockStreamer(
-            transformer, repeated_blocks(transformer), slots=options.stream_slots, ahead=options.stream_slots - 1,
-            pin=plan.blocks_from == "pinned" and device.type == "cuda", resident=plan.resident_blocks,
-            mapped_file=mapped)
-        transformer._framepack_streamer.slow_down(slow_cycles_per_byte)
-    else:
-        transformer.to(device)
-    encoders = prepare_encoders(models.encoders, device, options, plan)
-    llama = getattr(encoders.text_encoder, "_framepack_streamer", None)
-    if llama is not None:
-        llama.slow_down(slow_cycles_per_byte)
-    return FramePackModels(encoders, transformer, models.variant, device,
-                           placement_for(encoders, transformer, device, plan), plan, cache)
 
 
 def parse_budget(text: str) -> tuple[str, float | None, float | None, float | None]:
