@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from engine.memory_plan import FULL_SIZE, GB, MemoryPlan
+from engine.memory_plan import FULL_SIZE, GB, MemoryPlan, load_order
 
 # Seconds per step at 640x608 with today's defaults (compiled blocks, the auto attention kernel), whole-job
 # overhead per section besides the steps (decode, writing), measured with full-size random weights.
@@ -126,6 +126,12 @@ def _plan(report: Report, settings, device: torch.device | None) -> MemoryPlan |
         return None
     plan = choose_plan(options, device, sizes)
     report.say(plan.describe(sizes))
+    order, peak = load_order(plan, sizes)
+    report.say(f"loading: the {order[0]} first; RAM peaks near {peak / GB:.1f} GiB while a model is read whole")
+    ram = options.budget(device).ram
+    if peak > ram:
+        report.problems.append(f"loading the weights needs about {peak / GB:.0f} GiB of RAM and {ram / GB:.0f} GiB "
+                               "is available: the loader reads a model whole before placing it")
     if plan.name.endswith("over its GPU budget"):
         report.problems.append(f"even the smallest plan needs {plan.gpu_bytes / GB:.1f} GiB of GPU memory; "
                                "free some (other programs on the GPU?) or use a larger GPU")

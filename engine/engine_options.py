@@ -101,7 +101,7 @@ def prepare_transformer(transformer: nn.Module, device: torch.device, options: E
         transformer._framepack_streamer = BlockStreamer(
             transformer, blocks, slots=options.stream_slots, ahead=options.stream_slots - 1,
             pin=plan.blocks_from == "pinned" and device.type == "cuda", resident=plan.resident_blocks,
-            mapped_file=source,
+            mapped_file=source, resident_device=device,
         )
     else:
         transformer.to(device)

@@ -171,6 +171,29 @@ def plan_memory(budget: Budget, sizes: ModelSizes = FULL_SIZE) -> MemoryPlan:
     return MemoryPlan(name, resident, blocks_from, llama, encoders_on_gpu, vae_tiled, gpu, private)
 
 
+def private_after_placing(plan: MemoryPlan, sizes: ModelSizes, part: str) -> int:
+    """Private RAM a part holds once placed: "encoders" (Llama and the small ones) or "transformer"."""
+    if part == "transformer":
+        streamed = sum(sizes.blocks[plan.resident_blocks:])
+        return sizes.transformer_rest + (streamed if plan.blocks_from == "pinned" else 0)
+    llama = sizes.llama if plan.llama == "pinned" else 0
+    return llama + (0 if plan.encoders_on_gpu else sizes.small_encoders)
+
+
+def load_order(plan: MemoryPlan, sizes: ModelSizes) -> tuple[tuple[str, str], int]:
+    """The order to load the parts in, and the private RAM it peaks at: each part is read whole into RAM
+    (the transformer's resident blocks go straight to the GPU as it is placed), then placed before the next
+    is read, so the peak is the larger of "the first part whole" and "the first placed plus the second whole"."""
+    whole = {"encoders": sizes.llama + sizes.small_encoders, "transformer": sizes.transformer}
+    best = None
+    for order in (("encoders", "transformer"), ("transformer", "encoders")):
+        first, second = order
+        peak = PROCESS_PRIVATE + max(whole[first], private_after_placing(plan, sizes, first) + whole[second])
+        if best is None or peak < best[1]:
+            best = (order, peak)
+    return best
+
+
 _ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "I32": 4, "U8": 1,
              "I8": 1, "BOOL": 1}
 _BLOCK_KEYS = ("transformer_blocks.", "single_transformer_blocks.")

@@ -24,7 +24,7 @@ from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
 from engine.denoiser import use_fp32_output_projection
 from engine.memory_modes import Placement
-from engine.memory_plan import MemoryPlan, ModelSizes, sizes_from_folders
+from engine.memory_plan import MemoryPlan, ModelSizes, load_order, sizes_from_folders
 from engine.prompt_cache import PromptCache, encoders_identity
 from engine.sections import Variant
 
@@ -352,9 +352,14 @@ def load_models(
         return FramePackModels(encoders=encoders, transformer=transformer, variant=variant, device=device)
     sizes = checkpoint_sizes(variant, device, options, models_dir, allow_download)
     plan = choose_plan(options, device, sizes)
-    log.info("%s", plan.describe(sizes))
-    encoders = load_prepared_encoders(device, options, plan, models_dir, allow_download)
-    transformer = load_prepared_transformer(variant, device, options, plan, models_dir, allow_download)
+    order, peak = load_order(plan, sizes)
+    log.info("%s; loading the %s first (RAM peaks near %.1f GiB)", plan.describe(sizes), order[0], peak / 2**30)
+    loaded = {}
+    for part in order:  # each part placed before the next is read, in the order that peaks lowest
+        loaded[part] = (load_prepared_encoders(device, options, plan, models_dir, allow_download)
+                        if part == "encoders" else
+                        load_prepared_transformer(variant, device, options, plan, models_dir, allow_download))
+    encoders, transformer = loaded["encoders"], loaded["transformer"]
     cache = PromptCache(options.cache_dir / "prompts", encoders_identity(encoders)) if options.cache_dir else None
     return FramePackModels(encoders, transformer, variant, device, placement_for(encoders, transformer, device, plan),
                            plan, cache)

@@ -183,7 +183,8 @@ class BlockStreamer:
     """
 
     def __init__(self, model: nn.Module, blocks: Sequence[nn.Module], slots: int = 2, ahead: int = 1,
-                 pin: bool | None = None, resident: int = 0, mapped_file: Path | None = None):
+                 pin: bool | None = None, resident: int = 0, mapped_file: Path | None = None,
+                 resident_device: torch.device | str | None = None):
         if slots < 2:
             raise ValueError("Streaming needs at least two slots per block kind: one runs while one loads.")
         pin = torch.cuda.is_available() if pin is None else pin
@@ -206,10 +207,17 @@ class BlockStreamer:
         self._mapping = None
         if mapped_file is not None and self.streamed:
             self._map(Path(mapped_file))
+        self._resident_on: torch.device | None = None  # where the resident blocks are, once copied
+        if resident_device is not None:  # packed straight into the device: no RAM copy, not even for a moment
+            self._resident_on = torch.device(resident_device)
         for index, block in enumerate(self.packed):
-            if block.cpu is None:  # resident blocks, and streamed ones that are not mapped
+            if block.cpu is not None:  # mapped
+                continue
+            if index < self.resident_count and self._resident_on is not None:
+                flat = torch.empty(block.nbytes, dtype=torch.uint8, device=self._resident_on)
+            else:
                 flat = host_buffer(block.nbytes, pin and index in self.streamed)
-                block.pack_into(flat)
+            block.pack_into(flat)
         kinds: dict[tuple, int] = {}
         self.kind_of = [kinds.setdefault(p.signature, len(kinds)) for p in self.packed]
         seen: dict[int, int] = {}
@@ -222,7 +230,6 @@ class BlockStreamer:
             seen[kind] = seen.get(kind, 0) + 1
         self.kind_bytes = {k: self.packed[i].nbytes for i, k in enumerate(self.kind_of) if i in self.streamed}
         self.device: torch.device | None = None
-        self._resident_on: torch.device | None = None  # where the resident blocks are, once copied
         self._copy_delay = 0.0  # benchmarks: GPU clock cycles added per byte copied (a slower link)
         self.copies = 0  # block copies issued since attach, for tests and benchmarks
         self._stager: ThreadPoolExecutor | None = None

@@ -81,6 +81,7 @@ class ModelCache:
         self.transformers: dict = {}
         self.device = None
         self.plan = None
+        self.order = ("encoders", "transformer")
         self.prompt_cache = None
 
     def check(self, variants) -> None:
@@ -100,6 +101,7 @@ class ModelCache:
         import torch
 
         from engine.engine_options import EngineOptions, choose_plan, placement_for
+        from engine.memory_plan import load_order
         from engine.models import (
             FramePackModels,
             checkpoint_sizes,
@@ -117,16 +119,22 @@ class ModelCache:
             self.device = resolve_device(self.settings.engine_device)
             sizes = checkpoint_sizes(variant, self.device, options, models_dir, download)
             self.plan = choose_plan(options, self.device, sizes)
-            log.info("%s", self.plan.describe(sizes))
-        if self.encoders is None:
+            self.order, peak = load_order(self.plan, sizes)
+            log.info("%s; loading the %s first (RAM peaks near %.1f GiB)", self.plan.describe(sizes),
+                     self.order[0], peak / 2**30)
+        if self.encoders is None and self.order[0] == "encoders":
             self.encoders = load_prepared_encoders(self.device, options, self.plan, models_dir, download)
         if variant not in self.transformers:
             self.transformers.clear()  # one 13B transformer in memory at a time
+            if self.order[0] == "transformer":  # its plan loads the transformer first: the encoders follow again
+                self.encoders = self.prompt_cache = None
             gc.collect()
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             self.transformers[variant] = load_prepared_transformer(variant, self.device, options, self.plan,
                                                                    models_dir, download)
+        if self.encoders is None:  # the transformer went first: it peaks lower that way on this plan
+            self.encoders = load_prepared_encoders(self.device, options, self.plan, models_dir, download)
         transformer = self.transformers[variant]
         if self.prompt_cache is None and options.cache_dir is not None:
             self.prompt_cache = PromptCache(options.cache_dir / "prompts", encoders_identity(self.encoders))

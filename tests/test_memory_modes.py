@@ -265,3 +265,55 @@ def test_every_plan_renders_the_same_video(original_models, tiny_models_dir, tmp
     assert np.array_equal(video_frames(reference.video), video_frames(result.video))
     if full.blocks_from == "mapped":
         assert list((tmp_path / "cache" / "mapped").glob("transformer-*.bin"))
+
+
+@pytest.mark.parametrize(("vram", "ram", "first"), [(24, 32, "transformer"), (12, 32, "encoders"),
+                                                    (80, 64, "encoders")])
+def test_the_load_order_keeps_the_ram_peak_within_the_host(vram, ram, first):
+    """Each part is read whole, then placed, before the next: the order that peaks lowest goes first, and on
+    24 GB / 32 GB and 12 GB / 32 GB that peak fits the RAM."""
+    from engine.memory_plan import load_order
+
+    plan = plan_memory(Budget(vram * GB, ram * GB))
+    order, peak = load_order(plan, FULL_SIZE)
+    assert order[0] == first and peak <= ram * GB
+    # the other order would not fit 24 GB / 32 GB: the pinned Llama and the whole transformer at once
+    if (vram, ram) == (24, 32):
+        held = 3 * GB + plan.private_bytes
+        assert held + FULL_SIZE.transformer - 7 * GB > ram * GB
+
+
+def test_resident_blocks_are_packed_straight_into_the_device(tiny_models_dir, tmp_path):
+    """No RAM copy of a resident block, not even while packing: it goes from the loaded weights to its
+    device buffer (the CPU stands in for the GPU here)."""
+    model = tiny_transformer(dual=2, single=2)
+    reference = stock(tiny_transformer(dual=2, single=2), forward_inputs(seed=2))
+    streamer = BlockStreamer(model, repeated_blocks(model), pin=False, resident=3, resident_device="cpu")
+    assert streamer._resident_on == torch.device("cpu") and streamer.streamed == [3]
+    streamer.attach("cpu")
+    assert torch.equal(stock(model, forward_inputs(seed=2)), reference)
+    streamer.close()
+
+
+def test_worker_loads_in_the_planned_order_and_reloads_both_on_a_variant_swap(tiny_models_dir, tmp_path,
+                                                                             monkeypatch):
+    import engine.models
+    import engine.worker
+    from engine.worker import ModelCache
+    from storage.settings import Settings
+
+    monkeypatch.setattr(engine.models, "checkpoint_sizes", lambda *a, **k: FULL_SIZE)
+    loads = []
+    real_encoders, real_transformer = engine.models.load_prepared_encoders, engine.models.load_prepared_transformer
+    monkeypatch.setattr(engine.models, "load_prepared_encoders",
+                        lambda *a, **k: loads.append("encoders") or real_encoders(*a, **k))
+    monkeypatch.setattr(engine.models, "load_prepared_transformer",
+                        lambda *a, **k: loads.append("transformer") or real_transformer(*a, **k))
+    settings = Settings(_env_file=None, engine_device="cpu", engine_vram_gb=24, engine_ram_gb=32,
+                        framepack_models_dir=tiny_models_dir, data_dir=tmp_path)
+    cache = ModelCache(settings)
+    cache.get("original")
+    cache.get("original")
+    cache.get("f1")
+    assert loads == ["transformer", "encoders", "transformer", "encoders"]
+    assert cache.plan.resident_blocks == 32 and isinstance(cache.get("f1").placement, Offloaded)
