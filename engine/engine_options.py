@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from engine.memory_modes import Offloaded, Placement, available_ram_bytes, free_device_bytes
-from engine.memory_plan import GB, Budget, MemoryPlan, ModelSizes, high_plan, low_plan, plan_memory
+from engine.memory_plan import GB, NAMED_PLANS, Budget, MemoryPlan, ModelSizes, high_plan, plan_memory
 from engine.offload import BlockStreamer
 
 log = logging.getLogger(__name__)
@@ -57,10 +57,8 @@ def choose_plan(options: EngineOptions, device: torch.device, sizes: ModelSizes)
     """`high` and `low` are the named plans; `auto` plans from the budget (on a CPU without a budget given,
     everything simply stays in memory)."""
     mode = (options.memory_mode or "auto").strip().lower()
-    if mode == "high":
-        return high_plan(sizes)
-    if mode == "low":
-        return low_plan(sizes)
+    if mode in NAMED_PLANS:
+        return NAMED_PLANS[mode](sizes)
     if mode != "auto":
         raise ValueError(f"ENGINE_MEMORY_MODE must be auto, high or low, not {mode!r}.")
     if device.type != "cuda" and options.vram_gb is None:

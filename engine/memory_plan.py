@@ -116,6 +116,9 @@ def low_plan(sizes: ModelSizes) -> MemoryPlan:
     return MemoryPlan("low", 0, "pinned", "pinned", False, True, gpu, private)
 
 
+NAMED_PLANS = {"high": high_plan, "low": low_plan}  # ENGINE_MEMORY_MODE's names besides auto (the planner)
+
+
 def _slot_bytes(sizes: ModelSizes, resident: int) -> int:
     """GPU slots for the streamed blocks: STREAM_SLOTS of each distinct block size that streams."""
     return STREAM_SLOTS * sum(set(sizes.blocks[resident:]))

@@ -115,11 +115,12 @@ class ModelCache:
         variant = Variant.parse(variant)
         options = EngineOptions.from_settings(self.settings)
         models_dir, download = self.settings.framepack_models_dir, self.settings.framepack_auto_download
-        if self.device is None:  # the plan is made once, from the weights' sizes, before anything is loaded
-            self.device = resolve_device(self.settings.engine_device)
-            sizes = checkpoint_sizes(variant, self.device, options, models_dir, download)
-            self.plan = choose_plan(options, self.device, sizes)
-            self.order, peak = load_order(self.plan, sizes)
+        if self.plan is None:  # made once, from the weights' sizes, before anything is loaded (kept only whole)
+            device = resolve_device(self.settings.engine_device)
+            sizes = checkpoint_sizes(variant, device, options, models_dir, download)
+            plan = choose_plan(options, device, sizes)
+            self.order, peak = load_order(plan, sizes)
+            self.device, self.plan = device, plan
             log.info("%s; loading the %s first (RAM peaks near %.1f GiB)", self.plan.describe(sizes),
                      self.order[0], peak / 2**30)
         if self.encoders is None and self.order[0] == "encoders":

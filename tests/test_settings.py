@@ -49,11 +49,11 @@ def test_engine_choices_are_checked_when_the_settings_load(monkeypatch):
 
 
 def test_the_settings_know_every_engine_name():
-    from engine.memory_modes import MemoryMode
+    from engine.memory_plan import NAMED_PLANS
     from engine.speed import ATTENTION_BACKENDS, FRONTEND_KERNELS
 
     assert set(ATTENTION_KERNELS) == {"auto", *ATTENTION_BACKENDS, *FRONTEND_KERNELS}
-    assert set(MEMORY_MODES) == {"auto", *(m.value for m in MemoryMode)}
+    assert set(MEMORY_MODES) == {"auto", *NAMED_PLANS}
 
 
 def test_serve_refuses_malformed_settings_clearly_and_creates_nothing(tmp_path):
