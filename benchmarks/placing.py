@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from engine.engine_options import EngineOptions, placement_for, prepare_encoders, prepare_transformer
+from engine.engine_options import EngineOptions, place_transformer, placement_for, prepare_encoders, prepare_transformer
 from engine.memory_plan import MemoryPlan, high_plan, sizes_of_modules
 from engine.models import FramePackModels
-from engine.offload import BlockStreamer
 from engine.prompt_cache import PromptCache
 from engine.speed import repeated_blocks
 
@@ -33,18 +32,11 @@ def place(models: FramePackModels, plan: MemoryPlan, options: EngineOptions, slo
     if not getattr(transformer, "_framepack_prepared", False):
         prepare_transformer(transformer, device, options, high_plan(sizes_of_modules(
             models.encoders, transformer, repeated_blocks(transformer))))
-    if plan.streams_blocks:
-        mapped = options.cache_dir / "transformer.bin" if plan.blocks_from == "mapped" else None
-        transformer._framepack_streamer = BlockStreamer(
-            transformer, repeated_blocks(transformer), slots=options.stream_slots, ahead=options.stream_slots - 1,
-            pin=plan.blocks_from == "pinned" and device.type == "cuda", resident=plan.resident_blocks,
-            mapped_file=mapped)
-        transformer._framepack_streamer.slow_down(slow_cycles_per_byte)
-    else:
-        transformer.to(device)
+    place_transformer(transformer, device, options, plan)
     encoders = prepare_encoders(models.encoders, device, options, plan)
-    llama = getattr(encoders.text_encoder, "_framepack_streamer", None)
-    if llama is not None:
-        llama.slow_down(slow_cycles_per_byte)
+    for module in (transformer, encoders.text_encoder):
+        streamer = getattr(module, "_framepack_streamer", None)
+        if streamer is not None:
+            streamer.slow_down(slow_cycles_per_byte)
     return FramePackModels(encoders, transformer, models.variant, device,
                            placement_for(encoders, transformer, device, plan), plan, cache)

@@ -7,13 +7,15 @@ doctor says it has no figure rather than guessing one.
 
 from __future__ import annotations
 
-import shutil
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from engine.memory_plan import FULL_SIZE, GB, MemoryPlan, load_order
+from engine.worker import free_disk_bytes
+from storage.files import nearest_existing
 
 # Seconds per step at 640x608 with today's defaults (compiled blocks, the auto attention kernel), whole-job
 # overhead per section besides the steps (decode, writing), measured with full-size random weights.
@@ -63,10 +65,7 @@ def _memory(report: Report, settings) -> None:
         total = next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemTotal:"))
     report.say(f"RAM: {total / GB:.1f} GiB, {available_ram_bytes() / GB:.1f} GiB available")
     for label, folder in (("data folder", Path(settings.data_dir)), ("models", _models_folder(settings))):
-        probe = folder
-        while not probe.exists() and probe != probe.parent:
-            probe = probe.parent
-        report.say(f"free disk for the {label} ({folder}): {shutil.disk_usage(probe).free / GB:.1f} GiB")
+        report.say(f"free disk for the {label} ({folder}): {free_disk_bytes(folder) / GB:.1f} GiB")
 
 
 def _models_folder(settings) -> Path:
@@ -172,10 +171,6 @@ def diagnose(settings) -> Report:
                                "(set ENGINE_DEVICE=cpu to render on the CPU anyway: hours per second of video)")
     plan = _plan(report, settings, device)
     _speed(report, device, plan)
-    data = Path(settings.data_dir)
-    probe = data
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not shutil.os.access(probe, shutil.os.W_OK):
-        report.problems.append(f"the data folder {data} cannot be written")
+    if not os.access(nearest_existing(settings.data_dir), os.W_OK):
+        report.problems.append(f"the data folder {settings.data_dir} cannot be written")
     return report

@@ -81,7 +81,7 @@ def prepare_transformer(transformer: nn.Module, device: torch.device, options: E
                         plan: MemoryPlan) -> nn.Module:
     """Apply FP8, the plan's placement, the attention kernel and compile; `transformer` may sit on the CPU."""
     from engine.fp8 import fp8_supported, quantize_blocks_fp8
-    from engine.speed import compile_blocks, default_attention, repeated_blocks, set_block_attention
+    from engine.speed import compile_blocks, default_attention, set_block_attention
 
     if getattr(transformer, "_framepack_prepared", False):
         return transformer
@@ -90,19 +90,7 @@ def prepare_transformer(transformer: nn.Module, device: torch.device, options: E
             raise ValueError("ENGINE_FP8 needs an Ada or Hopper GPU (compute capability 8.9 or newer).")
         count = quantize_blocks_fp8(transformer, work_device=device)
         log.info("FP8: %d linears quantized", count)
-    blocks = repeated_blocks(transformer)
-    if plan.streams_blocks:
-        source = None
-        if plan.blocks_from == "mapped":
-            identity = f"{getattr(transformer, '_framepack_source', 'in memory')}|{options.fp8}|{plan.resident_blocks}"
-            source = mapped_file(options, "transformer", identity)
-        transformer._framepack_streamer = BlockStreamer(
-            transformer, blocks, slots=options.stream_slots, ahead=options.stream_slots - 1,
-            pin=plan.blocks_from == "pinned" and device.type == "cuda", resident=plan.resident_blocks,
-            mapped_file=source, resident_device=device,
-        )
-    else:
-        transformer.to(device)
+    place_transformer(transformer, device, options, plan)
     attention = default_attention(device, options.fp8) if options.attention == "auto" else options.attention
     set_block_attention(transformer, attention)
     log.info("attention kernel in the blocks: %s", attention)
@@ -110,6 +98,25 @@ def prepare_transformer(transformer: nn.Module, device: torch.device, options: E
         compile_blocks(transformer)
     transformer._framepack_prepared = True
     return transformer
+
+
+def place_transformer(transformer: nn.Module, device: torch.device, options: EngineOptions, plan: MemoryPlan) -> None:
+    """The plan's home for the blocks: all on the device, or the first ones there and the rest streamed from
+    pinned RAM or a mapped file."""
+    from engine.speed import repeated_blocks
+
+    if not plan.streams_blocks:
+        transformer.to(device)
+        return
+    source = None
+    if plan.blocks_from == "mapped":
+        identity = f"{getattr(transformer, '_framepack_source', 'in memory')}|{options.fp8}|{plan.resident_blocks}"
+        source = mapped_file(options, "transformer", identity)
+    transformer._framepack_streamer = BlockStreamer(
+        transformer, repeated_blocks(transformer), slots=options.stream_slots, ahead=options.stream_slots - 1,
+        pin=plan.blocks_from == "pinned" and device.type == "cuda", resident=plan.resident_blocks,
+        mapped_file=source, resident_device=device,
+    )
 
 
 def prepare_encoders(encoders, device: torch.device, options: EngineOptions, plan: MemoryPlan):

@@ -41,8 +41,6 @@ def available_ram_bytes() -> int:
 class Placement:
     """Every model already sits on the device and stays there; each phase is a no-op."""
 
-    mode = "high"
-
     @contextlib.contextmanager
     def text_encoders(self) -> Iterator[None]:
         yield
@@ -69,8 +67,6 @@ class Offloaded(Placement):
     `llama` and `blocks` are streamers (None: that model stays on the GPU); `visiting` maps a phase
     ("text", "image", "vae") to the modules that come in for it.
     """
-
-    mode = "planned"
 
     def __init__(self, device: torch.device, llama: BlockStreamer | None, visiting: dict[str, list[nn.Module]],
                  blocks: BlockStreamer | None):

@@ -25,7 +25,7 @@ from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 from engine.denoiser import use_fp32_output_projection
 from engine.memory_modes import Placement
 from engine.memory_plan import MemoryPlan, ModelSizes, load_order, sizes_from_folders
-from engine.prompt_cache import PromptCache, encoders_identity
+from engine.prompt_cache import PromptCache, prompt_cache_for
 from engine.sections import Variant
 
 if TYPE_CHECKING:
@@ -339,7 +339,7 @@ def load_models(
     """Without `options`: every model on the device, stock forward. With them: the memory plan and speed
     options of engine/engine_options.py (what the plan keeps off the GPU is loaded into RAM).
     `dtypes` overrides the device's (OFFICIAL_DTYPES on a CPU: the golden tests)."""
-    from engine.engine_options import choose_plan, placement_for
+    from engine.engine_options import placement_for
 
     variant = Variant.parse(variant)
     device = device if isinstance(device, torch.device) else resolve_device(device)
@@ -350,19 +350,27 @@ def load_models(
         transformer = load_transformer(variant, device, models_dir, allow_download,
                                        dtype=dtypes.transformer if dtypes else None)
         return FramePackModels(encoders=encoders, transformer=transformer, variant=variant, device=device)
-    sizes = checkpoint_sizes(variant, device, options, models_dir, allow_download)
-    plan = choose_plan(options, device, sizes)
-    order, peak = load_order(plan, sizes)
-    log.info("%s; loading the %s first (RAM peaks near %.1f GiB)", plan.describe(sizes), order[0], peak / 2**30)
+    plan, order = plan_loading(variant, device, options, models_dir, allow_download)
     loaded = {}
     for part in order:  # each part placed before the next is read, in the order that peaks lowest
         loaded[part] = (load_prepared_encoders(device, options, plan, models_dir, allow_download)
                         if part == "encoders" else
                         load_prepared_transformer(variant, device, options, plan, models_dir, allow_download))
     encoders, transformer = loaded["encoders"], loaded["transformer"]
-    cache = PromptCache(options.cache_dir / "prompts", encoders_identity(encoders)) if options.cache_dir else None
     return FramePackModels(encoders, transformer, variant, device, placement_for(encoders, transformer, device, plan),
-                           plan, cache)
+                           plan, prompt_cache_for(options.cache_dir, encoders))
+
+
+def plan_loading(variant: Variant, device: torch.device, options: EngineOptions, models_dir: Path | None = None,
+                 allow_download: bool = True) -> tuple[MemoryPlan, tuple[str, str]]:
+    """The memory plan from the weights' sizes (nothing loaded yet) and the order to load the parts in; logged."""
+    from engine.engine_options import choose_plan
+
+    sizes = checkpoint_sizes(variant, device, options, models_dir, allow_download)
+    plan = choose_plan(options, device, sizes)
+    order, peak = load_order(plan, sizes)
+    log.info("%s; loading the %s first (RAM peaks near %.1f GiB)", plan.describe(sizes), order[0], peak / 2**30)
+    return plan, order
 
 
 def checkpoint_sizes(variant: Variant, device: torch.device, options: EngineOptions, models_dir: Path | None = None,

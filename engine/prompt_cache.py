@@ -50,6 +50,11 @@ class PromptCache:
             log.warning("prompt cache: could not store an embedding (%s)", error)
 
 
+def prompt_cache_for(cache_dir: Path | None, encoders) -> PromptCache | None:
+    """The cache under `cache_dir` for these text encoders; None without a cache folder."""
+    return PromptCache(Path(cache_dir) / "prompts", encoders_identity(encoders)) if cache_dir is not None else None
+
+
 def encoders_identity(encoders) -> str:
     """Which text encoders made an embedding: their weights and tokenizers, and the dtype they ran in."""
     parts = [str(getattr(encoders.text_encoder, "_framepack_source", "")),

@@ -29,7 +29,7 @@ import threading
 import time
 from pathlib import Path
 
-from storage.files import JobFiles
+from storage.files import JobFiles, nearest_existing
 from storage.jobs import Job, Progress
 from storage.log_setup import configure_logging
 from storage.settings import Settings, SettingsError, get_settings
@@ -66,10 +66,7 @@ def disk_trouble(error: BaseException, data_dir: Path | None = None) -> bool:
 
 
 def free_disk_bytes(folder: Path) -> int:
-    folder = Path(folder)
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    return shutil.disk_usage(folder).free
+    return shutil.disk_usage(nearest_existing(folder)).free
 
 
 class ModelCache:
@@ -100,16 +97,15 @@ class ModelCache:
     def get(self, variant):
         import torch
 
-        from engine.engine_options import EngineOptions, choose_plan, placement_for
-        from engine.memory_plan import load_order
+        from engine.engine_options import EngineOptions, placement_for
         from engine.models import (
             FramePackModels,
-            checkpoint_sizes,
             load_prepared_encoders,
             load_prepared_transformer,
+            plan_loading,
             resolve_device,
         )
-        from engine.prompt_cache import PromptCache, encoders_identity
+        from engine.prompt_cache import prompt_cache_for
         from engine.sections import Variant
 
         variant = Variant.parse(variant)
@@ -117,12 +113,8 @@ class ModelCache:
         models_dir, download = self.settings.framepack_models_dir, self.settings.framepack_auto_download
         if self.plan is None:  # made once, from the weights' sizes, before anything is loaded (kept only whole)
             device = resolve_device(self.settings.engine_device)
-            sizes = checkpoint_sizes(variant, device, options, models_dir, download)
-            plan = choose_plan(options, device, sizes)
-            self.order, peak = load_order(plan, sizes)
+            plan, self.order = plan_loading(variant, device, options, models_dir, download)
             self.device, self.plan = device, plan
-            log.info("%s; loading the %s first (RAM peaks near %.1f GiB)", self.plan.describe(sizes),
-                     self.order[0], peak / 2**30)
         if self.encoders is None and self.order[0] == "encoders":
             self.encoders = load_prepared_encoders(self.device, options, self.plan, models_dir, download)
         if variant not in self.transformers:
@@ -137,8 +129,8 @@ class ModelCache:
         if self.encoders is None:  # the transformer went first: it peaks lower that way on this plan
             self.encoders = load_prepared_encoders(self.device, options, self.plan, models_dir, download)
         transformer = self.transformers[variant]
-        if self.prompt_cache is None and options.cache_dir is not None:
-            self.prompt_cache = PromptCache(options.cache_dir / "prompts", encoders_identity(self.encoders))
+        if self.prompt_cache is None:
+            self.prompt_cache = prompt_cache_for(options.cache_dir, self.encoders)
         return FramePackModels(self.encoders, transformer, variant, self.device,
                                placement_for(self.encoders, transformer, self.device, self.plan), self.plan,
                                self.prompt_cache)

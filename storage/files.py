@@ -6,6 +6,14 @@ import os
 from pathlib import Path
 
 
+def nearest_existing(path: Path) -> Path:
+    """`path`, or its nearest parent that exists (a data folder not made yet is on its parent's disk)."""
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 class JobFiles:
     def __init__(self, data_dir: Path):
         self.root = Path(data_dir) / "jobs"
