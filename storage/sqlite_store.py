@@ -142,15 +142,12 @@ class SqliteJobStore:
 
     async def _migrate(self) -> None:
         async with self._write() as db:
-            await self._apply_migrations(db)
-
-    async def _apply_migrations(self, db) -> None:
-        version = (await (await db.execute("PRAGMA user_version")).fetchone())[0]
-        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-            for statement in filter(str.strip, script.split(";")):
-                await db.execute(statement)
-            await db.execute(f"PRAGMA user_version = {number}")
-            log.info("database migrated to version %d", number)
+            version = (await (await db.execute("PRAGMA user_version")).fetchone())[0]
+            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                for statement in filter(str.strip, script.split(";")):
+                    await db.execute(statement)
+                await db.execute(f"PRAGMA user_version = {number}")
+                log.info("database migrated to version %d", number)
 
     async def _one(self, sql: str, args=()) -> tuple | None:
         return await (await self.db.execute(sql, args)).fetchone()
@@ -394,20 +391,21 @@ class SqliteJobStore:
                 (worker, now, problem, now if problem else None),
             )
 
-    async def worker_status(self) -> WorkerStatus:
-        """Workers seen within two leases, how many of them can render, and the others' reasons."""
+    async def _live_workers(self) -> list[tuple[str, str | None, float | None]]:
+        """(name, problem, since) of every worker seen within two leases."""
         live_since = time.time() - 2 * self.settings.lease_seconds
-        rows = await self._all("SELECT name, problem FROM workers WHERE seen_at >= ? ORDER BY name", (live_since,))
-        problems = tuple(dict.fromkeys(problem for _, problem in rows if problem))
-        return WorkerStatus(alive=len(rows), ready=sum(1 for _, problem in rows if not problem), problems=problems)
+        return await self._all("SELECT name, problem, problem_since FROM workers WHERE seen_at >= ? ORDER BY name",
+                               (live_since,))
+
+    async def worker_status(self) -> WorkerStatus:
+        """Live workers, how many of them can render, and the others' reasons."""
+        rows = await self._live_workers()
+        problems = tuple(dict.fromkeys(problem for _, problem, _ in rows if problem))
+        return WorkerStatus(alive=len(rows), ready=sum(1 for _, problem, _ in rows if not problem), problems=problems)
 
     async def worker_problems(self) -> list[tuple[str, str, float]]:
         """(worker, problem, since) of every live worker that cannot render now."""
-        live_since = time.time() - 2 * self.settings.lease_seconds
-        return await self._all(
-            "SELECT name, problem, problem_since FROM workers WHERE seen_at >= ? AND problem IS NOT NULL "
-            "ORDER BY name", (live_since,),
-        )
+        return [row for row in await self._live_workers() if row[1]]
 
     async def claim_notice(self, key: str) -> bool:
         """True the first time `key` is claimed, ever: what admins are told once, across restarts too."""
