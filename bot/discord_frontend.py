@@ -31,7 +31,7 @@ from bot.options import Request, job_params, parse_caption
 from bot.watcher import Frontend, Undeliverable, Watcher
 from storage.files import JobFiles
 from storage.inputs import InputError
-from storage.jobs import Enqueued, Job, JobState, NewJob, QueueFull, Unavailable
+from storage.jobs import Enqueued, Job, JobState, NewJob
 from storage.limits import LIMIT_NAMES, Limits
 from storage.settings import Settings
 from storage.store import JobStore
@@ -45,7 +45,6 @@ TOKEN_SECONDS = 14 * 60  # interaction tokens expire after 15 minutes
 DOWNLOAD_SECONDS = 60.0
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 EXAMPLE = '/animate image:<your picture> prompt:"The girl dances gracefully, with clear movements" seconds:5'
-REFUSED = (InputError, QueueFull, Unavailable)  # what a person is told in words, nothing stored
 SHARED_LIMITS = ("Limits are shared by every server the bot is in, so only the bot's own admins "
                  "(DISCORD_ADMIN_USER_IDS) can change them.")
 
@@ -297,13 +296,13 @@ class DiscordBot:
         try:
             check()
             await self.store.check_request(job)
-        except REFUSED as error:
+        except texts.REFUSED as error:
             await interaction.response.send_message(str(error), ephemeral=True)
             return
         await interaction.response.defer(thinking=True)
         try:
             enqueued = await self.store.enqueue(job, await fetch_picture())
-        except REFUSED as error:
+        except texts.REFUSED as error:
             await self._refuse_after_defer(interaction, str(error))
             return
         await self._show_queued(interaction, enqueued)

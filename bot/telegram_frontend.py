@@ -28,7 +28,7 @@ from bot.options import Request, job_params, new_seed, parse_caption
 from bot.watcher import Frontend, Undeliverable, Watcher
 from storage.files import JobFiles
 from storage.inputs import InputError
-from storage.jobs import Job, JobParams, JobState, NewJob, QueueFull, Unavailable, parse_job_id
+from storage.jobs import Job, JobParams, JobState, NewJob, parse_job_id
 from storage.settings import Settings
 from storage.store import JobStore
 
@@ -40,7 +40,6 @@ PRIVATE_EDIT_SECONDS, GROUP_EDIT_SECONDS = 5.0, 15.0
 # The cloud Bot API lets bots download files of up to 20 MB (getFile fails above that); a self-hosted Bot API
 # server has no such limit. https://core.telegram.org/bots/api#getfile
 CLOUD_API_HOST, CLOUD_DOWNLOAD_LIMIT = "api.telegram.org", 20 * 1024 * 1024
-REFUSED = (InputError, QueueFull, Unavailable)  # what a person is told in words, nothing stored
 
 
 def is_permanent(error: Exception) -> bool:
@@ -164,7 +163,7 @@ class TelegramBot:
                 raise InputError("The prompt is empty.\n" + EXAMPLE)
             image = await self._download(source)
             enqueued = await self.store.enqueue(self._new_job(reply_to, user, request, seed), image)
-        except REFUSED as error:
+        except texts.REFUSED as error:
             await reply_to.reply_text(str(error))
             return
         status = await reply_to.reply_text(
@@ -268,7 +267,7 @@ class TelegramBot:
                      user.username or user.full_name)
         try:
             enqueued = await self.store.enqueue(job, await asyncio.to_thread(picture.read_bytes))
-        except REFUSED as error:
+        except texts.REFUSED as error:
             return str(error)
         status = await message.reply_text(texts.queued(enqueued.job_id, enqueued.position, enqueued.eta_seconds),
                                           reply_markup=_buttons(enqueued.job_id))

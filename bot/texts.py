@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from storage.jobs import Job, JobState, WorkerStatus
+from storage.inputs import InputError
+from storage.jobs import Job, JobState, QueueFull, Unavailable, WorkerStatus
 from storage.limits import Limits
+
+# The refusals a frontend answers with their own words: bad input, a full quota, a server that cannot take
+# a job now. Nothing is stored for them.
+REFUSED = (InputError, QueueFull, Unavailable)
 
 
 def duration(seconds: float) -> str:
