@@ -100,3 +100,24 @@ def full_models(variant: Variant, device: str = "cuda", seed: int = 0) -> FrameP
     """Seeded, so that a job paused on one machine resumes with the same weights on another."""
     torch.manual_seed(seed)
     return FramePackModels(full_encoders(device), full_transformer(device), variant, torch.device(device))
+
+
+def save_checkpoint(models: FramePackModels, root: Path) -> Path:
+    """The built models written in the Hub layout (root/<repo id>/...), each in the dtype it is loaded in as
+    the Hub's files are, beside the tests' tokenizers and configs: a checkpoint for the real loader."""
+    from tiny_models import build_tiny_models
+
+    from engine.models import HUNYUAN_REPO, REDUX_REPO, TRANSFORMER_REPOS
+
+    build_tiny_models(root)  # tokenizers, the processor's folder and configs; every weight is replaced below
+    hunyuan, redux = root / HUNYUAN_REPO, root / REDUX_REPO
+    encoders = models.encoders
+    for model, folder in ((encoders.text_encoder, hunyuan / "text_encoder"),
+                          (encoders.text_encoder_2, hunyuan / "text_encoder_2"),
+                          (encoders.image_encoder, redux / "image_encoder"), (encoders.vae, hunyuan / "vae"),
+                          (models.transformer, root / TRANSFORMER_REPOS[models.variant])):
+        for old in folder.glob("*.safetensors*"):
+            old.unlink()
+        model.save_pretrained(folder, max_shard_size="5GB")
+    encoders.feature_extractor.save_pretrained(redux / "feature_extractor")
+    return root

@@ -5,15 +5,24 @@
 Each budget "VRAM:RAM" (GiB; "@25" adds a copy link of 25 GB/s, a consumer PCIe 4.0 x16) is planned by
 engine.memory_plan from the full-size models' real sizes, the models are placed as the plan says (the
 compiled transformer is kept), torch's allocator is capped at the budget as a guard, and one whole job
-runs. Host memory comes from /proc (RssAnon, which holds pinned buffers, and RssFile, mapped files),
-sampled every 0.2 s during the job, not from the plan's own figures. `high` is today's high mode.
+runs. `high` is today's high mode.
+
+With `--checkpoint DIR`, the built models are first written to DIR in the Hub layout and freed, and each
+budget loads them with the bot's own loader (`engine.models.load_models` with the budget as
+ENGINE_VRAM_GB/ENGINE_RAM_GB), so loading is measured too, as a worker on that host would load.
+
+Host memory comes from /proc, sampled every 0.2 s, not from the plan's own figures: "private" is RssAnon
+plus RssShmem (the pinned buffers are shared anonymous mappings), RssFile the mapped weights (page cache).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -21,10 +30,11 @@ from pathlib import Path
 import torch
 
 from benchmarks.engine_e2e import run
-from benchmarks.full_size import full_models
+from benchmarks.full_size import full_models, save_checkpoint
 from benchmarks.placing import place
 from engine.engine_options import EngineOptions
 from engine.memory_plan import GB, Budget, high_plan, low_plan, plan_memory, sizes_of_modules
+from engine.models import FramePackModels, checkpoint_sizes, load_models
 from engine.prompt_cache import PromptCache
 from engine.render import RenderRequest
 from engine.sections import Variant
@@ -34,21 +44,29 @@ PROMPTS = ("A character doing some simple body movements.", "The girl dances gra
 
 
 class HostMemory:
-    """Peak RssAnon / RssFile of this process while running, from /proc/self/status."""
+    """Peak private memory (RssAnon + RssShmem), RssAnon and RssFile of this process while running, from
+    /proc/self/status."""
 
     def __init__(self):
-        self.peak = {"RssAnon": 0, "RssFile": 0}
+        self.peak = {"private": 0, "RssAnon": 0, "RssFile": 0}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def _sample(self) -> None:
         while not self._stop.is_set():
+            now = {}
             with open("/proc/self/status") as status:
                 for line in status:
                     name, _, value = line.partition(":")
-                    if name in self.peak:
-                        self.peak[name] = max(self.peak[name], int(value.split()[0]) * 1024)
+                    if name in ("RssAnon", "RssFile", "RssShmem"):
+                        now[name] = int(value.split()[0]) * 1024
+            now["private"] = now["RssAnon"] + now.get("RssShmem", 0)
+            for name in self.peak:
+                self.peak[name] = max(self.peak[name], now[name])
             self._stop.wait(0.2)
+
+    def figures(self, prefix: str) -> dict:
+        return {f"{prefix}_{name.lower()}_gb": round(value / GB, 2) for name, value in self.peak.items()}
 
     def __enter__(self) -> HostMemory:
         self._thread.start()
@@ -81,6 +99,19 @@ def copy_link() -> tuple[float, float]:
     return bandwidth, cycles
 
 
+def load_budget(checkpoint: Path, label: str, vram: float | None, ram: float | None, cache_dir: Path,
+                slow_cycles_per_byte: float) -> FramePackModels:
+    """The models as a worker with this budget loads them (ENGINE_MEMORY_MODE, ENGINE_VRAM_GB, ENGINE_RAM_GB)."""
+    options = EngineOptions(memory_mode="auto" if vram is not None else label, vram_gb=vram, ram_gb=ram,
+                            cache_dir=cache_dir)
+    models = load_models(Variant.ORIGINAL, torch.device("cuda"), checkpoint, allow_download=False, options=options)
+    for module in (models.transformer, models.encoders.text_encoder):
+        streamer = getattr(module, "_framepack_streamer", None)
+        if streamer is not None:
+            streamer.slow_down(slow_cycles_per_byte)
+    return models
+
+
 def parse_budget(text: str) -> tuple[str, float | None, float | None, float | None]:
     """'high' | 'low' | 'VRAM:RAM[@GBps]' -> (label, vram GiB, ram GiB, link GB/s)."""
     if text in ("high", "low"):
@@ -88,6 +119,22 @@ def parse_budget(text: str) -> tuple[str, float | None, float | None, float | No
     budget, _, link = text.partition("@")
     vram, ram = (float(x) for x in budget.split(":"))
     return text, vram, ram, float(link) if link else None
+
+
+def write_checkpoint_and_run_each(args: argparse.Namespace) -> None:
+    """The models written once, then each budget in a fresh process that loads them as a worker would: no
+    earlier budget's memory, compiled graphs or page-cache state of its own in the figures."""
+    t = time.perf_counter()
+    save_checkpoint(full_models(Variant.ORIGINAL), args.checkpoint)
+    gc.collect()
+    torch.cuda.empty_cache()  # the built models' memory back to the GPU for the budgets' processes
+    print(f"wrote the checkpoint in {time.perf_counter() - t:.1f} s", flush=True)
+    for number, text in enumerate(args.budgets.split(",")):
+        command = [sys.executable, "-m", "benchmarks.memory_plans", "--budgets", text, "--first-number", str(number),
+                   "--checkpoint", str(args.checkpoint), "--loaded", "--seconds", str(args.seconds),
+                   "--steps", str(args.steps), "--reroll", args.reroll, "--cache", str(args.cache),
+                   "--work", str(args.work), "--out", str(args.out), "--note", args.note]
+        subprocess.run(command, check=False)
 
 
 def main() -> None:
@@ -100,27 +147,43 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/memory_plans"))
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--note", default="")
+    parser.add_argument("--checkpoint", type=Path, help="write the models here; each budget loads them from it")
+    parser.add_argument("--loaded", action="store_true", help="(internal) the checkpoint is written: load it here")
+    parser.add_argument("--first-number", type=int, default=0, help="(internal) the first budget's number")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    if args.checkpoint and not args.loaded:
+        write_checkpoint_and_run_each(args)
+        return
     options = EngineOptions(cache_dir=args.cache)
     t0 = time.perf_counter()
-    built = full_models(Variant.ORIGINAL)
-    torch.cuda.synchronize()
-    print(f"built the models in {time.perf_counter() - t0:.1f} s", flush=True)
-    sizes = sizes_of_modules(built.encoders, built.transformer, repeated_blocks(built.transformer))
+    if args.checkpoint:
+        built = None
+        sizes = checkpoint_sizes(Variant.ORIGINAL, torch.device("cuda"), options, args.checkpoint, False)
+    else:
+        built = full_models(Variant.ORIGINAL)
+        torch.cuda.synchronize()
+        print(f"built the models in {time.perf_counter() - t0:.1f} s", flush=True)
+        sizes = sizes_of_modules(built.encoders, built.transformer, repeated_blocks(built.transformer))
     bandwidth, cycles_per_s = copy_link()
     total = torch.cuda.get_device_properties(0).total_memory
     print(f"pinned host-to-GPU {bandwidth / 1e9:.1f} GB/s; sizes {sizes}", flush=True)
     cache = PromptCache(args.cache / "prompts", "benchmark random weights")
-    for number, text in enumerate(args.budgets.split(",")):
+    for number, text in enumerate(args.budgets.split(","), start=args.first_number):
         label, vram, ram, link = parse_budget(text)
         plan = {"high": high_plan, "low": low_plan}[label](sizes) if vram is None else \
             plan_memory(Budget(int(vram * GB), int(ram * GB)), sizes)
         slow = 0.0 if link is None else max(1 / (link * 1e9) - 1 / bandwidth, 0.0) * cycles_per_s
         print(f"== {label}: {plan.describe(sizes)}", flush=True)
         t = time.perf_counter()
-        models = place(built, plan, options, slow, cache)
+        with HostMemory() as loading:
+            if built is None:
+                models = load_budget(args.checkpoint, label, vram, ram, args.cache / f"budget-{number}", slow)
+                plan = models.plan
+            else:
+                models = place(built, plan, options, slow, cache)
         prepared = time.perf_counter() - t
+        print(f"loaded and placed in {prepared:.1f} s: {loading.figures('load_peak')}", flush=True)
         fraction = min((vram or total / GB) * GB / total, 1.0)
         torch.cuda.set_per_process_memory_fraction(fraction)
         jobs = [PROMPTS[number % 2]] + ([PROMPTS[number % 2]] if text == args.reroll else [])
@@ -129,15 +192,15 @@ def main() -> None:
             try:
                 with HostMemory() as host:
                     record = run(models, label, request, args.work)
+                record.update(host.figures("job_peak"))
             except torch.OutOfMemoryError as error:
                 record = {"error": f"out of GPU memory under the budget: {str(error)[:200]}"}
-                host = None
             record.update({
                 "bench": "memory_plans", "budget": label, "vram_budget_gb": vram, "ram_budget_gb": ram,
                 "link_gb_per_s": link, "plan": plan.describe(sizes), "prepare_s": round(prepared, 1),
                 "reroll": seed > 0, "pinned_h2d_gb_per_s": round(bandwidth / 1e9, 1), "note": args.note,
-                "peak_rss_anon_gb": round(host.peak["RssAnon"] / GB, 2) if host else None,
-                "peak_rss_file_gb": round(host.peak["RssFile"] / GB, 2) if host else None,
+                "loaded_by": "placed in memory" if built is not None else "engine.models.load_models",
+                **loading.figures("load_peak"),
             })
             with args.out.open("a") as sink:
                 sink.write(json.dumps(record) + "\n")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from engine.memory_plan import FULL_SIZE, GB, MemoryPlan, load_order
+from engine.memory_plan import FULL_SIZE, GB, MemoryPlan, load_peak
 from engine.worker import free_disk_bytes
 from storage.files import nearest_existing
 
@@ -125,12 +125,12 @@ def _plan(report: Report, settings, device: torch.device | None) -> MemoryPlan |
         return None
     plan = choose_plan(options, device, sizes)
     report.say(plan.describe(sizes))
-    order, peak = load_order(plan, sizes)
-    report.say(f"loading: the {order[0]} first; RAM peaks near {peak / GB:.1f} GiB while a model is read whole")
+    peak = load_peak(plan, sizes)
+    report.say(f"loading: private RAM peaks near {peak / GB:.1f} GiB (the weights are mapped, not read whole)")
     ram = options.budget(device).ram
     if peak > ram:
         report.problems.append(f"loading the weights needs about {peak / GB:.0f} GiB of RAM and {ram / GB:.0f} GiB "
-                               "is available: the loader reads a model whole before placing it")
+                               "is available")
     if plan.name.endswith("over its GPU budget"):
         report.problems.append(f"even the smallest plan needs {plan.gpu_bytes / GB:.1f} GiB of GPU memory; "
                                "free some (other programs on the GPU?) or use a larger GPU")

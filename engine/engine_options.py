@@ -136,9 +136,10 @@ def prepare_encoders(encoders, device: torch.device, options: EngineOptions, pla
         source = None
         if plan.llama == "mapped":
             source = mapped_file(options, "llama", str(getattr(llama, "_framepack_source", "in memory")))
+        # the layers may still hold the checkpoint's dtype (see load_encoders): cast as they are packed
         llama._framepack_streamer = BlockStreamer(llama, llama.layers, slots=2, ahead=1,
                                                   pin=plan.llama == "pinned" and device.type == "cuda",
-                                                  mapped_file=source)
+                                                  mapped_file=source, dtype=llama.embed_tokens.weight.dtype)
     encoders._framepack_prepared = True
     return encoders
 

@@ -29,9 +29,12 @@ VAE_TILED_DECODE = int(4.1 * GB)
 # What torch's caching allocator holds beyond the live tensors (a 48 GiB budget with a 45 GiB estimate ran
 # out of memory in the same run): every GPU estimate leaves this much.
 FRAGMENTATION = int(1.5 * GB)
-PROCESS_PRIVATE = int(3.0 * GB)  # Python, torch and the job's host tensors (the high-VRAM job's RSS: 3.2 GB)
+# Python, torch, the CUDA context's host side and the job's host tensors: the high-VRAM job's VmRSS less its
+# mapped files peaked at 3.9 GiB (benchmarks/results/2026-12-03_memory_plans_h200_call1.jsonl).
+PROCESS_PRIVATE = int(4.0 * GB)
 RAM_RESERVE = int(4.0 * GB)  # left to the OS and the page cache out of the RAM budget
 STREAM_SLOTS = 2  # GPU slots per block kind while streaming: one runs while the next loads
+LLAMA_LAYERS = 32  # Llama 3 8B's decoder layers, the blocks it streams in
 
 
 @dataclass(frozen=True)
@@ -164,37 +167,26 @@ def plan_memory(budget: Budget, sizes: ModelSizes = FULL_SIZE) -> MemoryPlan:
     if streamed:
         blocks_from = "pinned" if private + streamed <= usable_ram else "mapped"
         private += streamed if blocks_from == "pinned" else _slot_bytes(sizes, resident)  # mapped: pinned staging
+    # Llama runs once per new prompt: pinning it (locked memory the OS cannot reclaim) pays only where RAM
+    # could hold it twice over; else it streams from the page cache, which gives its pages back when asked.
     if llama_on_gpu:
         llama = "gpu"
-    elif private + sizes.llama <= usable_ram:
+    elif private + 2 * sizes.llama <= usable_ram:
         llama, private = "pinned", private + sizes.llama
     else:
-        llama = "mapped"
+        llama, private = "mapped", private + STREAM_SLOTS * sizes.llama // LLAMA_LAYERS  # pinned staging
     name = "planned" if gpu <= budget.vram else "planned, over its GPU budget"
     return MemoryPlan(name, resident, blocks_from, llama, encoders_on_gpu, vae_tiled, gpu, private)
 
 
-def private_after_placing(plan: MemoryPlan, sizes: ModelSizes, part: str) -> int:
-    """Private RAM a part holds once placed: "encoders" (Llama and the small ones) or "transformer"."""
-    if part == "transformer":
-        streamed = sum(sizes.blocks[plan.resident_blocks:])
-        return sizes.transformer_rest + (streamed if plan.blocks_from == "pinned" else 0)
-    llama = sizes.llama if plan.llama == "pinned" else 0
-    return llama + (0 if plan.encoders_on_gpu else sizes.small_encoders)
+def load_peak(plan: MemoryPlan, sizes: ModelSizes) -> int:
+    """Private RAM while the weights load: what the plan keeps in RAM, plus one block being packed.
 
-
-def load_order(plan: MemoryPlan, sizes: ModelSizes) -> tuple[tuple[str, str], int]:
-    """The order to load the parts in, and the private RAM it peaks at: each part is read whole into RAM
-    (the transformer's resident blocks go straight to the GPU as it is placed), then placed before the next
-    is read, so the peak is the larger of "the first part whole" and "the first placed plus the second whole"."""
-    whole = {"encoders": sizes.llama + sizes.small_encoders, "transformer": sizes.transformer}
-    best = None
-    for order in (("encoders", "transformer"), ("transformer", "encoders")):
-        first, second = order
-        peak = PROCESS_PRIVATE + max(whole[first], private_after_placing(plan, sizes, first) + whole[second])
-        if best is None or peak < best[1]:
-            best = (order, peak)
-    return best
+    The loaders map safetensors files lazily (their pages are the page cache's, not the process's) when a
+    file holds the dtype it is loaded in, as the Hub's checkpoints do; a streamer casts its blocks one at a
+    time, and a model bound for the GPU is cast there, so no model is ever held whole in private RAM.
+    """
+    return plan.private_bytes + max(sizes.blocks, default=0)
 
 
 _ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "I32": 4, "U8": 1,

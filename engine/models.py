@@ -24,7 +24,7 @@ from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
 from engine.denoiser import use_fp32_output_projection
 from engine.memory_modes import Placement
-from engine.memory_plan import MemoryPlan, ModelSizes, load_order, sizes_from_folders
+from engine.memory_plan import MemoryPlan, ModelSizes, load_peak, sizes_from_folders
 from engine.prompt_cache import PromptCache, prompt_cache_for
 from engine.sections import Variant
 
@@ -115,17 +115,18 @@ def dtypes_for(device: torch.device) -> Dtypes:
 def load_llama_tokenizer(root: Path, subfolder: str = "tokenizer"):
     """HunyuanVideo's Llama 3 tokenizer as the official demos see it.
 
-    AutoTokenizer keeps the byte-level tokenizer.json as saved (transformers 5's Llama class would rebuild
-    it with other splits). The demos' LlamaTokenizerFast puts BOS before the text and no EOS after it,
-    whatever the file's own post-processor says, so that is set here too; then the template's prefix must be
-    the official crop start.
+    The fast tokenizer class reads the byte-level tokenizer.json as saved, whatever class the folder's config
+    names (the folder says LlamaTokenizer, which some transformers 5 releases' AutoTokenizer rebuilds with
+    other splits: 169 tokens for the template's prefix under 5.17). The demos' LlamaTokenizerFast puts BOS
+    before the text and no EOS after it, whatever the file's own post-processor says, so that is set here
+    too; then the template's prefix must be the official crop start.
     """
     from tokenizers import processors
-    from transformers import AutoTokenizer
+    from transformers import PreTrainedTokenizerFast
 
     from engine.text_encoding import check_llama_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(root, subfolder=subfolder)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(root, subfolder=subfolder)
     bos, bos_id = tokenizer.bos_token, tokenizer.bos_token_id
     tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1", special_tokens=[(bos, bos_id)]
@@ -261,10 +262,11 @@ def _load_failure(error: Exception, what: str, root: Path) -> ModelsNotFound:
 
 def load_encoders(
     device: torch.device, models_dir: Path | None = None, allow_download: bool = True,
-    place: torch.device | None = None, dtypes: Dtypes | None = None,
+    place: torch.device | None = None, dtypes: Dtypes | None = None, llama_streams: bool = False,
 ) -> Encoders:
     """`device` decides the dtypes unless `dtypes` is given; `place` (default `device`) is where the weights
-    go: the CPU in low-VRAM mode."""
+    go: the CPU in low-VRAM mode. With `llama_streams`, Llama's layers stay as the checkpoint holds them
+    (mapped lazily, its dtype): their streamer casts them one at a time."""
     from diffusers import AutoencoderKLHunyuanVideo
     from transformers import AutoTokenizer, CLIPTextModel, LlamaModel, SiglipVisionModel
 
@@ -285,9 +287,16 @@ def load_encoders(
         raise _load_failure(error, "the text, image and VAE models", hunyuan.parent) from None
     # `.to(dtype)` as the demos do after loading: it also casts buffers that from_pretrained keeps in fp32,
     # Llama's rotary inv_freq among them, which moves its embeddings by up to 3e-5 (found by the golden tests).
+    # Moved first, then cast: a model bound for the GPU is cast there, not copied whole in RAM.
     for module, dtype in ((encoders.text_encoder, dtypes.text), (encoders.text_encoder_2, dtypes.text),
                           (encoders.image_encoder, dtypes.image), (encoders.vae, dtypes.vae)):
-        _cast_like_the_demos(module.requires_grad_(False).eval(), dtype).to(place or device)
+        module.requires_grad_(False).eval().to(place or device)
+        if module is encoders.text_encoder and llama_streams:
+            for child in module.children():
+                if child is not module.layers:
+                    _cast_like_the_demos(child, dtype)
+        else:
+            _cast_like_the_demos(module, dtype)
     encoders.text_encoder._framepack_source = weights_identity(hunyuan / "text_encoder", dtypes.text)
     encoders.text_encoder_2._framepack_source = weights_identity(hunyuan / "text_encoder_2", dtypes.text)
     return encoders
@@ -322,10 +331,11 @@ def load_transformer(
         )
     except (OSError, ValueError) as error:
         raise _load_failure(error, f"the {variant.value} transformer", root) from None
-    _cast_like_the_demos(transformer.requires_grad_(False).eval(), dtype or dtypes_for(device).transformer)
+    transformer.requires_grad_(False).eval().to(place or device)
+    _cast_like_the_demos(transformer, dtype or dtypes_for(device).transformer)
     use_fp32_output_projection(transformer)
     transformer._framepack_source = weights_identity(root, dtype or dtypes_for(device).transformer)
-    return transformer.to(place or device)
+    return transformer
 
 
 def load_models(
@@ -350,27 +360,22 @@ def load_models(
         transformer = load_transformer(variant, device, models_dir, allow_download,
                                        dtype=dtypes.transformer if dtypes else None)
         return FramePackModels(encoders=encoders, transformer=transformer, variant=variant, device=device)
-    plan, order = plan_loading(variant, device, options, models_dir, allow_download)
-    loaded = {}
-    for part in order:  # each part placed before the next is read, in the order that peaks lowest
-        loaded[part] = (load_prepared_encoders(device, options, plan, models_dir, allow_download)
-                        if part == "encoders" else
-                        load_prepared_transformer(variant, device, options, plan, models_dir, allow_download))
-    encoders, transformer = loaded["encoders"], loaded["transformer"]
+    plan = plan_loading(variant, device, options, models_dir, allow_download)
+    encoders = load_prepared_encoders(device, options, plan, models_dir, allow_download)
+    transformer = load_prepared_transformer(variant, device, options, plan, models_dir, allow_download)
     return FramePackModels(encoders, transformer, variant, device, placement_for(encoders, transformer, device, plan),
                            plan, prompt_cache_for(options.cache_dir, encoders))
 
 
 def plan_loading(variant: Variant, device: torch.device, options: EngineOptions, models_dir: Path | None = None,
-                 allow_download: bool = True) -> tuple[MemoryPlan, tuple[str, str]]:
-    """The memory plan from the weights' sizes (nothing loaded yet) and the order to load the parts in; logged."""
+                 allow_download: bool = True) -> MemoryPlan:
+    """The memory plan from the weights' sizes (nothing loaded yet); logged in one line."""
     from engine.engine_options import choose_plan
 
     sizes = checkpoint_sizes(variant, device, options, models_dir, allow_download)
     plan = choose_plan(options, device, sizes)
-    order, peak = load_order(plan, sizes)
-    log.info("%s; loading the %s first (RAM peaks near %.1f GiB)", plan.describe(sizes), order[0], peak / 2**30)
-    return plan, order
+    log.info("%s; loading peaks near %.1f GiB of private RAM", plan.describe(sizes), load_peak(plan, sizes) / 2**30)
+    return plan
 
 
 def checkpoint_sizes(variant: Variant, device: torch.device, options: EngineOptions, models_dir: Path | None = None,
@@ -395,7 +400,8 @@ def load_prepared_encoders(device: torch.device, options: EngineOptions, plan: M
                            models_dir: Path | None = None, allow_download: bool = True) -> Encoders:
     from engine.engine_options import prepare_encoders
 
-    encoders = load_encoders(device, models_dir, allow_download, _weights_home(device, plan, "encoders"))
+    encoders = load_encoders(device, models_dir, allow_download, _weights_home(device, plan, "encoders"),
+                             llama_streams=plan.llama != "gpu")
     return prepare_encoders(encoders, device, options, plan)
 
 

@@ -7,9 +7,12 @@ streams). Blocks of the same layout share `slots` buffers, so the GPU holds `slo
 plus the small rest (embedders, norms, projections), and the first `resident` blocks, which are copied
 to the GPU once and stay there.
 
-The packed buffers are pinned RAM (copies at full PCIe speed), or a memory-mapped file (`mapped_file`):
-then the weights are the page cache's, evictable and private to nobody, and a helper thread copies each
-block from the mapping into a pinned staging buffer of its slot before the GPU copy.
+The packed buffers are pinned RAM (copies at full PCIe speed), or memory-mapped files (`mapped_file`): then
+the weights are the page cache's, evictable and private to nobody, and a helper thread copies each block
+from the mapping into a pinned staging buffer of its slot before the GPU copy. Where the loaded blocks
+already are views of a mapped checkpoint (safetensors files loaded lazily, in any dtype), they stream
+from it as they are; otherwise (FP8 blocks, weights built in memory) they are written once to one packed
+file and mapped from there.
 
 On the CPU (tests) the same bookkeeping runs with plain synchronous copies into CPU "slots".
 """
@@ -101,6 +104,33 @@ def _cpu_copy(tensor: torch.Tensor, pin: bool, keep: list) -> torch.Tensor:
     return buffer.view(source.dtype).view(source.shape)
 
 
+def _file_mappings() -> list[tuple[int, int]]:
+    """Address ranges of this process's mappings of regular files (from /proc/self/maps; none elsewhere)."""
+    ranges = []
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                path = fields[5].strip() if len(fields) == 6 else ""
+                # pinned buffers are shared anonymous memory, listed as "/dev/zero (deleted)"
+                if path.startswith("/") and not path.startswith("/dev/") and not path.endswith("(deleted)"):
+                    start, end = (int(x, 16) for x in fields[0].split("-"))
+                    ranges.append((start, end))
+    except OSError:
+        pass
+    return ranges
+
+
+def _file_backed(tensor: torch.Tensor, ranges: list[tuple[int, int]]) -> bool:
+    """Whether the tensor's storage lies in a mapped file (pages the OS may drop and read again)."""
+    if tensor.device.type != "cpu":
+        return False
+    storage = tensor.untyped_storage()
+    start = storage.data_ptr()
+    end = start + storage.nbytes()
+    return any(low <= start and end <= high for low, high in ranges)
+
+
 def _view(flat: torch.Tensor, slot: _Slot) -> torch.Tensor:
     return flat[slot.offset: slot.offset + slot.nbytes].view(slot.dtype).view(slot.shape)
 
@@ -109,23 +139,39 @@ class _PackedBlock:
     """A block's tensors in one flat CPU buffer (pinned, plain, or a view of a mapped file); the block then
     points into it."""
 
-    def __init__(self, block: nn.Module):
+    def __init__(self, block: nn.Module, dtype: torch.dtype | None = None):
         self.layout: list[_Slot] = []
         offset = 0
-        self.tensors = list(_direct_tensors(block))
+        # detached: a parameter's `.data` is re-pointed as the block moves, its original storage must stay
+        self.tensors = [(owner, name, t.detach(), is_param) for owner, name, t, is_param in _direct_tensors(block)]
         for owner, name, tensor, is_param in self.tensors:
-            nbytes = tensor.numel() * tensor.element_size()
-            self.layout.append(_Slot(owner, name, is_param, offset, nbytes, tensor.shape, tensor.dtype))
+            kept = dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
+            nbytes = tensor.numel() * kept.itemsize
+            self.layout.append(_Slot(owner, name, is_param, offset, nbytes, tensor.shape, kept))
             offset += -(-nbytes // ALIGN) * ALIGN
         self.nbytes = offset
-        self.cpu: torch.Tensor | None = None
+        self.cpu: torch.Tensor | None = None  # the flat buffer, unless the block streams from its checkpoint
+
+    def fill(self, flat: torch.Tensor) -> None:
+        """Copy the block's weights into `flat`, in the packed layout (cast to its dtype on the way)."""
+        if self.cpu is not None:
+            flat.copy_(self.cpu)
+            return
+        for slot, (_, _, tensor, _) in zip(self.layout, self.tensors, strict=True):
+            _view(flat, slot).copy_(tensor.detach())
 
     def pack_into(self, flat: torch.Tensor) -> None:
-        """Copy the block's tensors into `flat` (unless it already holds them) and point the block at it."""
-        for slot, (_, _, tensor, _) in zip(self.layout, self.tensors, strict=True):
-            raw = tensor.detach().contiguous().reshape(-1).view(torch.uint8)
-            flat[slot.offset: slot.offset + slot.nbytes].copy_(raw)
+        """Copy the block's tensors into `flat` and point the block at it (the originals are let go)."""
+        self.fill(flat)
         self.adopt(flat)
+
+    def home(self) -> None:
+        """Point the block back at where its weights live off the device: its flat buffer or its checkpoint."""
+        if self.cpu is not None:
+            self.point_at(self.cpu)
+        else:
+            for slot, (_, _, tensor, _) in zip(self.layout, self.tensors, strict=True):
+                _set_tensor(slot.owner, slot.name, slot.is_param, tensor)
 
     def adopt(self, flat: torch.Tensor) -> None:
         self.cpu, self.tensors = flat, []
@@ -147,9 +193,9 @@ def _write_packed(path: Path, packed: Sequence[_PackedBlock]) -> None:
     tmp = path.with_suffix(".part")
     with tmp.open("wb") as out:
         out.write(len(header).to_bytes(8, "little") + header + b"\0" * (start - 8 - len(header)))
-        for block in packed:
+        for block in packed:  # one block's copy in private memory at a time
             flat = torch.empty(block.nbytes, dtype=torch.uint8)
-            block.pack_into(flat)
+            block.fill(flat)
             out.write(flat.numpy().tobytes())
         out.flush()
         os.fsync(out.fileno())
@@ -179,12 +225,15 @@ class BlockStreamer:
     the rest of the model's tensors are on the device while attached. The first `resident` blocks are
     copied to the device at the first attach and stay there until `close`. `ahead` blocks are prefetched;
     the order is taken as cyclic, so the last streamed block prefetches the first for the next call.
-    With `mapped_file`, the streamed blocks' weights live in that file (written on first use, mapped after).
+    With `mapped_file`, the streamed blocks stream from mapped memory: the checkpoint's own mapping where
+    they are views of it, else that file (written on first use, mapped after). With `dtype`, floating
+    weights are cast to it as they are packed or staged, one block at a time (a checkpoint stored in
+    another dtype is never cast whole in RAM).
     """
 
     def __init__(self, model: nn.Module, blocks: Sequence[nn.Module], slots: int = 2, ahead: int = 1,
                  pin: bool | None = None, resident: int = 0, mapped_file: Path | None = None,
-                 resident_device: torch.device | str | None = None):
+                 resident_device: torch.device | str | None = None, dtype: torch.dtype | None = None):
         if slots < 2:
             raise ValueError("Streaming needs at least two slots per block kind: one runs while one loads.")
         pin = torch.cuda.is_available() if pin is None else pin
@@ -202,8 +251,9 @@ class BlockStreamer:
         ]
         for owner, name, is_param, cpu in self.resident:
             _set_tensor(owner, name, is_param, cpu)
-        self.packed = [_PackedBlock(block) for block in self.blocks]
+        self.packed = [_PackedBlock(block, dtype) for block in self.blocks]
         self.streamed = list(range(self.resident_count, len(self.blocks)))
+        self.mapped = False  # the streamed blocks stream from mapped memory (the checkpoint's or a packed file)
         self._mapping = None
         if mapped_file is not None and self.streamed:
             self._map(Path(mapped_file))
@@ -211,7 +261,7 @@ class BlockStreamer:
         if resident_device is not None:  # packed straight into the device: no RAM copy, not even for a moment
             self._resident_on = torch.device(resident_device)
         for index, block in enumerate(self.packed):
-            if block.cpu is not None:  # mapped
+            if self.mapped and index >= self.resident_count:
                 continue
             if index < self.resident_count and self._resident_on is not None:
                 flat = torch.empty(block.nbytes, dtype=torch.uint8, device=self._resident_on)
@@ -240,8 +290,14 @@ class BlockStreamer:
             self._hooks.append(block.register_forward_hook(lambda _m, _a, _o, i=index: self._after(i)))
 
     def _map(self, path: Path) -> None:
-        """Point the streamed blocks into `path`, writing it first when it is missing or stale."""
+        """Stream from the checkpoint's mapping where the blocks are views of it; else point the streamed
+        blocks into `path`, writing it first when it is missing or stale."""
         streamed = [self.packed[i] for i in self.streamed]
+        ranges = _file_mappings()
+        if all(_file_backed(t, ranges) for block in streamed for _, _, t, _ in block.tensors):
+            log.info("streaming %d blocks from their checkpoint's memory mapping", len(streamed))
+            self.mapped = True
+            return
         if path.is_file():
             self._mapping = _map_packed(path, streamed)
         if self._mapping is None:
@@ -249,10 +305,7 @@ class BlockStreamer:
             log.info("writing the streamed blocks to %s (once)", path)
             _write_packed(path, streamed)
             self._mapping = _map_packed(path, streamed)
-
-    @property
-    def mapped(self) -> bool:
-        return self._mapping is not None
+        self.mapped = True
 
     def slow_down(self, cycles_per_byte: float) -> None:
         """Benchmarks: hold the copy stream this many GPU cycles per byte after each block's copy, so that
@@ -318,7 +371,7 @@ class BlockStreamer:
             self._copy_stream.synchronize()
             torch.cuda.current_stream(self.device).synchronize()
         for index in self.streamed:
-            self.packed[index].point_at(self.packed[index].cpu)
+            self.packed[index].home()
         for owner, name, is_param, cpu in self.resident:
             _set_tensor(owner, name, is_param, cpu)
         self._buffers = {}
@@ -354,7 +407,7 @@ class BlockStreamer:
         off the compute thread), then its GPU copy."""
         if self._staging_free[slot] is not None:
             self._staging_free[slot].synchronize()  # the staging buffer's previous GPU copy is done
-        self._staging[slot].copy_(self.packed[index].cpu)
+        self.packed[index].fill(self._staging[slot])
         self._copy_to_slot(index, slot, self._staging[slot])
         done = torch.cuda.Event()
         done.record(self._copy_stream)
@@ -369,7 +422,7 @@ class BlockStreamer:
         elif self._cuda:
             self._copy_to_slot(index, slot, self.packed[index].cpu)
         else:
-            self._buffers[slot].copy_(self.packed[index].cpu)
+            self.packed[index].fill(self._buffers[slot])
         self._occupant[slot] = index
         self.copies += 1
 

@@ -78,7 +78,6 @@ class ModelCache:
         self.transformers: dict = {}
         self.device = None
         self.plan = None
-        self.order = ("encoders", "transformer")
         self.prompt_cache = None
 
     def check(self, variants) -> None:
@@ -113,21 +112,17 @@ class ModelCache:
         models_dir, download = self.settings.framepack_models_dir, self.settings.framepack_auto_download
         if self.plan is None:  # made once, from the weights' sizes, before anything is loaded (kept only whole)
             device = resolve_device(self.settings.engine_device)
-            plan, self.order = plan_loading(variant, device, options, models_dir, download)
+            plan = plan_loading(variant, device, options, models_dir, download)
             self.device, self.plan = device, plan
-        if self.encoders is None and self.order[0] == "encoders":
+        if self.encoders is None:
             self.encoders = load_prepared_encoders(self.device, options, self.plan, models_dir, download)
         if variant not in self.transformers:
             self.transformers.clear()  # one 13B transformer in memory at a time
-            if self.order[0] == "transformer":  # its plan loads the transformer first: the encoders follow again
-                self.encoders = self.prompt_cache = None
             gc.collect()
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             self.transformers[variant] = load_prepared_transformer(variant, self.device, options, self.plan,
                                                                    models_dir, download)
-        if self.encoders is None:  # the transformer went first: it peaks lower that way on this plan
-            self.encoders = load_prepared_encoders(self.device, options, self.plan, models_dir, download)
         transformer = self.transformers[variant]
         if self.prompt_cache is None:
             self.prompt_cache = prompt_cache_for(options.cache_dir, self.encoders)

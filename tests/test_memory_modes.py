@@ -32,7 +32,8 @@ PLANS = {
     (140, 128): ("high", 60, "", "gpu", True, False),
     (80, 64): ("high", 60, "", "gpu", True, False),
     (48, 64): ("planned", 60, "", "gpu", True, True),
-    (24, 32): ("planned", 32, "pinned", "pinned", False, True),
+    (24, 32): ("planned", 32, "pinned", "mapped", False, True),  # Llama pinned would lock 28 of 32 GB
+    (24, 64): ("planned", 32, "pinned", "pinned", False, True),
     (12, 32): ("planned", 4, "pinned", "mapped", False, True),
     (8, 16): ("planned", 0, "mapped", "mapped", False, True),
 }
@@ -263,24 +264,98 @@ def test_every_plan_renders_the_same_video(original_models, tiny_models_dir, tmp
     reference = render(original_models, make_picture(), request, tmp_path / "hw", tmp_path / "high.mp4")
     result = render(planned, make_picture(), request, tmp_path / "pw", tmp_path / "planned.mp4")
     assert np.array_equal(video_frames(reference.video), video_frames(result.video))
-    if full.blocks_from == "mapped":
-        assert list((tmp_path / "cache" / "mapped").glob("transformer-*.bin"))
+    if full.blocks_from == "mapped":  # the blocks stream from the checkpoint's own mapping: no copy written
+        assert planned.transformer._framepack_streamer.mapped
+        assert not list((tmp_path / "cache" / "mapped").glob("transformer-*.bin"))
 
 
-@pytest.mark.parametrize(("vram", "ram", "first"), [(24, 32, "transformer"), (12, 32, "encoders"),
-                                                    (80, 64, "encoders")])
-def test_the_load_order_keeps_the_ram_peak_within_the_host(vram, ram, first):
-    """Each part is read whole, then placed, before the next: the order that peaks lowest goes first, and on
-    24 GB / 32 GB and 12 GB / 32 GB that peak fits the RAM."""
-    from engine.memory_plan import load_order
+LOAD_PROBE = """
+import sys, torch
+from pathlib import Path
+from engine.engine_options import EngineOptions, place_transformer
+from engine.memory_plan import MemoryPlan
+from engine.models import load_transformer
 
-    plan = plan_memory(Budget(vram * GB, ram * GB))
-    order, peak = load_order(plan, FULL_SIZE)
-    assert order[0] == first and peak <= ram * GB
-    # the other order would not fit 24 GB / 32 GB: the pinned Llama and the whole transformer at once
-    if (vram, ram) == (24, 32):
-        held = 3 * GB + plan.private_bytes
-        assert held + FULL_SIZE.transformer - 7 * GB > ram * GB
+def private():
+    fields = dict(line.split(":", 1) for line in open("/proc/self/status"))
+    return int(fields["RssAnon"].split()[0]) * 1024
+
+root, source = Path(sys.argv[1]), sys.argv[2]
+load_transformer("original", torch.device("cpu"), root / "warm-up", False, torch.device("cpu"))  # imports, once
+before = private()
+transformer = load_transformer("original", torch.device("cpu"), root, False, torch.device("cpu"))
+plan = MemoryPlan("planned", 0, source, "mapped", False, True, 0, 0)
+place_transformer(transformer, torch.device("cpu"), EngineOptions(cache_dir=root / "cache"), plan)
+streamer = transformer._framepack_streamer
+streamer.attach("cpu")
+for index in streamer.streamed:
+    streamer.ready(index)  # every block through its slot: read from wherever it lives
+slots = streamer.slots * sum(streamer.kind_bytes.values())  # on a CPU the "device" slots are RAM too
+print(private() - before - slots, sum(p.nbytes for p in streamer.packed), int(streamer.mapped))
+"""
+
+
+def _load_probe(root: Path, source: str) -> tuple[int, int, bool]:
+    done = subprocess.run([sys.executable, "-c", LOAD_PROBE, str(root), source], capture_output=True, text=True,
+                          cwd=Path(__file__).parents[1], env={**os.environ, "OMP_NUM_THREADS": "1"}, check=True)
+    grown, blocks, mapped = (int(x) for x in done.stdout.split()[-3:])
+    return grown, blocks, bool(mapped)
+
+
+def test_loading_a_mapped_plan_keeps_the_weights_out_of_private_memory(tmp_path):
+    """RSS from /proc, in a fresh process: the loader maps the bf16 checkpoint lazily and the blocks stream
+    from that mapping, so loading and streaming 150 MB of blocks grows private memory by far less than them;
+    the same blocks packed into RAM (a pinned plan; plain RAM on a CPU) are private, as they should be."""
+    from diffusers import HunyuanVideoFramepackTransformer3DModel
+
+    from engine.models import TRANSFORMER_REPOS
+    from engine.sections import Variant
+
+    root = tmp_path / "models"
+    for folder, layers in ((root, 4), (root / "warm-up", 1)):
+        torch.manual_seed(0)
+        HunyuanVideoFramepackTransformer3DModel(
+            num_attention_heads=8, attention_head_dim=64, num_layers=layers, num_single_layers=2 * layers,
+            num_refiner_layers=1, text_embed_dim=64, pooled_projection_dim=64, rope_axes_dim=(16, 24, 24),
+            has_image_proj=True, image_proj_dim=64, has_clean_x_embedder=True, guidance_embeds=True,
+        ).to(torch.bfloat16).save_pretrained(folder / TRANSFORMER_REPOS[Variant.ORIGINAL])
+    mapped_growth, blocks, mapped = _load_probe(root, "mapped")
+    packed_growth, _, _ = _load_probe(root, "pinned")
+    assert blocks > 120 * 2**20 and mapped
+    assert mapped_growth < 0.2 * blocks, (mapped_growth, blocks)
+    assert packed_growth > 0.9 * blocks, (packed_growth, blocks)
+    assert not (root / "cache" / "mapped").exists()  # nothing written: the checkpoint is the mapped file
+
+
+def test_a_streamer_casts_block_by_block_from_a_checkpoint_in_another_dtype(tmp_path):
+    """A model that streams may keep the checkpoint's dtype in its blocks (Llama's layers do, see
+    load_encoders): the streamer casts each block as it copies it from the mapping, and the forward equals
+    the model cast whole at load."""
+    from diffusers import HunyuanVideoFramepackTransformer3DModel
+
+    from engine.denoiser import use_fp32_output_projection
+
+    tiny_transformer(dual=2, single=2).float().save_pretrained(tmp_path / "fp32")
+
+    def load(dtype):
+        model = HunyuanVideoFramepackTransformer3DModel.from_pretrained(tmp_path / "fp32", torch_dtype=dtype)
+        return model.requires_grad_(False).eval()
+
+    cast_at_load = load(torch.bfloat16)
+    use_fp32_output_projection(cast_at_load)
+    reference = stock(cast_at_load, forward_inputs(seed=3))
+    lazy = load(torch.float32)
+    for name, module in lazy.named_children():  # everything but the blocks cast, as the loader does
+        if name not in ("transformer_blocks", "single_transformer_blocks"):
+            module.to(torch.bfloat16)
+    use_fp32_output_projection(lazy)
+    streamer = BlockStreamer(lazy, repeated_blocks(lazy), pin=False, mapped_file=tmp_path / "blocks.bin",
+                             dtype=torch.bfloat16)
+    assert streamer.mapped and not (tmp_path / "blocks.bin").exists()  # streamed from the checkpoint
+    streamer.attach("cpu")
+    assert torch.equal(stock(lazy, forward_inputs(seed=3)), reference)
+    streamer.detach()
+    assert next(repeated_blocks(lazy)[0].parameters()).dtype == torch.float32  # back to the mapping
 
 
 def test_resident_blocks_are_packed_straight_into_the_device(tiny_models_dir, tmp_path):
@@ -295,8 +370,7 @@ def test_resident_blocks_are_packed_straight_into_the_device(tiny_models_dir, tm
     streamer.close()
 
 
-def test_worker_loads_in_the_planned_order_and_reloads_both_on_a_variant_swap(tiny_models_dir, tmp_path,
-                                                                             monkeypatch):
+def test_worker_loads_the_encoders_once_and_swaps_only_the_transformer(tiny_models_dir, tmp_path, monkeypatch):
     import engine.models
     import engine.worker
     from engine.worker import ModelCache
@@ -315,5 +389,5 @@ def test_worker_loads_in_the_planned_order_and_reloads_both_on_a_variant_swap(ti
     cache.get("original")
     cache.get("original")
     cache.get("f1")
-    assert loads == ["transformer", "encoders", "transformer", "encoders"]
+    assert loads == ["encoders", "transformer", "transformer"]
     assert cache.plan.resident_blocks == 32 and isinstance(cache.get("f1").placement, Offloaded)

@@ -191,7 +191,7 @@ def build_transformer(folder: Path) -> None:
         mlp_ratio=2.0, text_embed_dim=HIDDEN, pooled_projection_dim=HIDDEN, rope_axes_dim=(4, 6, 6),
         has_image_proj=True, image_proj_dim=HIDDEN, has_clean_x_embedder=True, guidance_embeds=True,
     )
-    model.save_pretrained(folder)
+    model.to(torch.bfloat16).save_pretrained(folder)  # stored in bf16 as on the Hub, so loading maps it lazily
 
 
 def build_tiny_models(root: Path, seed: int = 0) -> Path:
