@@ -23,17 +23,19 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from engine import direction
 from engine import sections as sec
-from engine.image_input import prepare_image, scaled_buckets
+from engine.direction import Guides, SectionPrompt
+from engine.image_input import prepare_image, resize_and_center_crop, scaled_buckets
 from engine.models import FramePackModels
 from engine.preview import latent_preview, section_gif
 from engine.section_sampler import JobConditioning, SectionSampler, encode_conditioning
@@ -47,6 +49,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_VERSION = 1
 MAX_SECONDS = 120.0
 MAX_STEPS = 100
+MAX_CFG = 32.0  # the official demo's slider
 REDO_ROUNDS = 3  # segments that keep going bad after this many re-renders point at the disk: give up
 
 __all__ = ["Cancelled", "Paused", "RenderRequest", "StepEvent", "SectionEvent", "RenderResult", "render"]
@@ -67,6 +70,8 @@ class RenderRequest:
     crf: int = 16
     resolution: int = 640
     teacache: float = 0.0  # TeaCache threshold (SPEC.md section 8); 0 is off, 0.15 the demos' default
+    end_strength: float = 1.0  # how strongly an end picture pulls (its latent is scaled by this)
+    loop: bool = False  # the end picture is the start picture: a seamless loop
 
     def checked(self, max_prompt_chars: int = 1000, max_seconds: float = MAX_SECONDS) -> RenderRequest:
         """This request with its variant parsed, or an InputError that says what is wrong."""
@@ -91,7 +96,24 @@ class RenderRequest:
             raise InputError("The seed must be a non-negative 63-bit integer.")
         if not 0.0 <= self.teacache <= 1.0:
             raise InputError(f"The TeaCache threshold must be between 0 and 1, not {self.teacache:g}.")
-        return RenderRequest(**{**asdict(self), "variant": variant})
+        if not 1.0 <= self.cfg <= MAX_CFG:
+            raise InputError(f"CFG must be between 1 (off) and {MAX_CFG:g}, not {self.cfg:g}.")
+        if not 0.0 <= self.cfg_rescale <= 1.0:
+            raise InputError(f"The CFG rescale must be between 0 and 1, not {self.cfg_rescale:g}.")
+        if not 0.0 < self.end_strength <= 1.0:
+            raise InputError(f"The end frame strength must be above 0 and at most 1, not {self.end_strength:g}.")
+        if self.loop and variant is not sec.Variant.ORIGINAL:
+            raise InputError(direction.ORIGINAL_ONLY.format(what="A loop"))
+        request = RenderRequest(**{**asdict(self), "variant": variant})
+        request.timed_prompts()  # refuses a bad schedule here, before anything is made
+        return request
+
+    def timed_prompts(self) -> list[SectionPrompt] | None:
+        """Each section's prompt in generation order, or None for a plain prompt."""
+        timed = direction.parse_timed_prompt(self.prompt, self.seconds)
+        if timed is None:
+            return None
+        return direction.section_prompts(timed, self.sections, self.window, sec.Variant.parse(self.variant))
 
     @property
     def sections(self) -> int:
@@ -139,13 +161,21 @@ class RenderResult:
     resumed_from_section: int
 
 
-def _fingerprint(request: RenderRequest, image: np.ndarray) -> str:
-    fields = asdict(request)
-    if not fields["teacache"]:
-        del fields["teacache"]  # off: the same fingerprint as before the option existed
-    digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode())
-    digest.update(image.tobytes())
-    digest.update(str(image.shape).encode())
+_OFF = {"teacache": 0.0, "end_strength": 1.0, "loop": False}
+
+
+def _fingerprint(request: RenderRequest, image: np.ndarray, guides: Guides) -> str:
+    """What the job's saved state depends on: the request, the cropped pictures and the prompt schedule."""
+    options = {name: value for name, value in asdict(request).items() if _OFF.get(name, ...) != value}
+    digest = hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode())  # options off: as before
+    for picture in [image, *([guides.end] if guides.end is not None else [])]:
+        digest.update(picture.tobytes())
+        digest.update(str(picture.shape).encode())
+    for index, picture in sorted(guides.keyframes.items()):
+        digest.update(f"keyframe {index} {picture.shape}".encode())
+        digest.update(picture.tobytes())
+    if guides.prompts is not None:
+        digest.update(json.dumps([asdict(p) for p in guides.prompts]).encode())
     return digest.hexdigest()
 
 
@@ -252,6 +282,28 @@ class _Checkpoint:
         )
 
 
+@dataclass
+class _Job:
+    """One job's fixed parts: what it asks for, where it lives and what was computed once for it."""
+
+    models: FramePackModels
+    request: RenderRequest
+    work_dir: Path
+    conditioning: JobConditioning
+    checkpoint: _Checkpoint
+    saved_sections: _SavedSections
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class _Callbacks:
+    on_step: Callable[[StepEvent], None] | None = None
+    on_section: Callable[[SectionEvent], None] | None = None
+    should_cancel: Callable[[], bool] | None = None
+    should_pause: Callable[[], bool] | None = None
+
+
 def render(
     models: FramePackModels,
     image: Image.Image,
@@ -262,116 +314,181 @@ def render(
     on_section: Callable[[SectionEvent], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
     should_pause: Callable[[], bool] | None = None,
+    end_image: Image.Image | None = None,
+    keyframes: Sequence[tuple[float, Image.Image]] = (),
 ) -> RenderResult:
     """Render `request` into `out_path`; resumable through `work_dir`.
 
-    Raises Cancelled when `should_cancel` turns true (within one step), and Paused when `should_pause`
-    does, after saving the step it stopped at, so that the next run continues from that very step.
+    `end_image` is the last frame to head for and `keyframes` (seconds, picture) pairs to pass through,
+    both for the original variant. Raises Cancelled when `should_cancel` turns true (within one step), and
+    Paused when `should_pause` does, after saving the step it stopped at, so that the next run continues
+    from that very step.
     """
+    # 1. Check the inputs and crop the pictures: a request that cannot run creates nothing.
     request = request.checked(max_prompt_chars=10**6)
-    variant = request.variant
-    if variant is not models.variant:
-        raise ValueError(f"The loaded transformer is the {models.variant.value} variant, not {variant.value}.")
-    work_dir = Path(work_dir)
+    if request.variant is not models.variant:
+        raise ValueError(f"The loaded transformer is the {models.variant.value} variant, not {request.variant.value}.")
+    start, guides = _crop_pictures(image, end_image, keyframes, request)
+
+    # 2. The conditioning of every section, computed once and kept in the work folder.
+    job = _prepare_job(models, request, start, guides, Path(work_dir))
+
+    # 3. The section loop, from the last checkpoint of this very request (its segments checked).
+    loop = _SectionLoop(job, _Callbacks(on_step, on_section, should_cancel, should_pause))
+    loop.run()
+
+    # 4. The finished segments, joined into one MP4 of the frames the request asks for.
+    return _join_segments(job, loop.segments, Path(out_path), loop.resumed_from)
+
+
+def _crop_pictures(image: Image.Image, end_image: Image.Image | None,
+                   keyframes: Sequence[tuple[float, Image.Image]], request: RenderRequest) -> tuple[np.ndarray, Guides]:
+    """The start picture cropped to its bucket, and the guides: the end picture and keyframes cropped to that
+    same bucket (so their latents line up with the start's), and the timed prompts per section."""
+    start = prepare_image(image, scaled_buckets(request.resolution))
+    height, width = start.shape[:2]
+    if end_image is not None and request.loop:
+        raise InputError("A loop ends on its own start picture: leave out the end picture, or the loop.")
+    if end_image is not None and request.variant is not sec.Variant.ORIGINAL:
+        raise InputError(direction.ORIGINAL_ONLY.format(what="An end frame"))
+    in_order = sorted(keyframes, key=lambda pair: pair[0])
+    indices = direction.keyframe_sections([time for time, _ in in_order], request.seconds, request.window,
+                                          request.variant)
+    for _, picture in [*in_order, *([(0, end_image)] if end_image is not None else [])]:
+        if not isinstance(picture, Image.Image):
+            raise InputError("An end frame or keyframe must be a picture.")
+
+    def crop(picture: Image.Image) -> np.ndarray:
+        return resize_and_center_crop(np.asarray(picture.convert("RGB")), width, height)
+
+    end = start if request.loop else crop(end_image) if end_image is not None else None
+    pinned = {index: crop(picture) for index, (_, picture) in zip(indices, in_order, strict=True)}
+    return start, Guides(end, pinned, request.timed_prompts())
+
+
+def _prepare_job(models: FramePackModels, request: RenderRequest, start: np.ndarray, guides: Guides,
+                 work_dir: Path) -> _Job:
+    """The work folder with the pictures as cropped, and the conditioning (encoded, or loaded from it)."""
     work_dir.mkdir(parents=True, exist_ok=True)
-    window, sections = request.window, request.sections
+    Image.fromarray(start).save(work_dir / "input.png")
+    if guides.end is not None:
+        Image.fromarray(guides.end).save(work_dir / "end.png")
+    for index, picture in guides.keyframes.items():
+        Image.fromarray(picture).save(work_dir / f"keyframe_{index + 1:04d}.png")
+    fingerprint = _fingerprint(request, start, guides)
+    conditioning = _load_or_encode_conditioning(models, start, guides, request, work_dir / "conditioning.pt",
+                                                fingerprint)
+    height, width = start.shape[:2]
+    return _Job(models, request, work_dir, conditioning, _Checkpoint(work_dir / "checkpoint.pt", fingerprint),
+                _SavedSections(work_dir, fingerprint), width, height)
 
-    # 1. The picture, cropped to its bucket, and everything computed once from it and the prompts.
-    cropped = prepare_image(image, scaled_buckets(request.resolution))
-    height, width = cropped.shape[:2]
-    Image.fromarray(cropped).save(work_dir / "input.png")
-    fingerprint = _fingerprint(request, cropped)
-    conditioning = _load_or_encode_conditioning(models, cropped, request, work_dir / "conditioning.pt", fingerprint)
 
-    # 2. Where to start: the last checkpoint of this very request (its segments checked), or the beginning.
-    checkpoint = _Checkpoint(work_dir / "checkpoint.pt", fingerprint)
-    saved_sections = _SavedSections(work_dir, fingerprint)
-    done, segments, partial, sampler = _start_point(models, request, conditioning, checkpoint, saved_sections)
-    resumed_from = done
-    frames_done = sum(int(n) for n in segments.values())
+class _SectionLoop:
+    """Samples, decodes and blends the sections in generation order; the output thread writes each finished
+    one (segment, latents, preview, checkpoint) while the next samples. A segment that does not check out
+    at the end sends the loop back to the section that wrote it."""
 
-    def write_block(rank: int, block: torch.Tensor) -> int:
-        if block.shape[1] == 0:
-            return 0
-        name = f"segment_{rank:04d}.mp4"
-        write_segment(work_dir / name, frames_to_uint8(block), request.crf)
-        segments[rank] = block.shape[1]
-        return block.shape[1]
+    def __init__(self, job: _Job, callbacks: _Callbacks):
+        self.job, self.request, self.callbacks = job, job.request, callbacks
+        self.done, self.segments, self.partial, self.sampler = _start_point(
+            job.models, job.request, job.conditioning, job.checkpoint, job.saved_sections)
+        self.resumed_from = self.done
+        self.frames_done = sum(int(n) for n in self.segments.values())
 
-    def finish_section(index: int, blocks: list, chunk: torch.Tensor, generated: torch.Tensor,
-                       history: torch.Tensor, generator_state, **timings: float) -> None:
-        """On the output thread: the section's frames, latents, preview and checkpoint, then its event."""
-        nonlocal frames_done
-        start = time.perf_counter()
-        for rank, block in blocks:
-            frames_done += write_block(rank, block)
-        saved_sections.save(index, generated, generator_state)
-        gif = section_gif(frames_to_uint8(chunk), work_dir / f"section_{index + 1:04d}.gif")
-        checkpoint.save(index + 1, history, generator_state, segments)
-        if on_section is not None:
-            on_section(SectionEvent(index + 1, sections, gif, frames_done, request.frames,
-                                    output_seconds=time.perf_counter() - start, **timings))
+    def run(self) -> None:
+        job = self.job
+        for _ in range(REDO_ROUNDS):
+            self._run_from(self.done)
+            redo = _first_section_to_redo(job.work_dir, self.segments, self.request, complete=True)
+            if redo is None:
+                return
+            self.done, self.sampler = _rewind(job.models, self.request, job.conditioning, job.saved_sections, redo,
+                                              self.segments)
+            self.partial, self.frames_done = None, sum(self.segments.values())
+        raise RuntimeError(f"The video's segments in {job.work_dir} went bad {REDO_ROUNDS} times over: check the disk.")
 
-    def run_sections(first: int, partial: dict | None) -> None:
-        """Sample, decode and blend from section `first` on; the output thread writes while the next samples."""
-        stitcher = OverlapStitcher(sec.overlap_frames(window), variant is sec.Variant.ORIGINAL, sections)
+    def _run_from(self, first: int) -> None:
+        models, sections = self.job.models, self.request.sections
+        stitcher = OverlapStitcher(sec.overlap_frames(self.request.window),
+                                   self.request.variant is sec.Variant.ORIGINAL, sections)
         if first > 0:
             with models.placement.vae():
-                stitcher.restore(vae_decode(sampler.decode_window(first - 1), models.encoders.vae), first)
+                stitcher.restore(vae_decode(self.sampler.decode_window(first - 1), models.encoders.vae), first)
         output = _OutputStage()
         try:
             for index in range(first, sections):
-                if should_cancel is not None and should_cancel():
-                    raise Cancelled()
-                if should_pause is not None and should_pause():
-                    output.drain()
-                    raise Paused()  # the checkpoint of the last section is the place to resume from
-                report_step = _StepReporter(on_step, index + 1, sections, request.steps)
-                clock = time.perf_counter()
-                try:
-                    generated = sampler.sample(index, report_step, should_cancel, should_pause, partial)
-                except Paused as paused:
-                    output.drain()  # the earlier sections' checkpoints first, then this one
-                    checkpoint.save(index, sampler.history, paused.start_state, segments, paused.partial)
-                    log.info("paused at section %d, step %d", index + 1, paused.state["step"] + 1)
-                    raise
-                partial = None
-                sampled = time.perf_counter()
-                with models.placement.vae():
-                    chunk = vae_decode(sampler.decode_window(index), models.encoders.vae)
-                blocks = [stitcher.add(chunk)]
-                if index == sections - 1:
-                    blocks.append(stitcher.finish())
-                decoded = time.perf_counter()
-                blocked = output.make_room()
-                output.submit(functools.partial(
-                    finish_section, index, blocks, chunk, generated, sampler.history, sampler.generator.get_state(),
-                    sample_seconds=sampled - clock, decode_seconds=decoded - sampled, blocked_seconds=blocked,
-                ))
+                self._check_stop(output)
+                self._section(index, stitcher, output)
             output.drain()
         except BaseException:
             output.close(quiet=True)  # the first error is the one to report
             raise
         output.close()
 
-    # 3. The section loop, again from the section that wrote a segment that did not check out.
-    for _ in range(REDO_ROUNDS):
-        run_sections(done, partial)
-        redo = _first_section_to_redo(work_dir, segments, request, complete=True)
-        if redo is None:
-            break
-        done, sampler = _rewind(models, request, conditioning, saved_sections, redo, segments)
-        partial, frames_done = None, sum(segments.values())
-    else:
-        raise RuntimeError(f"The video's segments in {work_dir} went bad {REDO_ROUNDS} times over: check the disk.")
+    def _check_stop(self, output: _OutputStage) -> None:
+        callbacks = self.callbacks
+        if callbacks.should_cancel is not None and callbacks.should_cancel():
+            raise Cancelled()
+        if callbacks.should_pause is not None and callbacks.should_pause():
+            output.drain()
+            raise Paused()  # the checkpoint of the last section is the place to resume from
 
-    # 4. The finished segments, joined into one MP4 of the frames the request asks for.
-    ordered = [work_dir / f"segment_{rank:04d}.mp4" for rank in sorted(segments)]
-    concat_segments(ordered, Path(out_path))
-    frames = count_frames(Path(out_path))
-    if frames != request.frames:
-        raise RuntimeError(f"The joined video has {frames} frames instead of {request.frames}.")
-    return RenderResult(Path(out_path), frames, width, height, frames / sec.FPS, resumed_from)
+    def _section(self, index: int, stitcher: OverlapStitcher, output: _OutputStage) -> None:
+        """Sample section `index`, decode and blend it, and hand its output to the output thread."""
+        models, sampler, callbacks = self.job.models, self.sampler, self.callbacks
+        report_step = _StepReporter(callbacks.on_step, index + 1, self.request.sections, self.request.steps)
+        clock = time.perf_counter()
+        try:
+            generated = sampler.sample(index, report_step, callbacks.should_cancel, callbacks.should_pause,
+                                       self.partial)
+        except Paused as paused:
+            output.drain()  # the earlier sections' checkpoints first, then this one
+            self.job.checkpoint.save(index, sampler.history, paused.start_state, self.segments, paused.partial)
+            log.info("paused at section %d, step %d", index + 1, paused.state["step"] + 1)
+            raise
+        self.partial = None
+        sampled = time.perf_counter()
+        with models.placement.vae():
+            chunk = vae_decode(sampler.decode_window(index), models.encoders.vae)
+        blocks = [stitcher.add(chunk)]
+        if index == self.request.sections - 1:
+            blocks.append(stitcher.finish())
+        decoded = time.perf_counter()
+        blocked = output.make_room()
+        output.submit(functools.partial(
+            self._finish_section, index, blocks, chunk, generated, sampler.history, sampler.generator.get_state(),
+            sample_seconds=sampled - clock, decode_seconds=decoded - sampled, blocked_seconds=blocked,
+        ))
+
+    def _finish_section(self, index: int, blocks: list, chunk: torch.Tensor, generated: torch.Tensor,
+                        history: torch.Tensor, generator_state, **timings: float) -> None:
+        """On the output thread: the section's frames, latents, preview and checkpoint, then its event."""
+        job, request = self.job, self.request
+        start = time.perf_counter()
+        for rank, block in blocks:
+            self.frames_done += self._write_block(rank, block)
+        job.saved_sections.save(index, generated, generator_state)
+        gif = section_gif(frames_to_uint8(chunk), job.work_dir / f"section_{index + 1:04d}.gif")
+        job.checkpoint.save(index + 1, history, generator_state, self.segments)
+        if self.callbacks.on_section is not None:
+            self.callbacks.on_section(SectionEvent(index + 1, request.sections, gif, self.frames_done, request.frames,
+                                                   output_seconds=time.perf_counter() - start, **timings))
+
+    def _write_block(self, rank: int, block: torch.Tensor) -> int:
+        if block.shape[1] == 0:
+            return 0
+        write_segment(self.job.work_dir / f"segment_{rank:04d}.mp4", frames_to_uint8(block), self.request.crf)
+        self.segments[rank] = block.shape[1]
+        return block.shape[1]
+
+
+def _join_segments(job: _Job, segments: dict[int, int], out_path: Path, resumed_from: int) -> RenderResult:
+    ordered = [job.work_dir / f"segment_{rank:04d}.mp4" for rank in sorted(segments)]
+    concat_segments(ordered, out_path)
+    frames = count_frames(out_path)
+    if frames != job.request.frames:
+        raise RuntimeError(f"The joined video has {frames} frames instead of {job.request.frames}.")
+    return RenderResult(out_path, frames, job.width, job.height, frames / sec.FPS, resumed_from)
 
 
 class _SavedSections:
@@ -450,15 +567,13 @@ def _start_point(models: FramePackModels, request: RenderRequest, conditioning: 
     return done, segments, partial, sampler
 
 
-def _load_or_encode_conditioning(models: FramePackModels, cropped: np.ndarray, request: RenderRequest, path: Path,
-                                 fingerprint: str) -> JobConditioning:
+def _load_or_encode_conditioning(models: FramePackModels, cropped: np.ndarray, guides: Guides,
+                                 request: RenderRequest, path: Path, fingerprint: str) -> JobConditioning:
+    names = [f.name for f in fields(JobConditioning)]
     saved = _load_if_matching(path, fingerprint)
     if saved is not None:
-        return JobConditioning(saved["positive"], saved["negative"], saved["start_latent"])
-    conditioning = encode_conditioning(models, cropped, request)
-    _save_atomic(
-        {"version": CHECKPOINT_VERSION, "fingerprint": fingerprint, "positive": conditioning.positive,
-         "negative": conditioning.negative, "start_latent": conditioning.start_latent},
-        path,
-    )
+        return JobConditioning(**{name: saved[name] for name in names if name in saved})
+    conditioning = encode_conditioning(models, cropped, request, guides)
+    _save_atomic({"version": CHECKPOINT_VERSION, "fingerprint": fingerprint,
+                  **{name: getattr(conditioning, name) for name in names}}, path)
     return conditioning

@@ -7,13 +7,14 @@ drive it alone and compare each section's latents with the official demos'. SPEC
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from engine import sections as sec
 from engine.denoiser import Conditioning, Guidance, SectionContext, make_denoiser
+from engine.direction import Guides, SectionPrompt, keyframe_for
 from engine.models import FramePackModels
 from engine.teacache import TeaCache, TeaCacheTransformer
 from engine.text_encoding import encode_prompt
@@ -29,35 +30,49 @@ class JobConditioning:
     positive: Conditioning
     negative: Conditioning | None  # only with true CFG
     start_latent: torch.Tensor  # (1, 16, 1, h, w) fp32 on the CPU
+    end_latent: torch.Tensor | None = None  # the end picture's (original variant), before its strength
+    keyframe_latents: dict[int, torch.Tensor] = field(default_factory=dict)  # generation index -> latent
+    timed: dict[str, Conditioning] = field(default_factory=dict)  # each distinct timed prompt
+    section_prompts: list[SectionPrompt] | None = None  # generation order; None: `positive` throughout
 
 
 @torch.no_grad()
-def encode_conditioning(models: FramePackModels, image: np.ndarray, request) -> JobConditioning:
-    """Prompt, negative prompt and picture embeddings, and the picture's latent; `image` is the bucket crop."""
+def encode_conditioning(models: FramePackModels, image: np.ndarray, request,
+                        guides: Guides | None = None) -> JobConditioning:
+    """Prompt, negative prompt and picture embeddings, and the pictures' latents; `image` is the bucket
+    crop, `guides` the end picture, keyframes and timed prompts where the job has them."""
+    guides = guides or Guides()
     enc, placement = models.encoders, models.placement
     true_cfg = request.cfg != 1.0
-    prompts = [request.prompt, request.negative_prompt] if true_cfg else [request.prompt]
-    encoded = _encode_prompts(models, prompts)
-    text, mask, pooled = encoded[0]
-    negative_text = encoded[1] if true_cfg else None
+    timed = list(dict.fromkeys(p for s in guides.prompts or [] for p in (s.text, s.previous) if p is not None))
+    prompts = [*(timed or [request.prompt]), *([request.negative_prompt] if true_cfg else [])]
+    encoded = dict(zip(prompts, _encode_prompts(models, prompts), strict=False))
     with placement.image_encoder():
         pixels = enc.feature_extractor.preprocess(images=image, return_tensors="pt")["pixel_values"]
         siglip = enc.image_encoder(pixel_values=pixels.to(enc.image_encoder.device, enc.image_encoder.dtype))
         image_tokens = siglip.last_hidden_state.cpu()
-    positive = Conditioning(text, mask, pooled, image_tokens)
-    negative = Conditioning(*negative_text, image_tokens) if true_cfg else None
-
-    # The demos sample the VAE posterior from the unseeded global RNG; a generator of its own, seeded
-    # from the job's seed, makes the start latent repeatable without touching the noise draws (and equal
-    # to the demos' when their global RNG is seeded with the same number just before).
-    x = torch.from_numpy(image).float().div(127.5).sub(1.0).permute(2, 0, 1)[None, :, None]
-    vae = enc.vae
+    positive = Conditioning(*encoded[prompts[0]], image_tokens)
+    negative = Conditioning(*encoded[request.negative_prompt], image_tokens) if true_cfg else None
     with placement.vae():
-        posterior = vae.encode(x.to(vae.device, vae.dtype)).latent_dist
-        start_gen = torch.Generator("cpu").manual_seed(request.seed)
-        start = posterior.sample(generator=start_gen) * vae.config.scaling_factor
-        start = start.float().cpu()
-    return JobConditioning(positive, negative, start)
+        start = _vae_latent(enc.vae, image, request.seed)
+        end = _vae_latent(enc.vae, guides.end, request.seed) if guides.end is not None else None
+        keyframes = {index: _vae_latent(enc.vae, picture, request.seed) for index, picture in guides.keyframes.items()}
+    return JobConditioning(positive, negative, start, end, keyframes,
+                           {p: Conditioning(*encoded[p], image_tokens) for p in timed}, guides.prompts)
+
+
+def _vae_latent(vae, image: np.ndarray, seed: int) -> torch.Tensor:
+    """The picture's latent (1, 16, 1, h, w) fp32 on the CPU.
+
+    The demos sample the VAE posterior from the unseeded global RNG; a generator of its own, seeded
+    from the job's seed, makes the latent repeatable without touching the noise draws (and equal to the
+    demos' when their global RNG is seeded with the same number just before). Every picture gets the
+    same seed, so a loop's end latent is exactly its start latent.
+    """
+    x = torch.from_numpy(image).float().div(127.5).sub(1.0).permute(2, 0, 1)[None, :, None]
+    posterior = vae.encode(x.to(vae.device, vae.dtype)).latent_dist
+    latent = posterior.sample(generator=torch.Generator("cpu").manual_seed(seed)) * vae.config.scaling_factor
+    return latent.float().cpu()
 
 
 def _encode_prompts(models: FramePackModels, prompts: list[str]) -> list[tuple[torch.Tensor, ...]]:
@@ -87,12 +102,15 @@ class SectionSampler:
         self.models, self.request = models, request
         self.variant, self.window, self.sections = request.variant, request.window, request.sections
         self.start_latent = conditioning.start_latent
-        self.history = sec.initial_history(self.variant, self.start_latent) if history is None else history
+        self.keyframe_latents = conditioning.keyframe_latents
+        self.history = self._initial_history(conditioning.end_latent, request) if history is None else history
         self.generator = torch.Generator("cpu").manual_seed(request.seed)
         if generator_state is not None:
             self.generator.set_state(generator_state)
         device, dtype = models.device, models.transformer.dtype
         self.positive = conditioning.positive.to(device, dtype)
+        self.timed = {prompt: c.to(device, dtype) for prompt, c in conditioning.timed.items()}
+        self.section_prompts = conditioning.section_prompts
         self.negative = conditioning.negative.to(device, dtype) if conditioning.negative is not None else None
         self.guidance = Guidance(request.distilled_guidance, request.cfg, request.cfg_rescale)
         channels, height, width = self.start_latent.shape[1], *self.start_latent.shape[-2:]  # the VAE's, not retyped
@@ -115,7 +133,7 @@ class SectionSampler:
         """
         start_state = self.generator.get_state()
         noise = self._noise(partial)
-        denoise = make_denoiser(self._model(partial), self.positive, self.negative, self._context(index),
+        denoise = make_denoiser(self._model(partial), self._positive(index), self.negative, self._context(index),
                                 self.guidance)
         device = self.models.device
         try:
@@ -148,9 +166,32 @@ class SectionSampler:
             return torch.zeros(self.latent_shape)
         return torch.randn(self.latent_shape, generator=self.generator, dtype=torch.float32)
 
+    def _initial_history(self, end_latent: torch.Tensor | None, request) -> torch.Tensor:
+        """The zero history, with the end picture's latent (times its strength) in the slot the first section
+        reads as the frame after its window, as FramePack-Studio and FramePack-eichi place it."""
+        history = sec.initial_history(self.variant, self.start_latent)
+        if end_latent is not None:
+            history[:, :, :1] = end_latent * request.end_strength
+        return history
+
+    def _positive(self, index: int) -> Conditioning:
+        """Section `index`'s prompt; a change's blend mixes the two prompts' text embeddings linearly, as
+        Studio does, and attends to the tokens of both (Studio keeps only the earlier prompt's mask)."""
+        if self.section_prompts is None:
+            return self.positive
+        part = self.section_prompts[index]
+        new = self.timed[part.text]
+        if part.previous is None:
+            return new
+        old, weight = self.timed[part.previous], part.weight
+        return Conditioning(text=torch.lerp(old.text, new.text, weight), text_mask=old.text_mask | new.text_mask,
+                            pooled=torch.lerp(old.pooled, new.pooled, weight), image=new.image)
+
     def _context(self, index: int) -> SectionContext:
         layout, device, dtype = self.layouts[index], self.models.device, self.models.transformer.dtype
-        clean, x2, x4 = sec.history_inputs(self.variant, self.history, self.start_latent)
+        keyframe = keyframe_for(self.keyframe_latents, index)
+        first = keyframe if keyframe is not None else self.start_latent  # the clean frame before the window
+        clean, x2, x4 = sec.history_inputs(self.variant, self.history, first)
         return SectionContext(
             indices_noisy=layout.noisy.to(device),
             clean=clean.to(device, dtype),
