@@ -22,6 +22,45 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_direction_args(animate: argparse.ArgumentParser) -> None:
+    """Where the video goes: an end frame, keyframes, a loop, and true CFG with a negative prompt."""
+    animate.add_argument("--end-image", type=Path, default=None,
+                         help="the picture the video ends on (original variant), cropped like the start")
+    animate.add_argument("--end-strength", type=float, default=1.0,
+                         help="how strongly the end picture pulls, above 0 up to 1 (default 1)")
+    animate.add_argument("--keyframe", action="append", default=[], metavar="SECONDS:PATH",
+                         help="a picture to pass through at that second (original variant; repeatable)")
+    animate.add_argument("--loop", action="store_true", help="end on the start picture: a seamless loop")
+    animate.add_argument("--negative", default="", help="negative prompt (used with --cfg above 1)")
+    animate.add_argument("--cfg", type=float, default=1.0,
+                         help="true classifier-free guidance, 1 (off) to 32; above 1 each step costs twice")
+    animate.add_argument("--cfg-rescale", type=float, default=0.0, help="CFG rescale, 0 to 1")
+
+
+def _load_direction_pictures(args: argparse.Namespace, settings):
+    """The end picture and (seconds, picture) keyframes the options name, through the start's checks."""
+    from storage.inputs import InputError, load_image
+
+    def load(path: Path, what: str):
+        try:
+            return load_image(path, settings.max_image_pixels, settings.max_image_bytes)
+        except InputError as error:
+            raise InputError(f"{what}: {error}") from None
+
+    keyframes = []
+    for spec in args.keyframe:
+        seconds, sep, path = spec.partition(":")
+        try:
+            at = float(seconds.strip().removesuffix("s"))
+        except ValueError:
+            at = None
+        if not sep or at is None or not path:
+            raise InputError(f"--keyframe takes SECONDS:PATH, e.g. 2.5:middle.png, not {spec!r}.")
+        keyframes.append((at, load(Path(path), f"The keyframe at {at:g}s")))
+    end = load(args.end_image, "The end picture") if args.end_image is not None else None
+    return end, keyframes
+
+
 def _parser() -> argparse.ArgumentParser:
     settings = get_settings()
     parser = argparse.ArgumentParser(prog="framepack-bot", description="Animate a picture with FramePack.")
@@ -47,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
                          help="FP8 transformer linears (Ada/Hopper GPUs): faster, slightly different video")
     animate.add_argument("--compile", action=argparse.BooleanOptionalAction, default=settings.engine_compile,
                          help="compile the transformer blocks on CUDA (a minute once, then faster)")
+    _add_direction_args(animate)
     _add_model_args(animate)
 
     commands.add_parser("doctor", help="can the bot run here, with which memory plan, how fast; what to change")
@@ -72,7 +112,7 @@ def _animate(args: argparse.Namespace) -> int:
 
     from engine.engine_options import EngineOptions
     from engine.models import DeviceUnavailable, ModelsNotFound, load_models
-    from engine.render import RenderRequest, render
+    from engine.render import RenderRequest, check_guides, render
     from storage.inputs import InputError, check_prompt, load_image
 
     settings = get_settings()
@@ -80,9 +120,13 @@ def _animate(args: argparse.Namespace) -> int:
         request = RenderRequest(
             prompt=check_prompt(args.prompt, settings.max_prompt_chars), seconds=args.seconds, variant=args.variant,
             seed=args.seed, steps=args.steps, crf=args.crf, resolution=args.resolution, teacache=args.teacache,
+            negative_prompt=args.negative, cfg=args.cfg, cfg_rescale=args.cfg_rescale,
+            end_strength=args.end_strength, loop=args.loop,
         ).checked(settings.max_prompt_chars, settings.max_seconds)
         _check_out_and_device(args)
         image = load_image(args.image, settings.max_image_pixels, settings.max_image_bytes)
+        end_image, keyframes = _load_direction_pictures(args, settings)
+        check_guides(request, end_image is not None, [at for at, _ in keyframes])
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -115,7 +159,8 @@ def _animate(args: argparse.Namespace) -> int:
         preview.write_bytes(event.gif.read_bytes())
 
     try:
-        result = render(models, image, request, work_dir, out, on_step=on_step, on_section=on_section)
+        result = render(models, image, request, work_dir, out, on_step=on_step, on_section=on_section,
+                        end_image=end_image, keyframes=keyframes)
     except KeyboardInterrupt:
         bar.close()
         print(f"stopped. Run the same command again to resume from the last finished section ({work_dir}).",

@@ -341,22 +341,27 @@ def render(
     return _join_segments(job, loop.segments, Path(out_path), loop.resumed_from)
 
 
+def check_guides(request: RenderRequest, has_end: bool, keyframe_times: Sequence[float]) -> list[int]:
+    """An InputError for an end picture or keyframes this request cannot take; else the generation index of
+    each keyframe's section, in time order. `request` is a checked one."""
+    if has_end and request.loop:
+        raise InputError("A loop ends on its own start picture: leave out the end picture, or the loop.")
+    if has_end and request.variant is not sec.Variant.ORIGINAL:
+        raise InputError(direction.ORIGINAL_ONLY.format(what="An end frame"))
+    return direction.keyframe_sections(sorted(keyframe_times), request.seconds, request.window, request.variant)
+
+
 def _crop_pictures(image: Image.Image, end_image: Image.Image | None,
                    keyframes: Sequence[tuple[float, Image.Image]], request: RenderRequest) -> tuple[np.ndarray, Guides]:
     """The start picture cropped to its bucket, and the guides: the end picture and keyframes cropped to that
     same bucket (so their latents line up with the start's), and the timed prompts per section."""
-    start = prepare_image(image, scaled_buckets(request.resolution))
-    height, width = start.shape[:2]
-    if end_image is not None and request.loop:
-        raise InputError("A loop ends on its own start picture: leave out the end picture, or the loop.")
-    if end_image is not None and request.variant is not sec.Variant.ORIGINAL:
-        raise InputError(direction.ORIGINAL_ONLY.format(what="An end frame"))
     in_order = sorted(keyframes, key=lambda pair: pair[0])
-    indices = direction.keyframe_sections([time for time, _ in in_order], request.seconds, request.window,
-                                          request.variant)
+    indices = check_guides(request, end_image is not None, [time for time, _ in in_order])
     for _, picture in [*in_order, *([(0, end_image)] if end_image is not None else [])]:
         if not isinstance(picture, Image.Image):
             raise InputError("An end frame or keyframe must be a picture.")
+    start = prepare_image(image, scaled_buckets(request.resolution))
+    height, width = start.shape[:2]
 
     def crop(picture: Image.Image) -> np.ndarray:
         return resize_and_center_crop(np.asarray(picture.convert("RGB")), width, height)
