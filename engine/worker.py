@@ -29,6 +29,7 @@ import threading
 import time
 from pathlib import Path
 
+from storage.eta import CFG_FACTOR
 from storage.files import JobFiles, nearest_existing
 from storage.jobs import Job, Progress
 from storage.log_setup import configure_logging
@@ -224,7 +225,7 @@ class Worker:
         """Render one claimed job to its end; False when it went back to the queue for a worker fault."""
         from engine.render import Cancelled, Paused, RenderRequest, render
         from engine.video import fit_to_size
-        from storage.inputs import InputError, load_image
+        from storage.inputs import InputError
 
         loop = asyncio.get_running_loop()
         run = JobRun()
@@ -258,13 +259,16 @@ class Worker:
                 models = self.models.get(p.variant)
             except Exception as error:  # missing or damaged weights, no device, no memory: not the job's fault
                 raise WorkerFault(f"Loading the {p.variant} models failed: {type(error).__name__}: {error}") from None
-            image = load_image(self.files.input_path(job.id), max_pixels=10**9)
+            image, end_image, keyframes = self._pictures(job)
             request = RenderRequest(prompt=job.prompt, seconds=p.seconds, variant=p.variant, seed=p.seed,
                                     steps=p.steps, resolution=p.resolution, crf=self.settings.video_crf,
-                                    teacache=p.teacache or self.settings.engine_teacache)
+                                    teacache=p.teacache or self.settings.engine_teacache, cfg=p.cfg,
+                                    cfg_rescale=p.cfg_rescale, negative_prompt=p.negative_prompt,
+                                    end_strength=p.end_strength, loop=p.loop)
             video = self.files.video_path(job.id)
             render(models, image, request, self.files.work_dir(job.id), video, on_step=on_step,
-                   on_section=on_section, should_cancel=run.cancel.is_set, should_pause=self.stopping.is_set)
+                   on_section=on_section, should_cancel=run.cancel.is_set, should_pause=self.stopping.is_set,
+                   end_image=end_image, keyframes=keyframes)
             if run.cancel.is_set():  # cancelled after the last step: no upload copies, the store ends it cancelled
                 return str(video), {}
             fitted = {}
@@ -312,8 +316,21 @@ class Worker:
             # worker's ENGINE_TEACACHE is part of its plain figure.
             teacache = p.teacache > 0
             step = statistics.fmean(run.step_seconds) if teacache else statistics.median(run.step_seconds)
+            step /= CFG_FACTOR if p.cfg > 1 else 1.0  # the plain figure: the ETA doubles it again for CFG jobs
             await self.store.record_speed(self.name, step, overhead, teacache=teacache)
         return True
+
+    def _pictures(self, job: Job):
+        """The start picture, the end picture (or None) and (seconds, picture) keyframes, as the store kept them."""
+        from storage.inputs import load_image
+
+        def load(path: Path):
+            return load_image(path, max_pixels=10**9)
+
+        end = load(self.files.end_path(job.id)) if job.guides.end else None
+        keyframes = [(at, load(self.files.keyframe_path(job.id, index)))
+                     for index, at in enumerate(job.guides.keyframes)]
+        return load(self.files.input_path(job.id)), end, keyframes
 
     async def _give_back(self, job: Job, problem: str) -> bool:
         """A worker fault: the job waits in the queue (the attempt does not count), this worker pauses."""

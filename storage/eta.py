@@ -5,6 +5,8 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass
 
+CFG_FACTOR = 2.0
+
 
 @dataclass(frozen=True)
 class Speed:
@@ -12,11 +14,12 @@ class Speed:
     section_overhead: float  # VAE decode, video segment and preview per section
     teacache_factor: float = 0.5  # a TeaCache job's seconds per step over a plain one's
 
-    def step_seconds(self, teacache: bool = False) -> float:
-        return self.seconds_per_step * (self.teacache_factor if teacache else 1.0)
+    def step_seconds(self, teacache: bool = False, cfg: bool = False) -> float:
+        # Real CFG (cfg > 1) runs the transformer twice a step: once with the prompt, once with the negative.
+        return self.seconds_per_step * (self.teacache_factor if teacache else 1.0) * (CFG_FACTOR if cfg else 1.0)
 
-    def job_seconds(self, sections: int, steps_per_section: int, teacache: bool = False) -> float:
-        return sections * (steps_per_section * self.step_seconds(teacache) + self.section_overhead)
+    def job_seconds(self, sections: int, steps_per_section: int, teacache: bool = False, cfg: bool = False) -> float:
+        return sections * (steps_per_section * self.step_seconds(teacache, cfg) + self.section_overhead)
 
 
 def finish_times(running_left: list[float], queued: list[float], workers: int) -> list[float]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from storage.jobs import GuidePictures, JobPictures
+
 
 def nearest_existing(path: Path) -> Path:
     """`path`, or its nearest parent that exists (a data folder not made yet is on its parent's disk)."""
@@ -24,6 +26,12 @@ class JobFiles:
     def input_path(self, job_id: int) -> Path:
         return self.job_dir(job_id) / "input"
 
+    def end_path(self, job_id: int) -> Path:
+        return self.job_dir(job_id) / "end"
+
+    def keyframe_path(self, job_id: int, index: int) -> Path:
+        return self.job_dir(job_id) / f"keyframe_{int(index)}"
+
     def work_dir(self, job_id: int) -> Path:
         return self.job_dir(job_id) / "work"
 
@@ -34,13 +42,30 @@ class JobFiles:
         return self.job_dir(job_id) / f"video_{int(limit)}.mp4"
 
     def write_input(self, job_id: int, data: bytes) -> Path:
-        """Write the picture durably (temp file, fsync, rename), so a crash never leaves half of it."""
-        path = self.input_path(job_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".part")
-        with tmp.open("wb") as sink:
-            sink.write(data)
-            sink.flush()
-            os.fsync(sink.fileno())
-        os.replace(tmp, path)
-        return path
+        return write_durably(self.input_path(job_id), data)
+
+    def write_pictures(self, job_id: int, pictures: JobPictures) -> None:
+        """The start picture, the end picture and the keyframes (numbered in the order given)."""
+        self.write_input(job_id, pictures.start)
+        if pictures.end is not None:
+            write_durably(self.end_path(job_id), pictures.end)
+        for index, data in enumerate(pictures.keyframes):
+            write_durably(self.keyframe_path(job_id, index), data)
+
+    def read_pictures(self, job_id: int, guides: GuidePictures) -> JobPictures:
+        """A stored job's pictures, for a re-roll; FileNotFoundError when one is gone."""
+        end = self.end_path(job_id).read_bytes() if guides.end else None
+        keyframes = tuple(self.keyframe_path(job_id, i).read_bytes() for i in range(len(guides.keyframes)))
+        return JobPictures(self.input_path(job_id).read_bytes(), end, keyframes)
+
+
+def write_durably(path: Path, data: bytes) -> Path:
+    """Write a picture durably (temp file, fsync, rename), so a crash never leaves half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".part")
+    with tmp.open("wb") as sink:
+        sink.write(data)
+        sink.flush()
+        os.fsync(sink.fileno())
+    os.replace(tmp, path)
+    return path

@@ -27,6 +27,12 @@ class JobParams:
     resolution: int = 640
     upload_limits: tuple[int, ...] = ()  # byte limits the finished video must also fit, one copy each
     teacache: float = 0.0  # TeaCache threshold asked for by the person ("fast"); 0: the worker's ENGINE_TEACACHE
+    # Directing the motion (issue 16). A row from before them reads back as these defaults: a plain job.
+    negative_prompt: str = ""
+    cfg: float = 1.0  # real classifier-free guidance above 1: two transformer passes a step
+    cfg_rescale: float = 0.0
+    end_strength: float = 1.0  # how strongly an end picture pulls
+    loop: bool = False  # the video ends on its own start picture
 
     @property
     def sections(self) -> int:
@@ -35,6 +41,27 @@ class JobParams:
     @property
     def total_steps(self) -> int:
         return self.sections * self.steps
+
+
+@dataclass(frozen=True)
+class GuidePictures:
+    """Which pictures besides the start one a job carries: an end picture, keyframes at these seconds."""
+
+    end: bool = False
+    keyframes: tuple[float, ...] = ()  # seconds of each keyframe picture, in the order they were given
+
+    @property
+    def any(self) -> bool:
+        return self.end or bool(self.keyframes)
+
+
+@dataclass(frozen=True)
+class JobPictures:
+    """The bytes of a job's pictures as a person sent them: `keyframes` in the order of its keyframe seconds."""
+
+    start: bytes
+    end: bytes | None = None
+    keyframes: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -47,6 +74,7 @@ class NewJob:
     reply_to: str | None = None
     user_name: str | None = None
     guild_id: str | None = None  # the Discord server it came from; None for DMs and other platforms
+    guides: GuidePictures = field(default_factory=GuidePictures)
 
 
 @dataclass(frozen=True)
@@ -90,6 +118,7 @@ class Job:
     guild_id: str | None = None
     delivery_error: str | None = None  # why it could never be delivered (the person blocked the bot, ...)
     delivery_attempts: int = 0
+    guides: GuidePictures = field(default_factory=GuidePictures)
 
     def video_for_limit(self, limit: int) -> str | None:
         """The largest copy that fits `limit` bytes (the original if no copy was asked for)."""

@@ -8,6 +8,9 @@ from storage.inputs import InputError
 from storage.settings import Settings
 
 VARIANTS = ("original", "f1")
+MAX_KEYFRAMES = 4  # Discord's keyframe command takes 4 attachments; a Telegram album holds start + 4
+SWITCHES = ("end_frame", "timed_prompts", "cfg", "loop")
+_ON, _OFF = ("on", "true", "yes", "1"), ("off", "false", "no", "0")
 
 
 @dataclass(frozen=True)
@@ -18,6 +21,12 @@ class Limits:
     max_image_pixels: int
     max_image_bytes: int
     allowed_variants: tuple[str, ...]
+    # Directing the motion: each feature can be switched off; 0 keyframes switches keyframes off.
+    end_frame: bool = True
+    max_keyframes: int = MAX_KEYFRAMES
+    timed_prompts: bool = True
+    cfg: bool = True  # real CFG and the negative prompt (twice the render time)
+    loop: bool = True
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Limits:
@@ -42,6 +51,8 @@ class Limits:
             "max_image_pixels": f"{self.max_image_pixels / 1e6:g} megapixels",
             "max_image_bytes": f"{self.max_image_bytes / 1e6:g} MB",
             "allowed_variants": ", ".join(self.allowed_variants),
+            **{name: "on" if getattr(self, name) else "off" for name in SWITCHES},
+            "max_keyframes": str(self.max_keyframes),
         }
 
 
@@ -54,6 +65,7 @@ _BOUNDS = {
     "max_queued_per_user": (0, 1000),
     "max_image_pixels": (65_536, 200_000_000),
     "max_image_bytes": (10_000, 500_000_000),
+    "max_keyframes": (0, MAX_KEYFRAMES),
 }
 
 
@@ -72,6 +84,11 @@ def parse_limit(name: str, raw: str):
         raise InputError(f"Unknown limit {name!r}. Limits: {', '.join(LIMIT_NAMES)}.")
     if name == "allowed_variants":
         return name, tuple(parse_variants(raw))
+    if name in SWITCHES:
+        word = raw.strip().lower()
+        if word not in _ON + _OFF:
+            raise InputError(f"{name} is on or off, not {raw!r}.")
+        return name, word in _ON
     low, high = _BOUNDS[name]
     kind = float if isinstance(low, float) else int
     try:

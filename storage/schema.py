@@ -61,4 +61,9 @@ MIGRATIONS: list[str] = [
         sent_at REAL NOT NULL
     );
     """,
+    # 4: directing the motion. Which pictures besides the start one a job carries (an end picture, keyframes
+    # at given seconds), as JSON; their files sit beside the start picture. NULL: the start picture only.
+    """
+    ALTER TABLE jobs ADD COLUMN guides TEXT;
+    """,
 ]

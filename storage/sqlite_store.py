@@ -19,14 +19,17 @@ from pathlib import Path
 
 import aiosqlite
 
+from storage.direction_rules import check_direction
 from storage.eta import Speed, finish_times
 from storage.files import JobFiles
 from storage.inputs import InputError, check_prompt, load_image
 from storage.jobs import (
     MAX_JOB_ID,
     Enqueued,
+    GuidePictures,
     Job,
     JobParams,
+    JobPictures,
     JobState,
     NewJob,
     Progress,
@@ -46,7 +49,7 @@ DELIVERY_RETRY_FIRST, DELIVERY_RETRY_MAX = 5.0, 3600.0
 _JOB_COLUMNS = (
     "id, platform, chat_id, reply_to, user_id, user_name, prompt, params, state, created_at, started_at, "
     "finished_at, worker, lease_expires_at, attempts, cancel_requested, progress, error, result, delivered, "
-    "status_message, guild_id, delivery_error, delivery_attempts"
+    "status_message, guild_id, delivery_error, delivery_attempts, guides"
 )
 
 
@@ -66,8 +69,15 @@ def _job_from_row(row) -> Job:
         error=row[17], video=result.get("video"),
         fitted={int(k): v for k, v in result.get("fitted", {}).items()},
         delivered=bool(row[19]), status_message=row[20], guild_id=row[21], delivery_error=row[22],
-        delivery_attempts=row[23],
+        delivery_attempts=row[23], guides=_guides_from_json(row[24]),
     )
+
+
+def _guides_from_json(text: str | None) -> GuidePictures:
+    if not text:
+        return GuidePictures()
+    raw = json.loads(text)
+    return GuidePictures(end=bool(raw.get("end")), keyframes=tuple(raw.get("keyframes", ())))
 
 
 class SqliteJobStore:
@@ -200,6 +210,7 @@ class SqliteJobStore:
         if not 1 <= p.steps <= limits.max_steps:
             raise InputError(f"Steps must be between 1 and {limits.max_steps}.")
         check_prompt(job.prompt, self.settings.max_prompt_chars)
+        check_direction(job.prompt, p, job.guides, limits, self.settings.max_prompt_chars)
 
     async def _check_quota(self, job: NewJob, limits: Limits) -> None:
         (waiting,) = await self._one(
@@ -218,31 +229,36 @@ class SqliteJobStore:
         self._check_request(job, limits)
         await self._check_quota(job, limits)
 
-    async def enqueue(self, job: NewJob, image: bytes) -> Enqueued:
-        """Store the request and its picture in one transaction; returns the job id and its position.
+    async def enqueue(self, job: NewJob, pictures: bytes | JobPictures) -> Enqueued:
+        """Store the request and its pictures in one transaction; returns the job id and its position.
 
-        Raises InputError for a request over the limits and QueueFull over the person's quota;
-        nothing is stored then.
+        `pictures` is the start picture's bytes, or a JobPictures with the end picture and keyframes that
+        `job.guides` names. Raises InputError for a request over the limits or a picture that does not
+        decode, and QueueFull over the person's quota; nothing is stored then.
         """
+        if isinstance(pictures, bytes):
+            pictures = JobPictures(pictures)
         limits = await self.get_limits()
         self._check_request(job, limits)
-        # The frontends check the picture first; checking again here means nothing unreadable is ever stored.
-        await asyncio.to_thread(load_image, image, limits.max_image_pixels, limits.max_image_bytes)
+        _check_pictures_match(job.guides, pictures)
+        # The frontends check the pictures first; checking again here means nothing unreadable is ever stored.
+        await asyncio.to_thread(_check_pictures, job.guides, pictures, limits)
         now = time.time()
+        guides = json.dumps(asdict(job.guides)) if job.guides.any else None
         async with self._write() as db:
             await self._check_quota(job, limits)
             cursor = await db.execute(
                 "INSERT INTO jobs (platform, chat_id, reply_to, user_id, user_name, prompt, params, state, "
-                "created_at, guild_id) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
+                "created_at, guild_id, guides) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
                 (job.platform, job.chat_id, job.reply_to, job.user_id, job.user_name, job.prompt,
-                 json.dumps(asdict(job.params)), now, job.guild_id),
+                 json.dumps(asdict(job.params)), now, job.guild_id, guides),
             )
             job_id = cursor.lastrowid
-            # Inside the transaction: if the file cannot be written, no row is committed.
+            # Inside the transaction: if a file cannot be written, no row is committed.
             try:
-                self.files.write_input(job_id, image)
+                self.files.write_pictures(job_id, pictures)
             except OSError as error:
-                log.error("job %d: could not store the picture: %s", job_id, error)
+                log.error("job %d: could not store the pictures: %s", job_id, error)
                 raise Unavailable(_storage_trouble(error)) from None
         position, eta = await self.position(job_id)
         log.info("job %d queued for %s:%s at position %d", job_id, job.platform, job.user_id, position)
@@ -354,7 +370,7 @@ class SqliteJobStore:
             left_steps = max(r.params.total_steps - r.progress.steps_done, 0)
             left_sections = max(r.params.sections - max(r.progress.section - 1, 0), 0)
             # Only the job's own threshold counts: a worker's ENGINE_TEACACHE is already in its plain figure.
-            step = speed.step_seconds(r.params.teacache > 0)
+            step = speed.step_seconds(r.params.teacache > 0, r.params.cfg > 1)
             running_left.append(left_steps * step + left_sections * speed.section_overhead)
             result[r.id] = (0, running_left[-1])
         queued_ids, durations = [], []
@@ -363,7 +379,7 @@ class SqliteJobStore:
             queued_ids.append(job_id)
             sections = JobParams(seconds=p["seconds"]).sections
             # Rows from before the fast option have no "teacache": plain.
-            durations.append(speed.job_seconds(sections, p["steps"], p.get("teacache", 0) > 0))
+            durations.append(speed.job_seconds(sections, p["steps"], p.get("teacache", 0) > 0, p.get("cfg", 1) > 1))
         for position, (job_id, finish) in enumerate(
             zip(queued_ids, finish_times(running_left, durations, workers), strict=True), start=1
         ):
@@ -575,6 +591,26 @@ class SqliteJobStore:
             await db.execute("UPDATE jobs SET cancel_requested=1 WHERE id=?", (job_id,))
             log.info("job %d: cancel requested while running", job_id)
             return "stopping"
+
+
+def _check_pictures_match(guides: GuidePictures, pictures: JobPictures) -> None:
+    """The request names the pictures it carries: a frontend bug otherwise, never a person's."""
+    if (pictures.end is not None) != guides.end or len(pictures.keyframes) != len(guides.keyframes):
+        raise ValueError("the job's guides do not match the pictures given")
+
+
+def _check_pictures(guides: GuidePictures, pictures: JobPictures, limits: Limits) -> None:
+    """Every picture through the start picture's checks; a bad one's message says which picture it is."""
+    named = [("", pictures.start)]
+    if pictures.end is not None:
+        named.append(("The end picture: ", pictures.end))
+    named += [(f"The keyframe at {at:g}s: ", data) for at, data in zip(guides.keyframes, pictures.keyframes,
+                                                                          strict=True)]
+    for name, data in named:
+        try:
+            load_image(data, limits.max_image_pixels, limits.max_image_bytes)
+        except InputError as error:
+            raise InputError(f"{name}{error}") from None
 
 
 def _not_writable(path: Path, error: Exception) -> str:
