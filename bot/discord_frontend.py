@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -27,11 +28,11 @@ from discord import app_commands
 from bot import texts
 from bot.discord_views import CancelButton, PromptModal, RerollButton, cancel_view, reroll_view
 from bot.downloads import download_capped
-from bot.options import Request, job_params, parse_caption
+from bot.options import Request, job_params, new_seed, parse_caption
 from bot.watcher import Frontend, Undeliverable, Watcher
 from storage.files import JobFiles
 from storage.inputs import InputError
-from storage.jobs import Enqueued, Job, JobState, NewJob
+from storage.jobs import Enqueued, GuidePictures, Job, JobParams, JobPictures, JobState, NewJob
 from storage.limits import LIMIT_NAMES, Limits
 from storage.settings import Settings
 from storage.store import JobStore
@@ -76,6 +77,21 @@ def check_attachment(attachment: discord.Attachment, limits: Limits) -> None:
     if attachment.width and attachment.height and attachment.width * attachment.height > limits.max_image_pixels:
         raise InputError(f"The picture is {attachment.width}x{attachment.height}; the limit is "
                          f"{limits.max_image_pixels / 1e6:g} megapixels.")
+
+
+Slot = tuple[discord.Attachment | None, float | None]
+
+
+def keyframe_slots(slots: list[Slot]) -> list[tuple[float, discord.Attachment]]:
+    """The (seconds, picture) keyframes of /animate_keyframes; each picture needs its second and each second a
+    picture."""
+    keyframes = []
+    for number, (picture, at) in enumerate(slots, start=1):
+        if (picture is None) != (at is None):
+            raise InputError(f"keyframe{number} and at{number} go together: the picture and its second in the video.")
+        if picture is not None:
+            keyframes.append((at, picture))
+    return keyframes
 
 
 class FramePackClient(discord.Client):
@@ -164,19 +180,50 @@ class DiscordBot:
 
         @tree.command(name="animate", description="Animate a picture into a video with FramePack")
         @app_commands.describe(
-            image="The picture to animate", prompt="What happens in the video",
+            image="The picture to animate", prompt="What happens; timed: [0s: a cat sits] [3s: the cat jumps]",
             seconds="Length of the video in seconds", variant="original (anti-drifting) or f1 (forward)",
             seed="The same seed, picture and prompt give the same video", steps="Sampling steps per section",
             fast="About twice as fast, with small visible changes (TeaCache)",
+            end_image="The picture the video ends on (original variant)",
+            end_strength="How strongly the end picture pulls, above 0 up to 1 (default 1)",
+            negative="What to keep out of the video (needs cfg above 1)",
+            cfg="Real CFG, 1 (off) to 32; above 1 doubles the render time", loop="End on the start picture",
         )
         async def animate(interaction: discord.Interaction, image: discord.Attachment, prompt: str,
                           seconds: app_commands.Range[float, 1, 120] | None = None,
                           variant: Literal["original", "f1"] | None = None,
                           seed: app_commands.Range[int, 0, 2**53 - 1] | None = None,
-                          steps: app_commands.Range[int, 1, 100] | None = None, fast: bool = False) -> None:
+                          steps: app_commands.Range[int, 1, 100] | None = None, fast: bool = False,
+                          end_image: discord.Attachment | None = None, end_strength: float | None = None,
+                          negative: str | None = None, cfg: float | None = None, loop: bool = False) -> None:
             request = Request(prompt=prompt.strip(), seconds=seconds, seed=seed, steps=steps, variant=variant,
-                              fast=fast)
-            await self.submit_attachment(interaction, image, request)
+                              fast=fast, negative=(negative or "").strip(), cfg=cfg, loop=loop,
+                              end_strength=end_strength)
+            await self.submit_attachments(interaction, request, image, end_image)
+
+        @tree.command(name="animate_keyframes", description="Animate a picture through keyframes at given seconds")
+        @app_commands.describe(
+            image="The start picture", prompt="What happens in the video",
+            keyframe1="A picture the video passes through", at1="Its second in the video, e.g. 2.5",
+            end_image="The picture the video ends on", seconds="Length of the video in seconds",
+            seed="The same seed, pictures and prompt give the same video",
+        )
+        async def animate_keyframes(interaction: discord.Interaction, image: discord.Attachment, prompt: str,
+                                    keyframe1: discord.Attachment, at1: float,
+                                    keyframe2: discord.Attachment | None = None, at2: float | None = None,
+                                    keyframe3: discord.Attachment | None = None, at3: float | None = None,
+                                    keyframe4: discord.Attachment | None = None, at4: float | None = None,
+                                    end_image: discord.Attachment | None = None,
+                                    seconds: app_commands.Range[float, 1, 120] | None = None,
+                                    seed: app_commands.Range[int, 0, 2**53 - 1] | None = None) -> None:
+            slots = [(keyframe1, at1), (keyframe2, at2), (keyframe3, at3), (keyframe4, at4)]
+            try:
+                keyframes = keyframe_slots(slots)
+            except InputError as error:
+                await interaction.response.send_message(str(error), ephemeral=True)
+                return
+            request = Request(prompt=prompt.strip(), seconds=seconds, seed=seed)
+            await self.submit_attachments(interaction, request, image, end_image, keyframes)
 
         @tree.context_menu(name="Animate this image")
         async def animate_message(interaction: discord.Interaction, message: discord.Message) -> None:
@@ -267,30 +314,45 @@ class DiscordBot:
 
     # ----- making jobs ----------------------------------------------------------------------------
 
-    def _new_job(self, interaction: discord.Interaction, request: Request) -> NewJob:
-        upload_limit = getattr(interaction, "filesize_limit", None) or DEFAULT_UPLOAD_LIMIT
+    def _new_job(self, interaction: discord.Interaction, prompt: str, params: JobParams,
+                 guides: GuidePictures | None = None) -> NewJob:
         return NewJob(
             platform=PLATFORM, chat_id=str(interaction.channel_id), user_id=str(interaction.user.id),
-            prompt=request.prompt, params=job_params(request, self.settings, upload_limit),
-            user_name=interaction.user.name,
+            prompt=prompt, params=params, user_name=interaction.user.name,
             guild_id=str(interaction.guild_id) if interaction.guild_id is not None else None,
+            guides=guides or GuidePictures(),
         )
 
-    async def submit_attachment(self, interaction: discord.Interaction, attachment: discord.Attachment,
-                                request: Request) -> None:
+    def _params(self, interaction: discord.Interaction, request: Request) -> JobParams:
+        upload_limit = getattr(interaction, "filesize_limit", None) or DEFAULT_UPLOAD_LIMIT
+        return job_params(request, self.settings, upload_limit)
+
+    async def submit_attachments(self, interaction: discord.Interaction, request: Request,
+                                 image: discord.Attachment, end: discord.Attachment | None = None,
+                                 keyframes: list[tuple[float, discord.Attachment]] | None = None) -> None:
+        """The start picture, and an end picture and keyframes (seconds, picture) when given, as one job."""
         limits = await self.store.get_limits()
+        keyframes = keyframes or []
+        guides = GuidePictures(end=end is not None, keyframes=tuple(at for at, _ in keyframes))
 
         def check() -> None:
             if not request.prompt:
                 raise InputError("The prompt is empty. Example: " + EXAMPLE)
-            check_attachment(attachment, limits)
+            for attachment in [image, *([end] if end else []), *(picture for _, picture in keyframes)]:
+                check_attachment(attachment, limits)
 
-        def fetch() -> Awaitable[bytes]:
-            return download_capped(self.session, attachment.url, limits.max_image_bytes, DOWNLOAD_SECONDS)
+        async def fetch() -> JobPictures:
+            async def get(attachment: discord.Attachment) -> bytes:
+                return await download_capped(self.session, attachment.url, limits.max_image_bytes, DOWNLOAD_SECONDS)
 
-        await self._queue(interaction, self._new_job(interaction, request), fetch, check)
+            pictures = [await get(picture) for _, picture in keyframes]
+            return JobPictures(await get(image), await get(end) if end else None, tuple(pictures))
 
-    async def _queue(self, interaction: discord.Interaction, job: NewJob, fetch_picture: Callable[[], Awaitable[bytes]],
+        job = self._new_job(interaction, request.prompt, self._params(interaction, request), guides)
+        await self._queue(interaction, job, fetch, check)
+
+    async def _queue(self, interaction: discord.Interaction, job: NewJob,
+                     fetch_picture: Callable[[], Awaitable[bytes | JobPictures]],
                      check: Callable[[], None] = lambda: None) -> None:
         """Refuse on the cheap checks at once, else defer, fetch the picture, enqueue and show the status."""
         try:
@@ -341,7 +403,7 @@ class DiscordBot:
             text = str(error) if isinstance(error, InputError) else f"Seconds takes a number, not {seconds!r}."
             await interaction.response.send_message(text, ephemeral=True)
             return
-        await self.submit_attachment(interaction, attachment, request)
+        await self.submit_attachments(interaction, request, attachment)
 
     async def on_component_error(self, interaction: discord.Interaction, error: Exception) -> None:
         """A button or modal whose handler failed: logged, and the person gets an answer, not "interaction failed"."""
@@ -354,13 +416,20 @@ class DiscordBot:
     async def on_reroll_button(self, interaction: discord.Interaction, job_id: int) -> None:
         """Same picture and prompt, a new seed, queued for whoever clicked."""
         old = await self.store.get(job_id)
-        picture = self.files.input_path(job_id)
-        if old is None or old.platform != PLATFORM or not picture.is_file():
+        if old is None or old.platform != PLATFORM:
             await interaction.response.send_message("That video's picture is no longer stored.", ephemeral=True)
             return
-        p = old.params
-        job = self._new_job(interaction, Request(old.prompt, p.seconds, None, p.steps, p.variant, p.teacache > 0))
-        await self._queue(interaction, job, lambda: asyncio.to_thread(picture.read_bytes))
+        try:
+            pictures = await asyncio.to_thread(self.files.read_pictures, job_id, old.guides)
+        except FileNotFoundError:
+            await interaction.response.send_message("That video's picture is no longer stored.", ephemeral=True)
+            return
+        # Every setting but the seed is kept (end picture, keyframes, cfg, negative prompt, loop); the upload
+        # limit is the clicker's chat's.
+        params = dataclasses.replace(old.params, seed=new_seed(),
+                                     upload_limits=self._params(interaction, Request(old.prompt)).upload_limits)
+        job = self._new_job(interaction, old.prompt, params, old.guides)
+        await self._queue(interaction, job, lambda: asyncio.sleep(0, pictures))
 
     # ----- progress and delivery (called by the watcher) -------------------------------------------
 

@@ -1,4 +1,5 @@
-"""Prompt options typed after a caption: `a cat dances --seconds 10 --seed 42 --f1 --steps 20`."""
+"""Prompt options typed after a caption: `a cat dances --seconds 10 --seed 42 --f1 --steps 20`, and the ones
+that direct the motion: `--end`, `--at 3s`, `--end-strength 0.8`, `--loop`, `--negative "..."`, `--cfg 3`."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import shlex
 from dataclasses import dataclass
 
 from storage.inputs import InputError
-from storage.jobs import JobParams
+from storage.jobs import GuidePictures, JobParams
+from storage.limits import MAX_KEYFRAMES
 from storage.settings import Settings
 
 FAST_TEACACHE = 0.15  # the FramePack demos' TeaCache threshold: about 2x, with small visible changes
@@ -23,6 +25,13 @@ class Request:
     steps: int | None = None
     variant: str | None = None
     fast: bool = False  # TeaCache: about twice as fast, with small visible changes
+    negative: str = ""
+    cfg: float | None = None
+    cfg_rescale: float | None = None
+    loop: bool = False
+    end: bool = False  # the last picture of an album is the end picture
+    end_strength: float | None = None
+    keyframe_at: tuple[float, ...] = ()  # seconds of each keyframe picture, in the album's order
 
 
 def parse_caption(text: str) -> Request:
@@ -38,32 +47,78 @@ def parse_caption(text: str) -> Request:
     i = 0
     while i < len(words):
         word = words[i].lower()
-        if word in ("--f1", "--original"):
-            values["variant"] = word[2:]
+        if word in _FLAGS:
+            values.update(_FLAGS[word])
             i += 1
             continue
-        if word == "--fast":
-            values["fast"] = True
-            i += 1
-            continue
-        if word not in ("--seconds", "--seed", "--steps", "--variant"):
-            raise InputError(f"Unknown option {words[i]}. Options: --seconds N, --seed N, --steps N, --f1, --fast.")
+        if word not in _VALUED:
+            raise InputError(f"Unknown option {words[i]}. Options: {OPTIONS_HELP}")
         if i + 1 >= len(words):
             raise InputError(f"{words[i]} needs a value.")
-        raw = words[i + 1]
-        try:
-            if word == "--seconds":
-                values["seconds"] = float(raw)
-            elif word == "--variant":
-                values["variant"] = raw.lower()
-            else:
-                values[word[2:]] = int(raw)
-        except ValueError:
-            raise InputError(f"{words[i]} takes a number, not {raw!r}.") from None
+        _read_value(word, words[i + 1], values)
         i += 2
     if "seed" in values and not 0 <= values["seed"] < 2**63:
         raise InputError("--seed must be a non-negative number.")
     return Request(prompt=prompt, **values)
+
+
+OPTIONS_HELP = ("--seconds N, --seed N, --steps N, --f1, --fast, --end, --at Ns, --end-strength X, --loop, "
+                "--negative \"...\", --cfg N, --cfg-rescale X.")
+_FLAGS = {"--f1": {"variant": "f1"}, "--original": {"variant": "original"}, "--fast": {"fast": True},
+          "--loop": {"loop": True}, "--end": {"end": True}}
+_VALUED = ("--seconds", "--seed", "--steps", "--variant", "--negative", "--cfg", "--cfg-rescale", "--end-strength",
+           "--at")
+
+
+def _read_value(option: str, raw: str, values: dict) -> None:
+    """One valued option into `values`, or an InputError that says what it takes."""
+    try:
+        if option in ("--seconds", "--cfg", "--cfg-rescale", "--end-strength"):
+            values[option[2:].replace("-", "_")] = float(raw)
+        elif option == "--variant":
+            values["variant"] = raw.lower()
+        elif option == "--negative":
+            values["negative"] = raw.strip()
+        elif option == "--at":  # `--at 3s`, repeated, or `--at 2s,4s`
+            values["keyframe_at"] = (*values.get("keyframe_at", ()),
+                                     *(parse_seconds(part) for part in raw.split(",") if part.strip()))
+        else:
+            values[option[2:]] = int(raw)
+    except ValueError:
+        what = "seconds, e.g. --at 3s" if option == "--at" else "a number"
+        raise InputError(f"{option} takes {what}, not {raw!r}.") from None
+
+
+def parse_seconds(raw: str) -> float:
+    """`3s`, `3` or `2.5s`; a ValueError otherwise."""
+    return float(raw.strip().lower().removesuffix("s").replace(",", "."))
+
+
+MAX_ALBUM = 1 + MAX_KEYFRAMES  # the start picture and four more: keyframes, the last of them maybe the end
+
+
+def album_guides(request: Request, pictures: int) -> GuidePictures:
+    """What each picture of an album is. The first is the start; the others are keyframes, one `--at` time
+    each in order, and the last is the end picture when it has no `--at` of its own (or with `--end`)."""
+    after_start = pictures - 1
+    times = request.keyframe_at
+    if after_start == 0:
+        if times or request.end:
+            raise InputError("--at and --end need an album: send the start picture, the keyframes and the end "
+                             f"picture together, 2 to {MAX_ALBUM} photos, with the caption on them.")
+        return GuidePictures()
+    if pictures > MAX_ALBUM:
+        raise InputError(f"An album takes 2 to {MAX_ALBUM} photos: the start picture, keyframes and the end picture. "
+                         f"This one has {pictures}.")
+    end = request.end or len(times) == after_start - 1
+    keyframes = after_start - 1 if end else after_start
+    if len(times) != keyframes:
+        raise InputError(
+            f"This album has {after_start} photo(s) after the start picture and {len(times)} --at time(s). "
+            "Each keyframe photo takes one --at time, in order (e.g. --at 3s), and the last photo is the end "
+            "picture when it has none (or say --end)."
+        )
+    return GuidePictures(end=end, keyframes=tuple(times))
 
 
 def new_seed() -> int:
@@ -82,4 +137,9 @@ def job_params(request: Request, settings: Settings, upload_limit: int, seed: in
         resolution=settings.render_resolution,
         upload_limits=(upload_limit,),
         teacache=FAST_TEACACHE if request.fast else 0.0,
+        negative_prompt=request.negative,
+        cfg=request.cfg if request.cfg is not None else 1.0,
+        cfg_rescale=request.cfg_rescale if request.cfg_rescale is not None else 0.0,
+        end_strength=request.end_strength if request.end_strength is not None else 1.0,
+        loop=request.loop,
     )

@@ -24,11 +24,12 @@ from telegram.ext import (
 )
 
 from bot import texts
-from bot.options import Request, job_params, new_seed, parse_caption
+from bot.albums import AlbumCollector
+from bot.options import Request, album_guides, job_params, new_seed, parse_caption
 from bot.watcher import Frontend, Undeliverable, Watcher
 from storage.files import JobFiles
 from storage.inputs import InputError
-from storage.jobs import Job, JobParams, JobState, NewJob, parse_job_id
+from storage.jobs import GuidePictures, Job, JobParams, JobPictures, JobState, NewJob, parse_job_id
 from storage.settings import Settings
 from storage.store import JobStore
 
@@ -46,6 +47,13 @@ def is_permanent(error: Exception) -> bool:
     """Telegram errors that trying again cannot fix: the person blocked the bot or left, the chat is gone,
     or the request itself is refused (400)."""
     return isinstance(error, (Forbidden, BadRequest))
+
+
+class _InAlbum(filters.MessageFilter):
+    """A message that is one part of an album (media group)."""
+
+    def filter(self, message: Message) -> bool:
+        return message.media_group_id is not None
 
 
 def _admin_ids(settings: Settings) -> set[str]:
@@ -78,6 +86,8 @@ class TelegramBot:
         app.add_handler(CommandHandler("limits", self.on_limits))
         app.add_handler(CommandHandler("setlimit", self.on_setlimit))
         app.add_handler(CommandHandler("animate", self.on_animate_command))
+        self.albums = AlbumCollector(self.on_album)
+        app.add_handler(MessageHandler(_InAlbum(), self.on_album_part))
         app.add_handler(MessageHandler(filters.PHOTO | filters.Document.IMAGE, self.on_picture))
         app.add_handler(MessageHandler(filters.Document.ALL, self.on_not_a_picture))
         app.add_handler(CallbackQueryHandler(self.on_button))
@@ -119,7 +129,24 @@ class TelegramBot:
         if not caption:
             await message.reply_text("Add a caption to the photo: it is the prompt.\n" + EXAMPLE)
             return
-        await self._submit(message, message, caption)
+        await self._submit(message, [message], caption)
+
+    async def on_album_part(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        message = update.effective_message
+        self.albums.add(message.media_group_id, message)
+
+    async def on_album(self, messages: list[Message]) -> None:
+        """A whole album: the caption (on one of its parts) says what the pictures are for."""
+        captioned = [m for m in messages if m.caption]
+        anchor = captioned[0] if captioned else messages[0]
+        caption = anchor.caption or ""
+        if not self._addressed(anchor, caption):
+            return
+        caption = self._clean_caption(caption)
+        if not caption:
+            await anchor.reply_text("Add a caption to the album: it is the prompt.\n" + EXAMPLE)
+            return
+        await self._submit(anchor, messages, caption)
 
     async def on_animate_command(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         message = update.effective_message
@@ -131,7 +158,7 @@ class TelegramBot:
         if not text:
             await message.reply_text("Write the prompt after /animate.")
             return
-        await self._submit(message, target, text)
+        await self._submit(message, [target], text)
 
     async def on_not_a_picture(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         message = update.effective_message
@@ -155,14 +182,18 @@ class TelegramBot:
         file = await item.get_file()
         return bytes(await file.download_as_bytearray())
 
-    async def _submit(self, reply_to: Message, source: Message, caption: str, seed: int | None = None) -> None:
+    async def _submit(self, reply_to: Message, sources: list[Message], caption: str) -> None:
+        """Parse, check, download and queue: the pictures are `sources`, one message each (an album's parts)."""
         user = reply_to.from_user
         try:
             request = parse_caption(caption)
             if not request.prompt:
                 raise InputError("The prompt is empty.\n" + EXAMPLE)
-            image = await self._download(source)
-            enqueued = await self.store.enqueue(self._new_job(reply_to, user, request, seed), image)
+            guides = album_guides(request, len(sources))
+            job = self._new_job(reply_to, user, request, guides)
+            await self.store.check_request(job)  # before a byte is downloaded
+            pictures = await self._download_pictures(sources, guides)
+            enqueued = await self.store.enqueue(job, pictures)
         except texts.REFUSED as error:
             await reply_to.reply_text(str(error))
             return
@@ -172,6 +203,15 @@ class TelegramBot:
         )
         await self.store.set_status_message(enqueued.job_id, f"t:{status.message_id}")
 
+    async def _download_pictures(self, sources: list[Message], guides: GuidePictures) -> JobPictures:
+        for number, source in enumerate(sources, start=1):
+            if not (source.photo or _is_image_document(source)):
+                raise InputError(f"Item {number} of the album is not a picture. Send photos (or image files) only.")
+        start = await self._download(sources[0])
+        keyframes = tuple([await self._download(source) for source in sources[1:1 + len(guides.keyframes)]])
+        end = await self._download(sources[-1]) if guides.end else None
+        return JobPictures(start, end, keyframes)
+
     def _download_limit(self) -> int | None:
         """TELEGRAM_DOWNLOAD_LIMIT, else the cloud Bot API's 20 MB when that is the server, else none."""
         configured = self.settings.telegram_download_limit
@@ -179,11 +219,12 @@ class TelegramBot:
             return configured or None
         return CLOUD_DOWNLOAD_LIMIT if CLOUD_API_HOST in self.settings.telegram_api_url else None
 
-    def _new_job(self, message: Message, user, request: Request, seed: int | None) -> NewJob:
-        params = job_params(request, self.settings, self.settings.telegram_upload_limit, seed)
+    def _new_job(self, message: Message, user, request: Request, guides: GuidePictures) -> NewJob:
+        params = job_params(request, self.settings, self.settings.telegram_upload_limit)
         return NewJob(
             platform=PLATFORM, chat_id=str(message.chat_id), user_id=str(user.id), prompt=request.prompt,
             params=params, reply_to=str(message.message_id), user_name=user.username or user.full_name,
+            guides=guides,
         )
 
     # ----- commands -------------------------------------------------------------------------------
@@ -259,14 +300,18 @@ class TelegramBot:
         """Queue the same picture and prompt with a new seed, for whoever clicked, in the chat they clicked in;
         returns why not, or None."""
         old = await self.store.get(job_id)
-        picture = JobFiles(self.settings.data_dir).input_path(job_id)
-        if old is None or old.platform != PLATFORM or not picture.is_file():
+        if old is None or old.platform != PLATFORM:
             return "That video's picture is no longer stored."
+        try:
+            pictures = await asyncio.to_thread(JobFiles(self.settings.data_dir).read_pictures, job_id, old.guides)
+        except FileNotFoundError:
+            return "That video's picture is no longer stored."
+        # Every setting but the seed is kept: the end picture, keyframes, cfg, negative prompt, loop.
         params = JobParams(**{**old.params.__dict__, "seed": new_seed()})
         job = NewJob(PLATFORM, str(message.chat_id), str(user.id), old.prompt, params, str(message.message_id),
-                     user.username or user.full_name)
+                     user.username or user.full_name, guides=old.guides)
         try:
-            enqueued = await self.store.enqueue(job, await asyncio.to_thread(picture.read_bytes))
+            enqueued = await self.store.enqueue(job, pictures)
         except texts.REFUSED as error:
             return str(error)
         status = await message.reply_text(texts.queued(enqueued.job_id, enqueued.position, enqueued.eta_seconds),

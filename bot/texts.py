@@ -35,9 +35,22 @@ def progress(job: Job, eta_seconds: float) -> str:
 
 
 def settings_line(job: Job) -> str:
+    """Every setting the video was made with, so that a re-roll (which keeps them) or a person can redo it."""
     p = job.params
-    fast = ", fast (TeaCache)" if p.teacache else ""
-    return f"seed {p.seed}, {p.seconds:g} s, {p.variant}, {p.steps} steps{fast}"
+    parts = [f"seed {p.seed}", f"{p.seconds:g} s", p.variant, f"{p.steps} steps"]
+    if p.teacache:
+        parts.append("fast (TeaCache)")
+    if job.guides.end:
+        parts.append("end picture" + (f" (strength {p.end_strength:g})" if p.end_strength != 1 else ""))
+    if job.guides.keyframes:
+        parts.append("keyframes at " + ", ".join(f"{at:g}s" for at in sorted(job.guides.keyframes)))
+    if p.loop:
+        parts.append("loop")
+    if p.cfg > 1:
+        parts.append(f"cfg {p.cfg:g}" + (f" (rescale {p.cfg_rescale:g})" if p.cfg_rescale else ""))
+    if p.negative_prompt:
+        parts.append(f'negative "{p.negative_prompt[:100]}"')
+    return ", ".join(parts)
 
 
 def finished(job: Job) -> str:
@@ -59,11 +72,38 @@ def help_text(values: Limits, example: str, discord: bool = False) -> str:
                "--fast (about twice as fast, small visible changes).")
     return (
         "I animate a picture into a video with FramePack.\n\n"
-        f"{example}\n\n{options}\n"
+        f"{example}\n\n{options}\n\n{direction_help(values, discord)}\n\n"
         f"Limits now: up to {values.max_seconds:g} s, {values.max_steps} steps, "
         f"{values.max_queued_per_user} waiting jobs per person; variants: {', '.join(values.allowed_variants)}.\n"
         "/queue shows your jobs, /cancel N cancels one."
     )
+
+
+def direction_help(values: Limits, discord: bool) -> str:
+    """Directing the motion, one example each; a feature the admins switched off says so."""
+    if discord:
+        lines = [
+            ("end_frame", "End picture: /animate image:<start> end_image:<end> prompt:\"she turns around\" "
+                          "(original variant)."),
+            ("max_keyframes", "Keyframes: /animate_keyframes image:<start> keyframe1:<picture> at1:3 "
+                              "prompt:\"she waves\" (up to {max} pictures, each at its second)."),
+            ("timed_prompts", "Timed prompts: prompt:\"[0s: a cat sits] [3s: the cat jumps]\"."),
+            ("cfg", "Negative prompt and real CFG: negative:\"blurry\" cfg:3 (twice the render time)."),
+            ("loop", "Seamless loop: loop:True (the video ends on its start picture)."),
+        ]
+    else:
+        lines = [
+            ("end_frame", "End picture: send an album of 2 photos, start then end, with the caption "
+                          "she turns around (original variant)."),
+            ("max_keyframes", "Keyframes: an album of start, keyframes and end, with the caption "
+                              "she waves --at 3s --end (one --at per keyframe, up to {max})."),
+            ("timed_prompts", "Timed prompts: [0s: a cat sits] [3s: the cat jumps]"),
+            ("cfg", "Negative prompt and real CFG: a cat --negative \"blurry\" --cfg 3 (twice the render time)."),
+            ("loop", "Seamless loop: a cat --loop (the video ends on its start picture)."),
+        ]
+    shown = [text.format(max=values.max_keyframes) if getattr(values, name) else
+             text.split(":")[0] + ": switched off here." for name, text in lines]
+    return "Directing the motion:\n" + "\n".join(shown)
 
 
 def queue_summary(jobs: list[Job], positions: dict[int, tuple[int, float]], total: int,

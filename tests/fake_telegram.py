@@ -78,22 +78,28 @@ class FakeTelegram:
         return {"message_id": next(self.ids), "date": int(time.time()), "chat": self._chat(chat_id),
                 "from": self._user(user_id), **fields}
 
-    def send_photo(self, chat_id: int, user_id: int, data: bytes, caption: str | None = None) -> dict:
+    def send_photo(self, chat_id: int, user_id: int, data: bytes, caption: str | None = None,
+                   media_group_id: str | None = None) -> dict:
         file_id = self.add_file(data)
         sizes = [{"file_id": f"{file_id}_small", "file_unique_id": "s", "width": 90, "height": 90},
                  {"file_id": file_id, "file_unique_id": "u" + file_id, "width": 800, "height": 600,
                   "file_size": len(data)}]
         self.files[f"{file_id}_small"] = b"small"
         extra = {"caption": caption} if caption is not None else {}
+        if media_group_id is not None:  # one part of an album
+            extra["media_group_id"] = media_group_id
         message = self.message(chat_id, user_id, photo=sizes, **extra)
         self._push({"message": message})
         return message
 
-    def send_document(self, chat_id: int, user_id: int, data: bytes, mime: str, caption: str | None) -> dict:
+    def send_document(self, chat_id: int, user_id: int, data: bytes, mime: str, caption: str | None,
+                      media_group_id: str | None = None) -> dict:
         file_id = self.add_file(data)
         document = {"file_id": file_id, "file_unique_id": "d" + file_id, "file_name": "x", "mime_type": mime,
                     "file_size": len(data)}
-        message = self.message(chat_id, user_id, document=document, **({"caption": caption} if caption else {}))
+        extra = {"media_group_id": media_group_id} if media_group_id is not None else {}
+        message = self.message(chat_id, user_id, document=document, **({"caption": caption} if caption else {}),
+                               **extra)
         self._push({"message": message})
         return message
 
