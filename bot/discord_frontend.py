@@ -397,6 +397,9 @@ class DiscordBot:
                               prompt: str, seconds: str) -> None:
         try:
             request = parse_caption(prompt)
+            if request.end or request.keyframe_at:  # the form carries one picture: the message's
+                raise InputError("--end and --at need their pictures: use /animate with end_image, or "
+                                 "/animate_keyframes.")
             if seconds.strip():
                 request = Request(**{**request.__dict__, "seconds": float(seconds.replace(",", "."))})
         except ValueError as error:  # InputError is a ValueError

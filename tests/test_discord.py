@@ -326,6 +326,10 @@ async def test_context_menu_opens_a_modal_and_queues(env):
     response = await opened.wait_response()
     bad = await fake.submit_modal(response["data"]["custom_id"], OWNER, {"prompt": "waves", "seconds": "soon"})
     assert "Seconds takes a number" in await env.ephemeral_answer(bad)
+    opened = await fake.message_command("Animate this image", OWNER, post)
+    response = await opened.wait_response()
+    guided = await fake.submit_modal(response["data"]["custom_id"], OWNER, {"prompt": "waves --at 2s", "seconds": ""})
+    assert "need their pictures" in await env.ephemeral_answer(guided)
     assert await store.queue_length() == 1
 
 

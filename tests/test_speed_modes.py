@@ -87,24 +87,26 @@ def test_teacache_render_below_threshold_is_the_plain_video_and_above_it_differs
 
 
 def test_teacache_threshold_is_checked_and_off_keeps_the_old_fingerprint():
+    from engine.direction import Guides
     from engine.render import InputError, _fingerprint
 
     with pytest.raises(InputError, match="TeaCache"):
         RenderRequest(prompt="x", teacache=1.5).checked()
     image = np.zeros((4, 4, 3), dtype=np.uint8)
     off, on = RenderRequest(prompt="x"), RenderRequest(prompt="x", teacache=0.15)
-    assert _fingerprint(off, image) != _fingerprint(on, image)
+    assert _fingerprint(off, image, Guides()) != _fingerprint(on, image, Guides())
     # Jobs checkpointed before the option existed still resume: "off" leaves the fingerprint as it was.
     import hashlib
     import json
     from dataclasses import asdict
 
     old = asdict(off)
-    del old["teacache"]
+    for later_option in ("teacache", "end_strength", "loop"):  # options added since, all off here
+        del old[later_option]
     digest = hashlib.sha256(json.dumps(old, sort_keys=True, default=str).encode())
     digest.update(image.tobytes())
     digest.update(str(image.shape).encode())
-    assert _fingerprint(off, image) == digest.hexdigest()
+    assert _fingerprint(off, image, Guides()) == digest.hexdigest()  # and without guides
 
 
 def test_teacache_pause_mid_section_resumes_to_the_same_video(original_models, tmp_path):
