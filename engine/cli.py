@@ -111,6 +111,7 @@ def _animate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from engine.engine_options import EngineOptions
+    from engine.made_with import made_with, stamp
     from engine.models import DeviceUnavailable, ModelsNotFound, load_models
     from engine.render import RenderRequest, check_guides, render
     from storage.inputs import InputError, check_prompt, load_image
@@ -167,6 +168,7 @@ def _animate(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 130
     bar.close()
+    stamp(result.video, made_with(request, end_picture=end_image is not None, keyframes=[at for at, _ in keyframes]))
     print(
         f"wrote {result.video}: {result.frames} frames, {result.width}x{result.height}, "
         f"{result.seconds:.2f} s at 30 fps (seed {request.seed}, {request.variant.value})"

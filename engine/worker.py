@@ -223,6 +223,7 @@ class Worker:
 
     async def process(self, job: Job) -> bool:
         """Render one claimed job to its end; False when it went back to the queue for a worker fault."""
+        from engine.made_with import made_with, stamp
         from engine.render import Cancelled, Paused, RenderRequest, render
         from engine.video import fit_to_size
         from storage.inputs import InputError
@@ -271,9 +272,15 @@ class Worker:
                    end_image=end_image, keyframes=keyframes)
             if run.cancel.is_set():  # cancelled after the last step: no upload copies, the store ends it cancelled
                 return str(video), {}
+            # The settings go into the video before the copies are made (a copy keeps them), and each copy is
+            # checked after, so every file a person gets says how it was made.
+            settings = made_with(request, end_picture=end_image is not None, keyframes=job.guides.keyframes,
+                                 job_id=job.id, platform=job.platform)
+            stamp(video, settings)
             fitted = {}
             for limit in p.upload_limits:
-                fitted[limit] = str(fit_to_size(video, self.files.fitted_path(job.id, limit), limit))
+                copy = fit_to_size(video, self.files.fitted_path(job.id, limit), limit)
+                fitted[limit] = str(stamp(copy, settings, max_bytes=limit))
             return str(video), fitted
 
         rendering = loop.run_in_executor(None, work)
