@@ -26,9 +26,10 @@ import yarl
 from discord import app_commands
 
 from bot import texts
-from bot.discord_views import CancelButton, PromptModal, RerollButton, cancel_view, reroll_view
+from bot.discord_views import CancelButton, PromptModal, RerollButton, animate_again_view, cancel_view, reroll_view
 from bot.downloads import download_capped
 from bot.options import Request, job_params, new_seed, parse_caption
+from bot.video_info import NO_VIDEO, is_video_name, video_info
 from bot.watcher import Frontend, Undeliverable, Watcher
 from storage.files import JobFiles
 from storage.inputs import InputError
@@ -229,6 +230,10 @@ class DiscordBot:
         async def animate_message(interaction: discord.Interaction, message: discord.Message) -> None:
             await self.on_animate_message(interaction, message)
 
+        @tree.context_menu(name="Video info")
+        async def video_info_message(interaction: discord.Interaction, message: discord.Message) -> None:
+            await self.on_video_info(interaction, message)
+
         @tree.command(name="queue", description="Your videos in the queue, with their place and time")
         async def queue(interaction: discord.Interaction) -> None:
             jobs = await self.store.user_jobs(PLATFORM, str(interaction.user.id))
@@ -392,6 +397,31 @@ class DiscordBot:
             await interaction.response.send_message(str(error), ephemeral=True)
             return
         await interaction.response.send_modal(PromptModal(pictures[0]))
+
+    async def on_video_info(self, interaction: discord.Interaction, message: discord.Message) -> None:
+        """The settings a video says it was made with, for the asker alone, with "Animate again" when the job's
+        pictures are still stored."""
+        # 1. A video attachment within the download limit: checked before anything is downloaded.
+        videos = [a for a in message.attachments if is_video_name(a.filename, a.content_type)]
+        if not videos:
+            await interaction.response.send_message("That message has no video attached. " + NO_VIDEO, ephemeral=True)
+            return
+        limit = self.settings.max_info_video_bytes
+        if videos[0].size > limit:
+            text = f"The video is {videos[0].size / 1e6:.1f} MB; I read videos of up to {limit / 1e6:g} MB."
+            await interaction.response.send_message(text, ephemeral=True)
+            return
+        # 2. Download it and read its settings.
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        try:
+            data = await download_capped(self.session, videos[0].url, limit, DOWNLOAD_SECONDS, what="video")
+        except InputError as error:
+            await interaction.followup.send(str(error), ephemeral=True)
+            return
+        info = await video_info(data, self.store, self.files, PLATFORM)
+        # 3. Answer, with the button when the job can run again.
+        extra = {"view": animate_again_view(info.again_job_id)} if info.again_job_id is not None else {}
+        await interaction.followup.send(info.text, ephemeral=True, **extra)
 
     async def on_prompt_modal(self, interaction: discord.Interaction, attachment: discord.Attachment,
                               prompt: str, seconds: str) -> None:

@@ -67,6 +67,15 @@ def reroll_view(job_id: int) -> discord.ui.View:
     return view
 
 
+def animate_again_view(job_id: int) -> discord.ui.View:
+    """A re-roll of the job a video came from, shown by "Video info": the same button, named for what it does."""
+    button = RerollButton(job_id)
+    button.item.label = "Animate again"
+    view = discord.ui.View(timeout=None)
+    view.add_item(button)
+    return view
+
+
 class PromptModal(discord.ui.Modal, title="Animate this image"):
     """Asked by the "Animate this image" message command: the picture is the message's."""
 

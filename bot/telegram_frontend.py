@@ -26,6 +26,7 @@ from telegram.ext import (
 from bot import texts
 from bot.albums import AlbumCollector
 from bot.options import Request, album_guides, job_params, new_seed, parse_caption
+from bot.video_info import is_video_name, video_info
 from bot.watcher import Frontend, Undeliverable, Watcher
 from storage.files import JobFiles
 from storage.inputs import InputError
@@ -86,6 +87,7 @@ class TelegramBot:
         app.add_handler(CommandHandler("limits", self.on_limits))
         app.add_handler(CommandHandler("setlimit", self.on_setlimit))
         app.add_handler(CommandHandler("animate", self.on_animate_command))
+        app.add_handler(CommandHandler("info", self.on_info))
         self.albums = AlbumCollector(self.on_album)
         app.add_handler(MessageHandler(_InAlbum(), self.on_album_part))
         app.add_handler(MessageHandler(filters.PHOTO | filters.Document.IMAGE, self.on_picture))
@@ -254,6 +256,38 @@ class TelegramBot:
         outcome = await self.store.cancel(job_id, PLATFORM, user_id, is_admin=user_id in self.admins)
         await update.effective_message.reply_text(texts.CANCEL_OUTCOMES[outcome])
 
+    async def on_info(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """Reply /info to a video: the settings it says it was made with, and "Animate again" when the job's
+        pictures are still stored."""
+        message = update.effective_message
+        video = _video_of(message.reply_to_message)
+        if video is None:
+            await message.reply_text("Reply /info to a video (or an MP4 file) to see how it was made.")
+            return
+        try:
+            data = await self._download_video(video)
+        except InputError as error:
+            await message.reply_text(str(error))
+            return
+        info = await video_info(data, self.store, JobFiles(self.settings.data_dir), PLATFORM)
+        again = None
+        if info.again_job_id is not None:
+            again = InlineKeyboardMarkup([[InlineKeyboardButton("Animate again",
+                                                                callback_data=f"reroll:{info.again_job_id}")]])
+        await message.reply_text(info.text, reply_markup=again)
+
+    async def _download_video(self, video) -> bytes:
+        """The video's bytes, refused before getFile when it is over our limit or Telegram's."""
+        limits = [limit for limit in (self.settings.max_info_video_bytes, self._download_limit()) if limit]
+        size = video.file_size
+        if size and size > min(limits):
+            raise InputError(f"The video is {size / 1e6:.1f} MB; I can read videos of up to {min(limits) / 1e6:g} MB.")
+        file = await video.get_file()
+        data = bytes(await file.download_as_bytearray())
+        if len(data) > min(limits):
+            raise InputError(f"The video is larger than {min(limits) / 1e6:g} MB.")
+        return data
+
     async def _require_admin(self, update: Update) -> bool:
         if str(update.effective_user.id) in self.admins:
             return True
@@ -396,6 +430,16 @@ class TelegramBot:
 
 def _seconds(value) -> float:
     return value.total_seconds() if hasattr(value, "total_seconds") else float(value)
+
+
+def _video_of(message: Message | None):
+    """The video, animation or MP4 document of `message`, or None."""
+    if message is None:
+        return None
+    if message.video or message.animation:
+        return message.video or message.animation
+    document = message.document
+    return document if document and is_video_name(document.file_name, document.mime_type) else None
 
 
 def _is_image_document(message: Message) -> bool:

@@ -65,6 +65,8 @@ class Settings(BaseSettings):
     telegram_upload_limit: int = Field(50_000_000, ge=1_000_000, le=2_000_000_000)
     # bytes a bot may download (getFile); unset: 20 MiB on api.telegram.org, none elsewhere; 0: none
     telegram_download_limit: int | None = Field(None, ge=0, le=2_000_000_000)
+    # bytes of a video /info downloads to read its settings (Telegram's download limit applies as well)
+    max_info_video_bytes: int = Field(100_000_000, ge=1_000_000, le=2_000_000_000)
 
     # Queue and workers.
     engine_gpus: str | None = None  # "0,1": one worker per listed GPU; unset: every visible GPU

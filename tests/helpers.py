@@ -71,3 +71,28 @@ async def job_finished(store, job_id: int):
     """The job once it has finished (done, failed or cancelled), else None: a wait_for predicate."""
     job = await store.get(job_id)
     return job if job.state.finished else None
+
+
+def video_with_settings(tmp_path: Path, made_with=None) -> bytes:
+    """A tiny MP4 (random frames, as the engine encodes them) carrying `made_with`, or no settings at all."""
+    from engine.video import write_segment
+    from storage.video_metadata import write_made_with
+
+    path = Path(tmp_path) / f"made_{time.monotonic_ns()}.mp4"
+    write_segment(path, np.random.default_rng(0).integers(0, 255, (6, 32, 32, 3), dtype=np.uint8))
+    if made_with is not None:
+        write_made_with(path, made_with)
+    return path.read_bytes()
+
+
+async def stored_job_and_video(store, tmp_path: Path, platform: str, **made_with_changes) -> tuple[int, bytes]:
+    """A queued job of someone else's, with its picture stored, and a video that says it came from that job."""
+    from storage.jobs import NewJob
+    from storage.video_metadata import MadeWith
+
+    params = JobParams(seconds=2.0, seed=5, steps=3, cfg=3.0, negative_prompt="blur")
+    job_id = (await store.enqueue(NewJob(platform, "42", "999", "a fox runs", params), picture_bytes())).job_id
+    made = MadeWith(**{"prompt": "a fox runs", "seed": 5, "variant": "original", "steps": 3, "seconds": 2.0,
+                       "cfg": 3.0, "negative_prompt": "blur", "version": "0.1.0", "job_id": job_id,
+                       "platform": platform, **made_with_changes})
+    return job_id, video_with_settings(tmp_path, made)

@@ -14,6 +14,7 @@ from tiny_models import install_into_hub_cache
 from engine.models import HUNYUAN_REPO, REDUX_REPO, TRANSFORMER_REPOS
 from engine.sections import Variant
 from engine.video import probe
+from storage.video_metadata import project_version, read_made_with
 
 CLI = [sys.executable, "-m", "engine.cli"]
 
@@ -48,6 +49,10 @@ def test_animate_writes_a_playable_mp4_and_previews(tiny_models_dir, tmp_path, p
     gifs = sorted(out.parent.glob("cat_section*.gif"))
     assert len(gifs) == (frames - 1) // 36
     assert "section" in result.stderr  # the progress bar
+    made = read_made_with(out)
+    assert (made.prompt, made.variant, made.seconds, made.steps, made.job_id) == (
+        "a cat turns its head", variant, seconds, 2, None)
+    assert made.version == project_version() and made.cfg == 1.0 and not made.loop
 
 
 def test_animate_uses_the_hub_cache_by_default(tiny_models_dir, tmp_path, picture_file):

@@ -12,7 +12,7 @@ import time
 
 import pytest
 from fake_discord import MANAGE_GUILD, FakeDiscord
-from helpers import picture_bytes, wait_for, worker_env, worker_settings
+from helpers import picture_bytes, stored_job_and_video, video_with_settings, wait_for, worker_env, worker_settings
 from PIL import Image
 
 from bot import discord_frontend
@@ -20,6 +20,7 @@ from bot.discord_frontend import DiscordBot
 from bot.downloads import download_capped
 from engine.worker import Worker
 from storage.jobs import JobParams, JobState, NewJob
+from storage.video_metadata import MadeWith
 
 OWNER, STRANGER, MODERATOR, ADMIN = 701, 702, 703, 900
 UPLOAD_LIMIT = 9_000_000  # not a default anywhere: proves the limit comes from the interaction
@@ -130,7 +131,7 @@ async def _with_status_message(store, job_id: int):
 
 async def test_commands_are_synced_to_the_configured_guild(env):
     names = {c["name"] for c in env.fake.commands[env.fake.guild_id]}
-    assert {"animate", "queue", "cancel", "help", "admin", "Animate this image"} <= names
+    assert {"animate", "queue", "cancel", "help", "admin", "Animate this image", "Video info"} <= names
     animate = next(c for c in env.fake.commands[env.fake.guild_id] if c["name"] == "animate")
     assert [o["name"] for o in animate["options"]][:2] == ["image", "prompt"]
 
@@ -498,3 +499,44 @@ async def test_undeliverable_results_are_given_up_with_a_record(env):
     tries = len(fake.requests_to(f"POST /api/v10/channels/{fake.channel_id}/messages"))
     await asyncio.sleep(2)
     assert len(fake.requests_to(f"POST /api/v10/channels/{fake.channel_id}/messages")) == tries
+
+
+async def _video_info(env, attachment: dict):
+    """Apps > Video info on a message carrying `attachment`: (the answer the asker alone sees, its message)."""
+    post = env.fake.post_user_message(STRANGER, "", [attachment])
+    asked = await env.fake.message_command("Video info", OWNER, post)
+    text = await env.ephemeral_answer(asked)
+    return text, next(m for m in asked.followups() if m.ephemeral)
+
+
+async def test_video_info_shows_the_settings_and_animate_again_queues_them_with_a_new_seed(env, tmp_path):
+    fake, store = env.fake, env.store
+    job_id, video = await stored_job_and_video(store, tmp_path, "discord")
+    text, answer = await _video_info(env, fake.upload("fox.mp4", video, "video/mp4"))
+    assert 'Prompt: "a fox runs"' in text and "Negative prompt: \"blur\"" in text and "Seed 5, 2 s" in text
+    assert "CFG 3" in text and f"job {job_id}" in text and "Animate again:" not in text
+    assert f"framepack:reroll:{job_id}" in answer.custom_ids()
+
+    again = await fake.click(f"framepack:reroll:{job_id}", OWNER, answer)
+    await again.wait_response()
+    await fake.wait_for(lambda: (m := again.original()) and f"Job {job_id + 1}" in m.content)
+    first, second = await store.get(job_id), await store.get(job_id + 1)
+    assert (second.prompt, second.user_id, second.params.cfg) == (first.prompt, str(OWNER), 3.0)
+    assert second.params.seed != first.params.seed
+
+    store.files.input_path(job_id).unlink()
+    text, answer = await _video_info(env, fake.upload("fox.mp4", video, "video/mp4"))
+    assert "no longer stored" in text and not answer.custom_ids()
+
+
+async def test_video_info_refuses_what_it_cannot_read(env, tmp_path):
+    fake = env.fake
+    text, _ = await _video_info(env, fake.upload("plain.mp4", video_with_settings(tmp_path), "video/mp4"))
+    assert "does not say how it was made" in text
+    text, _ = await _video_info(env, fake.upload("fake.mp4", b"GIF89a" + bytes(64), "video/mp4"))
+    assert "not an MP4 video" in text
+    post = fake.post_user_message(STRANGER, "", [env.picture()])
+    assert "no video attached" in await env.ephemeral_answer(await fake.message_command("Video info", OWNER, post))
+    cli_made = video_with_settings(tmp_path, MadeWith(prompt="a fox", seed=1, variant="f1", steps=2, seconds=1.0))
+    text, answer = await _video_info(env, fake.upload("cli.mp4", cli_made, "video/mp4"))
+    assert "framepack-bot animate" in text and "the command line" in text and not answer.custom_ids()

@@ -17,6 +17,7 @@ from engine.video import probe
 from engine.worker import Worker
 from storage.jobs import JobParams, JobState, NewJob
 from storage.settings import Settings
+from storage.video_metadata import read_made_with
 
 TINY_PARAMS = dict(resolution=64, steps=3)
 
@@ -53,6 +54,12 @@ async def test_a_worker_turns_a_queued_job_into_an_mp4_and_upload_copies(stores,
     assert small.stat().st_size <= 60_000 and probe(small).frames == 73
     assert job.progress.section == 2 and job.progress.preview.endswith(".gif")
     assert job.video_for_limit(10**9) == job.fitted[10**9]
+    # Every delivered file says how it was made, the re-encoded upload copy too.
+    for delivered in (job.video, *job.fitted.values()):
+        made = read_made_with(Path(delivered))
+        assert (made.prompt, made.seed, made.variant, made.steps, made.seconds) == ("a cat waves", 4, "f1", 3, 2.4)
+        assert (made.job_id, made.platform, made.resolution, made.end_picture, made.keyframes) == (
+            job_id, "telegram", 64, False, ())
     speed, workers = await store.speed()
     assert speed.seconds_per_step != settings.default_seconds_per_step  # measured, not the default
     frames = video_frames(Path(job.video))
