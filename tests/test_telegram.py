@@ -11,13 +11,14 @@ import sys
 
 import pytest
 from fake_telegram import BOT_USER, FakeTelegram
-from helpers import picture_bytes, wait_for, worker_env, worker_settings
+from helpers import picture_bytes, stored_job_and_video, video_with_settings, wait_for, worker_env, worker_settings
 
 from bot.options import parse_caption
 from bot.telegram_frontend import TelegramBot
 from engine.worker import Worker
 from storage.inputs import InputError
 from storage.jobs import JobState
+from storage.video_metadata import MadeWith
 
 TOKEN = "123456:TEST-token"
 OWNER, STRANGER, ADMIN = 501, 502, 900
@@ -426,3 +427,54 @@ async def test_an_unexpected_error_in_a_handler_gets_an_answer(telegram, monkeyp
 async def _delivered(store, job_id: int):
     job = await store.get(job_id)
     return job if job.delivered else None
+
+
+def _reply_info(fake, chat_id: int, user_id: int, data: bytes, kind: str = "video", mime: str = "video/mp4") -> None:
+    """A person replies /info to a message carrying `data` as a video, or as a document of type `mime`."""
+    file_id = fake.add_file(data)
+    if kind == "video":
+        media = {"video": {"file_id": file_id, "file_unique_id": "v" + file_id, "width": 32, "height": 32,
+                           "duration": 1, "mime_type": mime, "file_size": len(data)}}
+    else:
+        media = {"document": {"file_id": file_id, "file_unique_id": "d" + file_id, "file_name": "clip.mp4",
+                              "mime_type": mime, "file_size": len(data)}}
+    fake.send_text(chat_id, user_id, "/info", reply_to=fake.message(chat_id, STRANGER, **media))
+
+
+async def test_info_shows_a_videos_settings_and_animate_again_queues_them(telegram, tmp_path):
+    fake, store = telegram.fake, telegram.store
+    job_id, video = await stored_job_and_video(store, tmp_path, "telegram")
+    _reply_info(fake, OWNER, OWNER, video)
+    shown = await fake.wait_for("sendMessage", lambda p: "Prompt:" in p.get("text", ""))
+    assert 'Prompt: "a fox runs"' in shown["text"] and "Seed 5, 2 s, original, 3 steps" in shown["text"]
+    assert f"reroll:{job_id}" in str(shown["reply_markup"]) and "Animate again" in str(shown["reply_markup"])
+
+    fake.click(OWNER, OWNER, 77, f"reroll:{job_id}")
+    await fake.wait_for("sendMessage", lambda p: f"Job {job_id + 1}" in p.get("text", ""))
+    first, second = await store.get(job_id), await store.get(job_id + 1)
+    assert (second.prompt, second.params.negative_prompt, second.user_id) == ("a fox runs", "blur", str(OWNER))
+    assert second.params.seed != first.params.seed
+
+    _reply_info(fake, OWNER, OWNER, video, kind="document")  # an MP4 sent as a file reads the same
+    await wait_for(lambda: asyncio.sleep(0, sum("Prompt:" in p.get("text", "") for p in fake.calls_to("sendMessage"))
+                                         == 2), timeout=30)
+    other_bot = video_with_settings(tmp_path, MadeWith(prompt="a fox runs", seed=6, variant="original", steps=3,
+                                                       seconds=2.0, job_id=job_id))  # same number, other seed
+    _reply_info(fake, OWNER, OWNER, other_bot)
+    refused = await fake.wait_for("sendMessage", lambda p: "not in this bot's records" in p.get("text", ""))
+    assert "reply_markup" not in refused or "reroll" not in str(refused["reply_markup"])
+
+
+async def test_info_refuses_a_video_without_settings_and_what_is_not_a_video(telegram, tmp_path):
+    fake = telegram.fake
+    _reply_info(fake, OWNER, OWNER, video_with_settings(tmp_path))
+    await fake.wait_for("sendMessage", lambda p: "does not say how it was made" in p.get("text", ""))
+    _reply_info(fake, OWNER, OWNER, b"GIF89a" + bytes(64), kind="document")
+    await fake.wait_for("sendMessage", lambda p: "not an MP4 video" in p.get("text", ""))
+    fake.send_text(OWNER, OWNER, "/info")
+    await fake.wait_for("sendMessage", lambda p: "Reply /info to a video" in p.get("text", ""))
+    big = bytes(21 * 2**20)  # over the Bot API's 20 MiB download limit: refused before getFile
+    calls = len(fake.calls_to("getFile"))
+    _reply_info(fake, OWNER, OWNER, big)
+    await fake.wait_for("sendMessage", lambda p: "I can read videos of up to" in p.get("text", ""))
+    assert len(fake.calls_to("getFile")) == calls
