@@ -75,7 +75,9 @@ def help_text(values: Limits, example: str, discord: bool = False) -> str:
         f"{example}\n\n{options}\n\n{direction_help(values, discord)}\n\n"
         f"Limits now: up to {values.max_seconds:g} s, {values.max_steps} steps, "
         f"{values.max_queued_per_user} waiting jobs per person; variants: {', '.join(values.allowed_variants)}.\n"
-        "/queue shows your jobs, /cancel N cancels one."
+        "/queue shows your jobs, /cancel N cancels one. "
+        + ("Apps > Video info on a video" if discord else "/info in reply to a video")
+        + " shows the settings it was made with."
     )
 
 
