@@ -10,6 +10,7 @@ import asyncio
 from dataclasses import dataclass
 
 from storage.files import JobFiles
+from storage.jobs import MAX_JOB_ID
 from storage.store import JobStore
 from storage.video_metadata import MadeWith, NotAnMp4, read_made_with
 
@@ -39,14 +40,15 @@ async def video_info(data: bytes, store: JobStore, files: JobFiles, platform: st
     if made is None:
         return VideoInfo(NOT_OURS, None)
     job_id, missing = await _stored_job(made, store, files, platform)
-    text = describe(made) + ("" if missing is None else f"\n\nAnimate again: {missing}")
+    text = _clipped(describe(made), 1750) + ("" if missing is None else f"\n\nAnimate again: {missing}")
     return VideoInfo(text, job_id)
 
 
 def describe(made: MadeWith) -> str:
-    lines = [f'Prompt: "{made.prompt}"']
+    """The settings, short enough for one chat message (Discord's 2000 characters) whatever the file holds."""
+    lines = [f'Prompt: "{_clipped(made.prompt, 800)}"']
     if made.negative_prompt:
-        lines.append(f'Negative prompt: "{made.negative_prompt}"')
+        lines.append(f'Negative prompt: "{_clipped(made.negative_prompt, 300)}"')
     lines.append(f"Seed {made.seed}, {made.seconds:g} s, {made.variant}, {made.steps} steps, {made.resolution}px")
     guidance = f"CFG {made.cfg:g}" + (f" (rescale {made.cfg_rescale:g})" if made.cfg_rescale else "")
     lines.append(guidance + (f", TeaCache {made.teacache:g}" if made.teacache else ", TeaCache off"))
@@ -55,12 +57,16 @@ def describe(made: MadeWith) -> str:
     if made.loop:
         lines.append("Loop: ends on its start picture")
     if made.keyframes:
-        lines.append("Keyframes at " + ", ".join(f"{at:g}s" for at in made.keyframes))
-    for lora in made.loras:
-        lines.append(f"LoRA {lora.get('name', '?')} {lora.get('strength', '')}".rstrip())
+        lines.append(_clipped("Keyframes at " + ", ".join(f"{at:g}s" for at in made.keyframes), 200))
+    for lora in made.loras[:5]:
+        lines.append(_clipped(f"LoRA {lora.get('name', '?')} {lora.get('strength', '')}".rstrip(), 100))
     origin = f"job {made.job_id}" if made.job_id is not None else "the command line"
-    lines.append(f"Made by framepack-bot {made.version or '(unknown version)'}, {origin}.")
+    lines.append(f"Made by framepack-bot {_clipped(made.version, 40) or '(unknown version)'}, {origin}.")
     return "\n".join(lines)
+
+
+def _clipped(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "\u2026"
 
 
 async def _stored_job(made: MadeWith, store: JobStore, files: JobFiles, platform: str) -> tuple[int | None, str | None]:
@@ -68,7 +74,7 @@ async def _stored_job(made: MadeWith, store: JobStore, files: JobFiles, platform
     send_again = "send the picture again with these settings."
     if made.job_id is None:
         return None, "it was made with `framepack-bot animate`, so its pictures are not stored here; " + send_again
-    job = await store.get(made.job_id)
+    job = await store.get(made.job_id) if 1 <= made.job_id <= MAX_JOB_ID else None  # a forged number may not fit
     # The prompt and seed must match too: another bot's job with the same number is not this video's.
     if job is None or job.platform != platform or job.prompt != made.prompt or job.params.seed != made.seed:
         gone = f"job {made.job_id} is not in this bot's records (it was made elsewhere, or removed); "

@@ -125,15 +125,26 @@ def write_made_with(path: Path, made_with: MadeWith) -> Path:
 
     path = Path(path)
     part = path.with_name(path.stem + ".meta.part.mp4")
+    # The tag goes in through an FFMETADATA file, not the command line, which caps one argument at 128 KiB.
+    tags = path.with_name(path.stem + ".meta.part.txt")
+    tags.write_text(";FFMETADATA1\ncomment=" + _ffmetadata_escaped(made_with.to_comment()) + "\n", encoding="utf-8")
     cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-hide_banner", "-loglevel", "error", "-i", str(path),
-           "-map", "0", "-c", "copy", "-map_metadata", "0", "-metadata", f"comment={made_with.to_comment()}",
+           "-f", "ffmetadata", "-i", str(tags), "-map", "0", "-c", "copy", "-map_metadata", "1",
            "-movflags", "+faststart", str(part)]
-    result = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True)
+    finally:
+        tags.unlink(missing_ok=True)
     if result.returncode != 0:
         part.unlink(missing_ok=True)
         raise RuntimeError(f"ffmpeg could not write the video's metadata: {result.stderr.strip()[-2000:]}")
     os.replace(part, path)
     return path
+
+
+def _ffmetadata_escaped(value: str) -> str:
+    """FFMETADATA's escaping: a backslash before '=', ';', '#', a backslash or a line break."""
+    return "".join("\\" + char if char in "=;#\\\n" else char for char in value)
 
 
 # ----- reading --------------------------------------------------------------------------------------

@@ -66,3 +66,13 @@ def test_videos_without_our_settings_and_files_that_are_not_mp4(tmp_path):
     for not_mp4 in [b"", b"GIF89a" + bytes(100), b"\x1aE\xdf\xa3" + bytes(100), plain.read_bytes()[:200]]:
         with pytest.raises(NotAnMp4):
             read_made_with(not_mp4)
+
+
+async def test_a_forged_video_gets_a_short_answer_and_no_impossible_job(tmp_path):
+    from bot.video_info import video_info
+
+    forged = MadeWith(prompt="x" * 9000, negative_prompt="y" * 9000, seed=10**400, variant="f1" * 500, steps=2,
+                      seconds=1.0, keyframes=tuple(range(3000)), loras=({"name": "n" * 999},) * 99, job_id=2**70)
+    video = write_made_with(_video(tmp_path / "v.mp4"), forged)
+    info = await video_info(video.read_bytes(), store=None, files=None, platform="discord")
+    assert len(info.text) < 2000 and info.again_job_id is None and "not in this bot's records" in info.text
