@@ -408,7 +408,7 @@ class DiscordBot:
             return
         limit = self.settings.max_info_video_bytes
         if videos[0].size > limit:
-            text = f"The video is {videos[0].size / 1e6:.1f} MB; I read videos of up to {limit / 1e6:g} MB."
+            text = f"The video is {videos[0].size / 1e6:.1f} MB; I can read videos of up to {limit / 1e6:g} MB."
             await interaction.response.send_message(text, ephemeral=True)
             return
         # 2. Download it and read its settings.

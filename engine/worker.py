@@ -274,13 +274,13 @@ class Worker:
                 return str(video), {}
             # The settings go into the video before the copies are made (a copy keeps them), and each copy is
             # checked after, so every file a person gets says how it was made.
-            settings = made_with(request, end_picture=end_image is not None, keyframes=job.guides.keyframes,
-                                 job_id=job.id, platform=job.platform)
-            stamp(video, settings)
+            how = made_with(request, end_picture=end_image is not None, keyframes=job.guides.keyframes,
+                            job_id=job.id, platform=job.platform)
+            stamp(video, how)
             fitted = {}
             for limit in p.upload_limits:
                 copy = fit_to_size(video, self.files.fitted_path(job.id, limit), limit)
-                fitted[limit] = str(stamp(copy, settings, max_bytes=limit))
+                fitted[limit] = str(stamp(copy, how, max_bytes=limit))
             return str(video), fitted
 
         rendering = loop.run_in_executor(None, work)
