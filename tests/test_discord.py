@@ -167,6 +167,9 @@ async def test_animate_to_video_reply_with_previews_and_reroll(env):
     mp4 = video.attachments[0]
     assert mp4["data"][4:8] == b"ftyp" and len(mp4["data"]) <= UPLOAD_LIMIT
     assert "framepack:reroll:1" in video.custom_ids()
+    text, answer = await _video_info(env, fake.upload("v.mp4", mp4["data"], "video/mp4"))  # the delivered file
+    assert 'Prompt: "a cat turns its head"' in text and "Seed 77, 3.6 s" in text
+    assert "framepack:reroll:1" in answer.custom_ids()
     assert not status.attachments and not status.custom_ids() and "Done" in status.content  # tidied up
 
     fast = await env.animate(user=OWNER, seconds=1.0, fast=True)

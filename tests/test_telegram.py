@@ -75,6 +75,9 @@ async def test_photo_with_caption_to_video_reply(telegram):
     assert video["reply_markup"]["inline_keyboard"][0][0]["callback_data"].startswith("reroll:")
     assert len(video["_files"]["video"]) <= telegram.settings.telegram_upload_limit
     job = (await telegram.store.user_jobs("telegram", str(OWNER), include_finished=True))[0]
+    _reply_info(fake, OWNER, OWNER, video["_files"]["video"])  # the delivered (upload-sized) file says how it was made
+    shown = await fake.wait_for("sendMessage", lambda p: "Prompt:" in p.get("text", ""))
+    assert "Seed 77, 3.6 s" in shown["text"] and f"reroll:{job.id}" in str(shown["reply_markup"])
     assert job.state is JobState.DONE and job.params.seed == 77 and job.params.seconds == 3.6
     for _ in range(50):
         if (await telegram.store.get(job.id)).delivered:
