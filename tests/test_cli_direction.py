@@ -9,6 +9,7 @@ from conftest import make_picture
 from test_cli import _run
 
 from engine.video import probe
+from storage.video_metadata import read_made_with
 
 TINY = ["--seconds", "2.4", "--steps", "2", "--device", "cpu", "--resolution", "64"]
 
@@ -35,6 +36,10 @@ def test_animate_with_each_direction_option(tiny_models_dir, tmp_path, pictures,
                    "--models", str(tiny_models_dir)], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert probe(out).frames == 73
+    made = read_made_with(out)  # each option is in the video's own settings
+    recorded = {"end": (made.end_picture, made.end_strength), "keyframe": made.keyframes, "loop": made.loop,
+                "cfg": (made.negative_prompt, made.cfg, made.cfg_rescale)}[name]
+    assert recorded == {"end": (True, 0.8), "keyframe": (1.5,), "loop": True, "cfg": ("blurry, still", 2.0, 0.5)}[name]
 
 
 def test_animate_with_timed_prompts(tiny_models_dir, tmp_path, pictures):
