@@ -31,7 +31,7 @@ import torch
 
 from benchmarks.engine_e2e import run
 from benchmarks.full_size import full_models, save_checkpoint
-from benchmarks.placing import place
+from benchmarks.placing import place, slow_down_streaming
 from engine.engine_options import EngineOptions
 from engine.memory_plan import GB, Budget, high_plan, low_plan, plan_memory, sizes_of_modules
 from engine.models import FramePackModels, checkpoint_sizes, load_models
@@ -105,10 +105,7 @@ def load_budget(checkpoint: Path, label: str, vram: float | None, ram: float | N
     options = EngineOptions(memory_mode="auto" if vram is not None else label, vram_gb=vram, ram_gb=ram,
                             cache_dir=cache_dir)
     models = load_models(Variant.ORIGINAL, torch.device("cuda"), checkpoint, allow_download=False, options=options)
-    for module in (models.transformer, models.encoders.text_encoder):
-        streamer = getattr(module, "_framepack_streamer", None)
-        if streamer is not None:
-            streamer.slow_down(slow_cycles_per_byte)
+    slow_down_streaming(models.transformer, models.encoders.text_encoder, slow_cycles_per_byte)
     return models
 
 

@@ -12,6 +12,14 @@ from engine.prompt_cache import PromptCache
 from engine.speed import repeated_blocks
 
 
+def slow_down_streaming(transformer, llama, slow_cycles_per_byte: float) -> None:
+    """Hold each streamer's copies to a slower link (0: as fast as this machine's)."""
+    for module in (transformer, llama):
+        streamer = getattr(module, "_framepack_streamer", None)
+        if streamer is not None:
+            streamer.slow_down(slow_cycles_per_byte)
+
+
 def release(models: FramePackModels) -> None:
     """Undo the last plan: streamers closed (their blocks back in RAM), VAE untiled."""
     for module in (models.transformer, models.encoders.text_encoder):
@@ -34,9 +42,6 @@ def place(models: FramePackModels, plan: MemoryPlan, options: EngineOptions, slo
             models.encoders, transformer, repeated_blocks(transformer))))
     place_transformer(transformer, device, options, plan)
     encoders = prepare_encoders(models.encoders, device, options, plan)
-    for module in (transformer, encoders.text_encoder):
-        streamer = getattr(module, "_framepack_streamer", None)
-        if streamer is not None:
-            streamer.slow_down(slow_cycles_per_byte)
+    slow_down_streaming(transformer, encoders.text_encoder, slow_cycles_per_byte)
     return FramePackModels(encoders, transformer, models.variant, device,
                            placement_for(encoders, transformer, device, plan), plan, cache)

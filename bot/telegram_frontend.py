@@ -124,14 +124,7 @@ class TelegramBot:
 
     async def on_picture(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         message = update.effective_message
-        caption = message.caption or ""
-        if not self._addressed(message, caption):
-            return
-        caption = self._clean_caption(caption)
-        if not caption:
-            await message.reply_text("Add a caption to the photo: it is the prompt.\n" + EXAMPLE)
-            return
-        await self._submit(message, [message], caption)
+        await self._submit_captioned(message, [message], "photo")
 
     async def on_album_part(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         message = update.effective_message
@@ -140,13 +133,16 @@ class TelegramBot:
     async def on_album(self, messages: list[Message]) -> None:
         """A whole album: the caption (on one of its parts) says what the pictures are for."""
         captioned = [m for m in messages if m.caption]
-        anchor = captioned[0] if captioned else messages[0]
+        await self._submit_captioned(captioned[0] if captioned else messages[0], messages, "album")
+
+    async def _submit_captioned(self, anchor: Message, messages: list[Message], what: str) -> None:
+        """The pictures of `messages`, if `anchor`'s caption is addressed to the bot and holds a prompt."""
         caption = anchor.caption or ""
         if not self._addressed(anchor, caption):
             return
         caption = self._clean_caption(caption)
         if not caption:
-            await anchor.reply_text("Add a caption to the album: it is the prompt.\n" + EXAMPLE)
+            await anchor.reply_text(f"Add a caption to the {what}: it is the prompt.\n" + EXAMPLE)
             return
         await self._submit(anchor, messages, caption)
 
