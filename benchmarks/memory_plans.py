@@ -109,6 +109,25 @@ def load_budget(checkpoint: Path, label: str, vram: float | None, ram: float | N
     return models
 
 
+def against_the_first(work: Path, first: Path) -> dict:
+    """The job's sampled latents against those of the first budget run on the same checkpoint (today's high
+    mode when the list starts with it): same prompt, seed and weights, so only the placement differs."""
+    latents = torch.cat([torch.load(path)["generated"].float() for path in sorted(work.glob("latents_*.pt"))], dim=2)
+    if not first.is_file():
+        first.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(latents, first)
+        return {"latents_vs_first_budget": "this is the first"}
+    reference = torch.load(first)
+    if reference.shape != latents.shape:
+        return {"latents_vs_first_budget": f"shapes differ: {tuple(reference.shape)} vs {tuple(latents.shape)}"}
+    difference = latents - reference
+    return {"latents_vs_first_budget": {
+        "bit_identical": bool(torch.equal(latents, reference)),
+        "max_abs": round(difference.abs().max().item(), 5),
+        "rel_l2": round((difference.norm() / reference.norm()).item(), 6),
+    }}
+
+
 def parse_budget(text: str) -> tuple[str, float | None, float | None, float | None]:
     """'high' | 'low' | 'VRAM:RAM[@GBps]' -> (label, vram GiB, ram GiB, link GB/s)."""
     if text in ("high", "low"):
@@ -131,6 +150,8 @@ def write_checkpoint_and_run_each(args: argparse.Namespace) -> None:
                    "--checkpoint", str(args.checkpoint), "--loaded", "--seconds", str(args.seconds),
                    "--steps", str(args.steps), "--reroll", args.reroll, "--cache", str(args.cache),
                    "--work", str(args.work), "--out", str(args.out), "--note", args.note]
+        if args.reference:
+            command += ["--reference", str(args.reference)]
         subprocess.run(command, check=False)
 
 
@@ -144,6 +165,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/memory_plans"))
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--note", default="")
+    parser.add_argument("--reference", type=Path, help="the first budget's latents (written when missing)")
     parser.add_argument("--checkpoint", type=Path, help="write the models here; each budget loads them from it")
     parser.add_argument("--loaded", action="store_true", help="(internal) the checkpoint is written: load it here")
     parser.add_argument("--first-number", type=int, default=0, help="(internal) the first budget's number")
@@ -183,13 +205,18 @@ def main() -> None:
         print(f"loaded and placed in {prepared:.1f} s: {loading.figures('load_peak')}", flush=True)
         fraction = min((vram or total / GB) * GB / total, 1.0)
         torch.cuda.set_per_process_memory_fraction(fraction)
-        jobs = [PROMPTS[number % 2]] + ([PROMPTS[number % 2]] if text == args.reroll else [])
+        # loaded budgets each have their own prompt cache: one prompt for all, so their videos compare
+        prompt = PROMPTS[0] if built is None else PROMPTS[number % 2]
+        jobs = [prompt] + ([prompt] if text == args.reroll else [])
         for seed, prompt in enumerate(jobs):
             request = RenderRequest(prompt=prompt, seconds=args.seconds, steps=args.steps, seed=seed + 1)
             try:
                 with HostMemory() as host:
                     record = run(models, label, request, args.work)
                 record.update(host.figures("job_peak"))
+                if built is None and seed == 0:
+                    reference = args.reference or args.cache / "first_budget_latents.pt"
+                    record.update(against_the_first(args.work, reference))
             except torch.OutOfMemoryError as error:
                 record = {"error": f"out of GPU memory under the budget: {str(error)[:200]}"}
             record.update({

@@ -8,6 +8,7 @@ import torch
 from engine.engine_options import EngineOptions, place_transformer, placement_for, prepare_encoders, prepare_transformer
 from engine.memory_plan import MemoryPlan, high_plan, sizes_of_modules
 from engine.models import FramePackModels
+from engine.modulation import restore_modulation
 from engine.prompt_cache import PromptCache
 from engine.speed import repeated_blocks
 
@@ -21,12 +22,14 @@ def slow_down_streaming(transformer, llama, slow_cycles_per_byte: float) -> None
 
 
 def release(models: FramePackModels) -> None:
-    """Undo the last plan: streamers closed (their blocks back in RAM), VAE untiled."""
+    """Undo the last plan: streamers closed (their blocks back in RAM), modulation linears back in their
+    blocks, VAE untiled."""
     for module in (models.transformer, models.encoders.text_encoder):
         streamer = getattr(module, "_framepack_streamer", None)
         if streamer is not None:
             streamer.close()
             del module._framepack_streamer
+    restore_modulation(models.transformer)
     models.encoders.vae.disable_tiling()
     models.encoders._framepack_prepared = False
     torch.cuda.empty_cache()

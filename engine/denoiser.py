@@ -54,6 +54,25 @@ class Guidance:
     rescale: float = 0.0
 
 
+def distilled_guidance(guidance: Guidance, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The embedded guidance scale as the transformer takes it."""
+    return torch.tensor([guidance.distilled * 1000.0], device=device).to(dtype)
+
+
+def timestep_of(sigma: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return (sigma.float() * 1000.0).to(dtype)
+
+
+def embedding_inputs(positive: Conditioning, negative: Conditioning | None, guidance: Guidance,
+                     sigmas: torch.Tensor, dtype: torch.dtype) -> list[tuple[torch.Tensor, ...]]:
+    """(timestep, pooled prompt, guidance) of every model call a section's sampler makes at `sigmas`
+    (each but the last, batch 1), built as `denoise` builds them (engine/modulation.py works out the AdaLN
+    rows of these calls ahead)."""
+    distilled = distilled_guidance(guidance, sigmas.device, dtype)
+    prompts = [positive] if guidance.cfg == 1.0 or negative is None else [positive, negative]
+    return [(timestep_of(sigma.expand(1), dtype), cond.pooled, distilled) for sigma in sigmas[:-1] for cond in prompts]
+
+
 def make_denoiser(
     transformer: torch.nn.Module,
     positive: Conditioning,
@@ -64,7 +83,7 @@ def make_denoiser(
     """Return D(x, sigma) -> x0 in fp32 for one section."""
     dtype = transformer.dtype
     device = context.clean.device
-    distilled = torch.tensor([guidance.distilled * 1000.0], device=device).to(dtype)
+    distilled = distilled_guidance(guidance, device, dtype)
 
     def velocity(xb: torch.Tensor, timestep: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         return transformer(
@@ -88,7 +107,7 @@ def make_denoiser(
     def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         sigma = sigma.float()
         xb = x.to(dtype)
-        timestep = (sigma * 1000.0).to(dtype)
+        timestep = timestep_of(sigma, dtype)
         v_pos = velocity(xb, timestep, positive)
         if guidance.cfg == 1.0 or negative is None:
             v = v_pos

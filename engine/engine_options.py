@@ -102,15 +102,21 @@ def prepare_transformer(transformer: nn.Module, device: torch.device, options: E
 
 def place_transformer(transformer: nn.Module, device: torch.device, options: EngineOptions, plan: MemoryPlan) -> None:
     """The plan's home for the blocks: all on the device, or the first ones there and the rest streamed from
-    pinned RAM or a mapped file."""
+    pinned RAM or a mapped file; the AdaLN modulation linears kept in RAM where the plan says so."""
+    from engine.modulation import precompute_modulation
     from engine.speed import repeated_blocks
 
+    if plan.modulation:
+        moved = precompute_modulation(transformer, repeated_blocks(transformer),
+                                      pin=plan.modulation == "pinned" and device.type == "cuda")
+        log.info("AdaLN modulation: %.2f GB of linears kept in RAM, worked out once per section", moved / 1e9)
     if not plan.streams_blocks:
-        transformer.to(device)
+        transformer.to(device)  # the modulation linears, not submodules any more, stay where they are
         return
     source = None
     if plan.blocks_from == "mapped":
-        identity = f"{getattr(transformer, '_framepack_source', 'in memory')}|{options.fp8}|{plan.resident_blocks}"
+        identity = (f"{getattr(transformer, '_framepack_source', 'in memory')}|{options.fp8}|{plan.resident_blocks}"
+                    f"|{bool(plan.modulation)}")
         source = mapped_file(options, "transformer", identity)
     transformer._framepack_streamer = BlockStreamer(
         transformer, repeated_blocks(transformer), slots=options.stream_slots, ahead=options.stream_slots - 1,

@@ -392,7 +392,7 @@ def _weights_home(device: torch.device, plan: MemoryPlan, part: str) -> torch.de
     """Where weights are loaded: on the device what the plan keeps there whole, else CPU RAM (to stream or
     visit from; resident blocks go to the device when their streamer first attaches)."""
     on_device = {"encoders": plan.llama == "gpu" and plan.encoders_on_gpu,
-                 "transformer": not plan.streams_blocks}[part]
+                 "transformer": not plan.streams_blocks and not plan.modulation}[part]
     return device if on_device else torch.device("cpu")
 
 

@@ -13,9 +13,10 @@ import numpy as np
 import torch
 
 from engine import sections as sec
-from engine.denoiser import Conditioning, Guidance, SectionContext, make_denoiser
+from engine.denoiser import Conditioning, Guidance, SectionContext, embedding_inputs, make_denoiser
 from engine.direction import Guides, SectionPrompt, keyframe_for
 from engine.models import FramePackModels
+from engine.modulation import check_section, prepare_section
 from engine.teacache import TeaCache, TeaCacheTransformer
 from engine.text_encoding import encode_prompt
 from engine.unipc import Paused, flux_mu, flux_sigmas, sample_unipc
@@ -133,13 +134,16 @@ class SectionSampler:
         """
         start_state = self.generator.get_state()
         noise = self._noise(partial)
-        denoise = make_denoiser(self._model(partial), self._positive(index), self.negative, self._context(index),
-                                self.guidance)
+        positive, transformer = self._positive(index), self.models.transformer
+        denoise = make_denoiser(self._model(partial), positive, self.negative, self._context(index), self.guidance)
         device = self.models.device
         try:
             with self.models.placement.transformer():
+                prepare_section(transformer, embedding_inputs(positive, self.negative, self.guidance, self.sigmas,
+                                                              transformer.dtype))
                 generated = sample_unipc(denoise, noise.to(device), self.sigmas, on_step, should_cancel,
                                          should_pause, state=partial["sampler"] if partial else None).cpu()
+                check_section(transformer)
         except Paused as paused:
             paused.partial = {"generator_state": self.generator.get_state(), "sampler": paused.state,
                               "teacache": self.teacache.state() if self.teacache is not None else None}

@@ -27,15 +27,19 @@ from engine.text_encoding import encode_llama
 CUDA = torch.device("cuda")  # only its type is read: no GPU is touched with a budget given
 
 
-# (VRAM GiB, RAM GiB) -> (plan name, resident blocks, streamed from, Llama, encoders on the GPU, VAE tiled)
+# (VRAM GiB, RAM GiB) -> (plan name, resident blocks, streamed from, Llama, encoders on the GPU, VAE tiled,
+# AdaLN modulation kept in RAM)
 PLANS = {
-    (140, 128): ("high", 60, "", "gpu", True, False),
-    (80, 64): ("high", 60, "", "gpu", True, False),
-    (48, 64): ("planned", 60, "", "gpu", True, True),
-    (24, 32): ("planned", 32, "pinned", "mapped", False, True),  # Llama pinned would lock 28 of 32 GB
-    (24, 64): ("planned", 32, "pinned", "pinned", False, True),
-    (12, 32): ("planned", 4, "pinned", "mapped", False, True),
-    (8, 16): ("planned", 0, "mapped", "mapped", False, True),
+    (140, 128): ("high", 60, "", "gpu", True, False, ""),
+    (80, 64): ("high", 60, "", "gpu", True, False, ""),
+    (48, 64): ("planned", 60, "", "gpu", True, True, ""),
+    (32, 32): ("planned", 60, "", "mapped", True, True, ""),  # every whole block fits: the official forward
+    # the blocks without their modulation: 59 of 60 fit (whole, 32 did)
+    (24, 32): ("planned", 59, "pinned", "mapped", False, True, "pinned"),  # Llama pinned would lock 28 of 32 GB
+    (24, 64): ("planned", 59, "pinned", "pinned", False, True, "pinned"),
+    (12, 32): ("planned", 12, "pinned", "mapped", False, True, "pinned"),
+    (12, 16): ("planned", 12, "mapped", "mapped", False, True, "mapped"),
+    (8, 16): ("planned", 3, "mapped", "mapped", False, True, "mapped"),
 }
 
 
@@ -43,7 +47,8 @@ PLANS = {
 def test_the_plan_for_each_budget(budget):
     vram, ram = budget
     plan = plan_memory(Budget(vram * GB, ram * GB), FULL_SIZE)
-    decided = (plan.name, plan.resident_blocks, plan.blocks_from, plan.llama, plan.encoders_on_gpu, plan.vae_tiled)
+    decided = (plan.name, plan.resident_blocks, plan.blocks_from, plan.llama, plan.encoders_on_gpu, plan.vae_tiled,
+               plan.modulation)
     assert decided == PLANS[budget]
     assert plan.gpu_bytes <= vram * GB  # the plan's own peak estimate fits the budget
     if plan.name == "planned":  # private memory within the budget, with room left for the OS
@@ -248,24 +253,49 @@ def test_mapped_blocks_are_not_private_memory(tmp_path):
     assert mapped_file > 200 * 2**20
 
 
-@pytest.mark.parametrize(("vram", "ram"), [(24, 32), (12, 32), (8, 16)])
-def test_every_plan_renders_the_same_video(original_models, tiny_models_dir, tmp_path, vram, ram, monkeypatch):
-    """Each budget's placement on the tiny models (their sizes scaled up to the full stack's) gives the
-    video of the all-in-memory run, bit for bit."""
-    import engine.models
+# budget, and the resident blocks the tiny model (1 dual-stream block, 1 single-stream) gets: as planned
+# (all of its 2), or fewer so that its blocks stream as a full-size model's do
+# (budget, resident blocks, true CFG with a negative prompt and TeaCache)
+SAME_VIDEO = [((24, 32), None, False), ((12, 32), 0, False), ((8, 16), 1, False), ((8, 16), None, False),
+              ((12, 32), 0, True)]
 
+
+@pytest.mark.parametrize(("budget", "resident", "guided"), SAME_VIDEO,
+                         ids=[f"{v}GB-{r}GB-{n}{'-cfg-teacache' * g}" for (v, r), n, g in SAME_VIDEO])
+def test_every_plan_renders_the_same_video(original_models, tiny_models_dir, tmp_path, budget, resident, guided,
+                                           monkeypatch):
+    """Each budget's placement on the tiny models (their sizes scaled up to the full stack's) gives the
+    video of the all-in-memory run, bit for bit: blocks resident or streamed, the AdaLN modulation worked
+    out per section."""
+    import dataclasses
+
+    import engine.engine_options
+    import engine.models
+    from engine.modulation import PrecomputedModulation
+
+    vram, ram = budget
     full = plan_memory(Budget(vram * GB, ram * GB))
+    if resident is not None:
+        full = dataclasses.replace(full, resident_blocks=resident)
     monkeypatch.setattr(engine.models, "checkpoint_sizes", lambda *a, **k: FULL_SIZE)
+    monkeypatch.setattr(engine.engine_options, "plan_memory", lambda *a, **k: full)
     options = EngineOptions(vram_gb=vram, ram_gb=ram, cache_dir=tmp_path / "cache")
     planned = load_models("original", "cpu", tiny_models_dir, options=options)
-    assert planned.plan == full
+    assert planned.plan == full and full.modulation
     assert isinstance(planned.placement, Offloaded)
+    lookups = [m for m in planned.transformer.modules() if isinstance(m, PrecomputedModulation)]
+    assert len(lookups) == 3  # norm1 and norm1_context of the dual-stream block, norm of the single-stream one
+    streamer = getattr(planned.transformer, "_framepack_streamer", None)
+    assert (streamer.streamed if streamer else []) == list(range(resident if resident is not None else 2, 2))
     request = RenderRequest(prompt="a cat dances", seconds=2.4, steps=3, resolution=64, variant="original")
+    if guided:  # two calls a step with different pooled prompts; TeaCache reads block 0's modulated norm
+        request = dataclasses.replace(request, cfg=2.5, negative_prompt="blurry", teacache=0.15)
     reference = render(original_models, make_picture(), request, tmp_path / "hw", tmp_path / "high.mp4")
     result = render(planned, make_picture(), request, tmp_path / "pw", tmp_path / "planned.mp4")
     assert np.array_equal(video_frames(reference.video), video_frames(result.video))
-    if full.blocks_from == "mapped":  # the blocks stream from the checkpoint's own mapping: no copy written
-        assert planned.transformer._framepack_streamer.mapped
+    if streamer and streamer.streamed and full.blocks_from == "mapped":
+        # the blocks stream from the checkpoint's own mapping: no copy written
+        assert streamer.mapped
         assert not list((tmp_path / "cache" / "mapped").glob("transformer-*.bin"))
 
 
@@ -390,4 +420,4 @@ def test_worker_loads_the_encoders_once_and_swaps_only_the_transformer(tiny_mode
     cache.get("original")
     cache.get("f1")
     assert loads == ["encoders", "transformer", "transformer"]
-    assert cache.plan.resident_blocks == 32 and isinstance(cache.get("f1").placement, Offloaded)
+    assert cache.plan.resident_blocks == 59 and isinstance(cache.get("f1").placement, Offloaded)
