@@ -18,6 +18,7 @@ plus RssShmem (the pinned buffers are shared anonymous mappings), RssFile the ma
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import logging
@@ -104,6 +105,11 @@ def load_budget(checkpoint: Path, label: str, vram: float | None, ram: float | N
     """The models as a worker with this budget loads them (ENGINE_MEMORY_MODE, ENGINE_VRAM_GB, ENGINE_RAM_GB)."""
     options = EngineOptions(memory_mode="auto" if vram is not None else label, vram_gb=vram, ram_gb=ram,
                             cache_dir=cache_dir)
+    if label.endswith("/whole"):  # the plan of whole blocks, their modulation linears in them (the A/B)
+        import engine.models
+
+        sized = engine.models.checkpoint_sizes
+        engine.models.checkpoint_sizes = lambda *a, **k: dataclasses.replace(sized(*a, **k), modulation=())
     models = load_models(Variant.ORIGINAL, torch.device("cuda"), checkpoint, allow_download=False, options=options)
     slow_down_streaming(models.transformer, models.encoders.text_encoder, slow_cycles_per_byte)
     return models
@@ -129,10 +135,11 @@ def against_the_first(work: Path, first: Path) -> dict:
 
 
 def parse_budget(text: str) -> tuple[str, float | None, float | None, float | None]:
-    """'high' | 'low' | 'VRAM:RAM[@GBps]' -> (label, vram GiB, ram GiB, link GB/s)."""
+    """'high' | 'low' | 'VRAM:RAM[@GBps][/whole]' -> (label, vram GiB, ram GiB, link GB/s); '/whole' plans
+    whole blocks, as before the AdaLN modulation was worked out per section."""
     if text in ("high", "low"):
         return text, None, None, None
-    budget, _, link = text.partition("@")
+    budget, _, link = text.removesuffix("/whole").partition("@")
     vram, ram = (float(x) for x in budget.split(":"))
     return text, vram, ram, float(link) if link else None
 
@@ -190,8 +197,9 @@ def main() -> None:
     cache = PromptCache(args.cache / "prompts", "benchmark random weights")
     for number, text in enumerate(args.budgets.split(","), start=args.first_number):
         label, vram, ram, link = parse_budget(text)
+        planned = dataclasses.replace(sizes, modulation=()) if label.endswith("/whole") else sizes
         plan = {"high": high_plan, "low": low_plan}[label](sizes) if vram is None else \
-            plan_memory(Budget(int(vram * GB), int(ram * GB)), sizes)
+            plan_memory(Budget(int(vram * GB), int(ram * GB)), planned)
         slow = 0.0 if link is None else max(1 / (link * 1e9) - 1 / bandwidth, 0.0) * cycles_per_s
         print(f"== {label}: {plan.describe(sizes)}", flush=True)
         t = time.perf_counter()
