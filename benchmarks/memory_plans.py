@@ -103,8 +103,9 @@ def copy_link() -> tuple[float, float]:
 def load_budget(checkpoint: Path, label: str, vram: float | None, ram: float | None, cache_dir: Path,
                 slow_cycles_per_byte: float) -> FramePackModels:
     """The models as a worker with this budget loads them (ENGINE_MEMORY_MODE, ENGINE_VRAM_GB, ENGINE_RAM_GB)."""
+    fp8 = label.endswith("/fp8")  # FP8 weights widened to bf16 per call, as on a GPU without FP8 tensor cores
     options = EngineOptions(memory_mode="auto" if vram is not None else label, vram_gb=vram, ram_gb=ram,
-                            cache_dir=cache_dir)
+                            cache_dir=cache_dir, fp8=fp8, fp8_storage_only=fp8)
     if label.endswith("/whole"):  # the plan of whole blocks, their modulation linears in them (the A/B)
         import engine.models
 
@@ -135,11 +136,12 @@ def against_the_first(work: Path, first: Path) -> dict:
 
 
 def parse_budget(text: str) -> tuple[str, float | None, float | None, float | None]:
-    """'high' | 'low' | 'VRAM:RAM[@GBps][/whole]' -> (label, vram GiB, ram GiB, link GB/s); '/whole' plans
-    whole blocks, as before the AdaLN modulation was worked out per section."""
+    """'high' | 'low' | 'VRAM:RAM[@GBps][/whole|/fp8]' -> (label, vram GiB, ram GiB, link GB/s); '/whole'
+    plans whole blocks, as before the AdaLN modulation was worked out per section; '/fp8' stores the blocks
+    in FP8 and computes in bf16 (ENGINE_FP8 on a GPU without FP8 tensor cores)."""
     if text in ("high", "low"):
         return text, None, None, None
-    budget, _, link = text.removesuffix("/whole").partition("@")
+    budget, _, link = text.partition("/")[0].partition("@")
     vram, ram = (float(x) for x in budget.split(":"))
     return text, vram, ram, float(link) if link else None
 
@@ -197,6 +199,9 @@ def main() -> None:
     cache = PromptCache(args.cache / "prompts", "benchmark random weights")
     for number, text in enumerate(args.budgets.split(","), start=args.first_number):
         label, vram, ram, link = parse_budget(text)
+        if built is None and label.endswith("/fp8"):
+            sizes = checkpoint_sizes(Variant.ORIGINAL, torch.device("cuda"), EngineOptions(fp8=True), args.checkpoint,
+                                     False)
         planned = dataclasses.replace(sizes, modulation=()) if label.endswith("/whole") else sizes
         plan = {"high": high_plan, "low": low_plan}[label](sizes) if vram is None else \
             plan_memory(Budget(int(vram * GB), int(ram * GB)), planned)

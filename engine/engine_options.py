@@ -28,7 +28,8 @@ class EngineOptions:
     memory_mode: str = "auto"  # auto (the planner) | high | low
     compile: bool = True  # regional torch.compile of the blocks (CUDA only)
     attention: str = "auto"  # auto | sdpa | cudnn | flash | efficient
-    fp8: bool = False  # FP8 linears in the blocks (Hopper, Ada): faster, slightly different results
+    fp8: bool = False  # FP8 linears in the blocks: faster on Hopper/Ada, half the memory anywhere; results change
+    fp8_storage_only: bool = False  # FP8 weights, bf16 products even where FP8 tensor cores exist (benchmarks)
     stream_slots: int = 2  # device slots per streamed block kind (2: one runs while the next loads)
     vram_gb: float | None = None  # the GPU memory the plan may use (default: what is free at start)
     ram_gb: float | None = None  # the host RAM the plan may use (default: what is available at start)
@@ -85,13 +86,13 @@ def prepare_transformer(transformer: nn.Module, device: torch.device, options: E
 
     if getattr(transformer, "_framepack_prepared", False):
         return transformer
+    fp8_products = options.fp8 and fp8_supported(device) and not options.fp8_storage_only
     if options.fp8:
-        if not fp8_supported(device):
-            raise ValueError("ENGINE_FP8 needs an Ada or Hopper GPU (compute capability 8.9 or newer).")
-        count = quantize_blocks_fp8(transformer, work_device=device)
-        log.info("FP8: %d linears quantized", count)
+        count = quantize_blocks_fp8(transformer, work_device=device, compute=fp8_products)
+        log.info("FP8: %d linears quantized, %s", count, "products on the FP8 tensor cores" if fp8_products else
+                 "stored in FP8 and widened to bf16 at each call (half the memory; no FP8 tensor cores used)")
     place_transformer(transformer, device, options, plan)
-    attention = default_attention(device, options.fp8) if options.attention == "auto" else options.attention
+    attention = default_attention(device, fp8_products) if options.attention == "auto" else options.attention
     set_block_attention(transformer, attention)
     log.info("attention kernel in the blocks: %s", attention)
     if options.compile and device.type == "cuda":
@@ -115,8 +116,8 @@ def place_transformer(transformer: nn.Module, device: torch.device, options: Eng
         return
     source = None
     if plan.blocks_from == "mapped":
-        identity = (f"{getattr(transformer, '_framepack_source', 'in memory')}|{options.fp8}|{plan.resident_blocks}"
-                    f"|{bool(plan.modulation)}")
+        layout = (options.fp8, options.fp8_storage_only, plan.resident_blocks, bool(plan.modulation))
+        identity = f"{getattr(transformer, '_framepack_source', 'in memory')}|{layout}"
         source = mapped_file(options, "transformer", identity)
     transformer._framepack_streamer = BlockStreamer(
         transformer, repeated_blocks(transformer), slots=options.stream_slots, ahead=options.stream_slots - 1,

@@ -1,9 +1,14 @@
-"""Opt-in FP8 transformer (Hopper and Ada): e4m3 weights with one scale per output channel, activations
-quantized per token on the fly, products on the FP8 tensor cores through torch._scaled_mm.
+"""Opt-in FP8 transformer: e4m3 weights with one scale per output channel.
 
-This is the scheme torchao calls float8 dynamic activation + weight with row-wise scales, written out
-here so that the engine needs no extra package. It halves the weight memory and roughly doubles the
-matrix throughput; attention stays in bf16. Results change slightly (the benchmark reports by how much).
+On Hopper and Ada, activations are quantized per token on the fly and the products run on the FP8 tensor
+cores through torch._scaled_mm: the scheme torchao calls float8 dynamic activation + weight with row-wise
+scales, written out here so that the engine needs no extra package. It halves the weight memory and
+roughly doubles the matrix throughput; attention stays in bf16.
+
+On GPUs without FP8 tensor cores (Ampere, Turing: the RTX 3090, 3060, 2080), the weights are stored in FP8
+and widened to bf16 at each call: the same half of the memory to hold, and of the bytes to stream from
+RAM where the memory plan streams blocks, with bf16 products. Either way the results change slightly (the
+tests and benchmarks report by how much).
 """
 
 from __future__ import annotations
@@ -54,17 +59,41 @@ class Float8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, fp8=e4m3 row-wise"
 
 
+class Float8StoredLinear(nn.Module):
+    """A frozen nn.Linear kept in e4m3 (one scale per output channel), widened to the input's dtype at each
+    call and multiplied in it: for GPUs without FP8 tensor cores."""
+
+    def __init__(self, linear: nn.Linear, work_device: torch.device | None = None):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        home = linear.weight.device
+        weight, scale = _quantize_rows(linear.weight.detach().to(work_device or home))
+        self.register_buffer("weight", weight.to(home))  # (out, in) e4m3
+        self.register_buffer("weight_scale", scale.to(home))  # (out, 1) fp32
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = (self.weight.float() * self.weight_scale).to(x.dtype)
+        return nn.functional.linear(x, weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, stored as e4m3 row-wise"
+
+
 def _worth_fp8(name: str, linear: nn.Linear) -> bool:
     # The AdaLN modulation layers see one token (the time embedding): nothing to gain, keep them exact.
     # _scaled_mm needs both matrix dimensions divisible by 16.
     return not name.startswith("norm") and linear.in_features % 16 == 0 and linear.out_features % 16 == 0
 
 
-def quantize_blocks_fp8(transformer: nn.Module, work_device: torch.device | None = None) -> int:
-    """Swap the token-wise linears of the 60 blocks for Float8Linear in place; returns how many.
+def quantize_blocks_fp8(transformer: nn.Module, work_device: torch.device | None = None,
+                        compute: bool = True) -> int:
+    """Swap the token-wise linears of the 60 blocks in place for Float8Linear (`compute`: FP8 products) or
+    Float8StoredLinear (FP8 storage, products in the input's dtype); returns how many.
 
     `work_device` does the rounding (the GPU is much faster than the CPU for 12B weights); each new
     weight goes back where the old one was."""
+    kind = Float8Linear if compute else Float8StoredLinear
     swapped = 0
     for blocks in (transformer.transformer_blocks, transformer.single_transformer_blocks):
         for block in blocks:
@@ -72,6 +101,6 @@ def quantize_blocks_fp8(transformer: nn.Module, work_device: torch.device | None
                 for child_name, child in list(parent.named_children()):
                     full = f"{parent_name}.{child_name}".lstrip(".")
                     if type(child) is nn.Linear and _worth_fp8(full, child):
-                        setattr(parent, child_name, Float8Linear(child, work_device))
+                        setattr(parent, child_name, kind(child, work_device))
                         swapped += 1
     return swapped

@@ -102,7 +102,7 @@ class Settings(BaseSettings):
     # engine_fp8 when nvidia-cudnn-frontend is installed; else PyTorch's SDPA choice)
     # | sdpa | cudnn | flash | efficient | fa3 | cudnn-fe | cudnn-fp8
     engine_attention: str = "auto"
-    engine_fp8: bool = False  # FP8 transformer linears (Ada/Hopper): faster, results change slightly
+    engine_fp8: bool = False  # FP8 transformer linears: half the memory, faster on Ada/Hopper; results change
     # TeaCache threshold for every job; 0 off, 0.15 the demos' (~2x, visible)
     engine_teacache: float = Field(0.0, ge=0, le=1)
     # low mode: GPU slots per block kind (engine/offload.py needs two: one runs while one loads)
