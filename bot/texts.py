@@ -117,13 +117,22 @@ def queue_summary(jobs: list[Job], positions: dict[int, tuple[int, float]], tota
         lines.append(progress(job, eta) if position == 0 else queued(job.id, position, eta))
     everyone = f"{total} job(s) waiting in all."
     summary = "\n".join([*lines, everyone]) if jobs else f"You have no jobs. {everyone}"
-    return summary + ("\n" + NO_WORKER if workers is not None and workers.stalled else "")
+    note = waiting_note(workers) if workers is not None else ""
+    return summary + ("\n" + note if note else "")
 
 
 VIDEO_LOST = "Job {job} finished, but its video file was lost on the server. Re-roll it, or try again."
 
 # What people read while no worker can render: the reason (a path, say) is for the admins only.
 NO_WORKER = "No worker can render right now; every job waits in the queue and nothing is lost."
+STARTING_UP = "The render worker is starting up (loading and compiling the models); jobs start when it is ready."
+
+
+def waiting_note(workers: WorkerStatus) -> str:
+    """Why queued jobs do not move, when no worker can take one: starting up, or unable to render."""
+    if not workers.stalled:
+        return ""
+    return STARTING_UP if workers.starting else NO_WORKER
 
 
 def worker_problem(worker: str, problem: str) -> str:

@@ -68,14 +68,14 @@ class Watcher:
 
     async def _show_progress(self) -> None:
         positions = await self.store.positions()  # one pass for every job, not one per job
-        stalled = (await self.store.worker_status()).stalled
+        note = texts.waiting_note(await self.store.worker_status())
         for job in await self.store.active_jobs(self.frontend.platform):
             if job.status_message is None or job.id not in positions:
                 continue
             position, eta = positions[job.id]
             text = texts.progress(job, eta) if position == 0 else texts.queued(job.id, position, eta)
-            if stalled and position > 0:
-                text += "\n" + texts.NO_WORKER
+            if note and position > 0:
+                text += "\n" + note
             preview = job.progress.preview
             if self.shown.get(job.id) == (text, preview):
                 continue

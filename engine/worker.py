@@ -153,6 +153,10 @@ class Worker:
         self.fault: str | None = None  # set by a job that hit a worker fault; cleared by the next good check
         self.reported: str | None = None  # the problem last logged, so a lasting one is logged once
         self.checked_at = -float("inf")  # when the device and the weights were last found in place
+        self.warmed = not settings.engine_warm_up  # warmed up: compiled and tuned, ready for the first claim
+        from engine.warmup import use_compile_cache
+
+        use_compile_cache(settings.compile_cache_dir)  # before anything compiles: kernels kept across restarts
 
     def request_stop(self) -> None:
         if not self.stopping.is_set():
@@ -164,6 +168,10 @@ class Worker:
         log.info("%s: waiting for jobs", self.name)
         while not self.stopping.is_set() and (max_jobs is None or done < max_jobs):
             problem = await self.readiness()
+            if problem is None and not self.warmed:
+                problem = await self.warm_up()
+                if self.stopping.is_set():
+                    break
             await self.store.heartbeat(self.name, problem)
             if problem is not None:
                 await self._pause(pause)
@@ -197,6 +205,44 @@ class Worker:
                 log.error("%s: cannot render: %s (jobs wait; trying again with a growing pause)", self.name, problem)
             self.reported = problem
         return problem
+
+    async def warm_up(self) -> str | None:
+        """Load, compile and tune on a throw-away render before the first claim; None when done, else the
+        start-up failure (reported like any reason this worker cannot render: no job is at fault). Queued
+        jobs show that a worker is starting up meanwhile."""
+        from engine.render import Cancelled
+        from engine.warmup import warm_up
+
+        variants = (await self.store.get_limits()).allowed_variants
+        variant = "original" if "original" in variants else variants[0]
+        log.info("%s: warming up (%s variant) before the first job", self.name, variant)
+
+        def work():
+            try:
+                models = self.models.get(variant)
+            except Exception as error:
+                raise WorkerFault(f"Loading the {variant} models failed: {type(error).__name__}: {error}") from None
+            return warm_up(models, self.settings.render_resolution, self.settings.data_dir / "cache" / "warm-up",
+                           should_cancel=self.stopping.is_set)
+
+        warming = asyncio.get_running_loop().run_in_executor(None, work)
+        while not warming.done():  # alive and starting, heartbeat after heartbeat, however long loading takes
+            await self.store.heartbeat(self.name, None, starting=True)
+            await asyncio.wait([warming], timeout=max(self.settings.lease_seconds / 4, 0.05))
+        try:
+            done = warming.result()
+        except Cancelled:
+            return None  # a stop request during the warm-up
+        except WorkerFault as fault:
+            log.error("%s: warm-up failed: %s", self.name, fault)
+            return str(fault)
+        except Exception as error:
+            log.exception("%s: warm-up failed", self.name)
+            return f"Starting up failed: {type(error).__name__}: {error}"
+        self.warmed = True
+        log.info("%s: %s", self.name, done.describe(self.settings.compile_cache_dir if self.settings.engine_compile
+                                                    else None))
+        return None
 
     async def _pause(self, seconds: float) -> None:
         """Sleep, but wake at once on a stop request; a fault is checked afresh after the pause."""

@@ -150,6 +150,7 @@ class WorkerStatus:
     alive: int
     ready: int
     problems: tuple[str, ...] = ()
+    starting: int = 0  # workers getting ready (loading, compiling) before their first job
 
     @property
     def stalled(self) -> bool:

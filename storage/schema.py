@@ -66,4 +66,8 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE jobs ADD COLUMN guides TEXT;
     """,
+    # 5: a worker getting ready (loading and compiling) before its first claim: queued jobs say so
+    """
+    ALTER TABLE workers ADD COLUMN starting INTEGER NOT NULL DEFAULT 0;
+    """,
 ]

@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     max_steps: int = 50
     max_queued_per_user: int = 3
     allowed_variants: str = "original,f1"
+    # Extending an uploaded video (engine/extend_source.py), fixed here rather than by admins: the largest file in
+    # bytes, the longest video in seconds, the largest frame in pixels, and the video codecs decoded at all.
+    max_extend_video_bytes: int = Field(200_000_000, ge=1_000_000, le=4_000_000_000)
+    max_extend_video_seconds: float = Field(120.0, gt=0, le=3_600)
+    max_extend_video_pixels: int = Field(8_294_400, ge=4_096, le=100_000_000)
+    extend_video_codecs: str = "h264,hevc,vp8,vp9,av1"
 
     # Chat frontends: each one runs when its token is set.
     discord_token: str | None = None
@@ -107,6 +113,15 @@ class Settings(BaseSettings):
     engine_teacache: float = Field(0.0, ge=0, le=1)
     # low mode: GPU slots per block kind (engine/offload.py needs two: one runs while one loads)
     engine_stream_slots: int = Field(2, ge=2, le=20)
+    # a worker renders a one-step throw-away clip at two bucket shapes before its first claim (compiling,
+    # autotuning), so no person's job waits for it
+    engine_warm_up: bool = True
+    # torch's compile cache (Inductor and Triton kernels); unset: DATA_DIR/cache/torch-compile
+    engine_compile_cache_dir: Path | None = None
+
+    @property
+    def compile_cache_dir(self) -> Path:
+        return self.engine_compile_cache_dir or Path(self.data_dir) / "cache" / "torch-compile"
 
     @field_validator("engine_memory_mode", "engine_attention")
     @classmethod
@@ -117,7 +132,7 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
         return value
 
-    @field_validator("data_dir", "framepack_models_dir")
+    @field_validator("data_dir", "framepack_models_dir", "engine_compile_cache_dir")
     @classmethod
     def _a_folder(cls, value: Path | None) -> Path | None:
         if value is not None and value.exists() and not value.is_dir():

@@ -395,33 +395,37 @@ class SqliteJobStore:
 
     # ----- worker side ----------------------------------------------------------------------------
 
-    async def heartbeat(self, worker: str, problem: str | None = None) -> None:
-        """The worker is alive; `problem` says why it cannot render now (None: it can)."""
+    async def heartbeat(self, worker: str, problem: str | None = None, starting: bool = False) -> None:
+        """The worker is alive; `problem` says why it cannot render now (None: it can); `starting`: it is
+        getting ready (loading and compiling) and claims nothing yet."""
         now = time.time()
         async with self._write() as db:
             await db.execute(
-                "INSERT INTO workers (name, seen_at, problem, problem_since) VALUES (?, ?, ?, ?) "
+                "INSERT INTO workers (name, seen_at, problem, problem_since, starting) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT(name) DO UPDATE SET seen_at=excluded.seen_at, problem=excluded.problem, "
+                "starting=excluded.starting, "
                 "problem_since=CASE WHEN excluded.problem IS NULL THEN NULL "
                 "WHEN workers.problem IS excluded.problem THEN workers.problem_since ELSE excluded.seen_at END",
-                (worker, now, problem, now if problem else None),
+                (worker, now, problem, now if problem else None, int(starting)),
             )
 
-    async def _live_workers(self) -> list[tuple[str, str | None, float | None]]:
-        """(name, problem, since) of every worker seen within two leases."""
+    async def _live_workers(self) -> list[tuple[str, str | None, float | None, int]]:
+        """(name, problem, since, starting) of every worker seen within two leases."""
         live_since = time.time() - 2 * self.settings.lease_seconds
-        return await self._all("SELECT name, problem, problem_since FROM workers WHERE seen_at >= ? ORDER BY name",
-                               (live_since,))
+        return await self._all("SELECT name, problem, problem_since, starting FROM workers WHERE seen_at >= ? "
+                               "ORDER BY name", (live_since,))
 
     async def worker_status(self) -> WorkerStatus:
-        """Live workers, how many of them can render, and the others' reasons."""
+        """Live workers, how many of them can render, how many are starting up, and the others' reasons."""
         rows = await self._live_workers()
-        problems = tuple(dict.fromkeys(problem for _, problem, _ in rows if problem))
-        return WorkerStatus(alive=len(rows), ready=sum(1 for _, problem, _ in rows if not problem), problems=problems)
+        problems = tuple(dict.fromkeys(problem for _, problem, _, _ in rows if problem))
+        ready = sum(1 for _, problem, _, starting in rows if not problem and not starting)
+        starting = sum(1 for _, problem, _, starting in rows if not problem and starting)
+        return WorkerStatus(alive=len(rows), ready=ready, problems=problems, starting=starting)
 
     async def worker_problems(self) -> list[tuple[str, str, float]]:
         """(worker, problem, since) of every live worker that cannot render now."""
-        return [row for row in await self._live_workers() if row[1]]
+        return [row[:3] for row in await self._live_workers() if row[1]]
 
     async def claim_notice(self, key: str) -> bool:
         """True the first time `key` is claimed, ever: what admins are told once, across restarts too."""

@@ -10,6 +10,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Workers in tests claim at once; the warm-up (a throw-away render before the first claim) has tests of its
+# own, which switch it on (tests/test_warm_up.py).
+os.environ["ENGINE_WARM_UP"] = "false"
 
 from tiny_models import build_tiny_models  # noqa: E402
 
