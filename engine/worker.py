@@ -154,6 +154,7 @@ class Worker:
         self.reported: str | None = None  # the problem last logged, so a lasting one is logged once
         self.checked_at = -float("inf")  # when the device and the weights were last found in place
         self.warmed = not settings.engine_warm_up  # warmed up: compiled and tuned, ready for the first claim
+        self.finishing: set[asyncio.Task] = set()  # rendered jobs getting their upload copies, off the GPU's path
         from engine.warmup import use_compile_cache
 
         use_compile_cache(settings.compile_cache_dir)  # before anything compiles: kernels kept across restarts
@@ -164,6 +165,17 @@ class Worker:
         self.stopping.set()
 
     async def run(self, max_jobs: int | None = None) -> None:
+        try:
+            await self._claim_and_render(max_jobs)
+        finally:  # the last renders' upload copies and completions, before the worker goes
+            await self.finish_pending()
+        log.info("%s: stopped", self.name)
+
+    async def finish_pending(self) -> None:
+        while self.finishing:
+            await asyncio.gather(*list(self.finishing), return_exceptions=True)
+
+    async def _claim_and_render(self, max_jobs: int | None) -> None:
         done, pause = 0, NOT_READY_PAUSE_FIRST
         log.info("%s: waiting for jobs", self.name)
         while not self.stopping.is_set() and (max_jobs is None or done < max_jobs):
@@ -183,7 +195,6 @@ class Worker:
                 continue
             if await self.process(job):
                 done, pause = done + 1, NOT_READY_PAUSE_FIRST  # a fault that comes back keeps growing the pause
-        log.info("%s: stopped", self.name)
 
     async def readiness(self) -> str | None:
         """None when this worker can render, else why not (logged when it changes)."""
@@ -269,10 +280,8 @@ class Worker:
 
     async def process(self, job: Job) -> bool:
         """Render one claimed job to its end; False when it went back to the queue for a worker fault."""
-        from engine.made_with import made_with, stamp
-        from engine.render import Cancelled, Paused, RenderRequest, render
-        from engine.video import fit_to_size
-        from storage.inputs import InputError
+        from engine.made_with import made_with
+        from engine.render import RenderRequest, render
 
         loop = asyncio.get_running_loop()
         run = JobRun()
@@ -316,62 +325,107 @@ class Worker:
             render(models, image, request, self.files.work_dir(job.id), video, on_step=on_step,
                    on_section=on_section, should_cancel=run.cancel.is_set, should_pause=self.stopping.is_set,
                    end_image=end_image, keyframes=keyframes)
-            if run.cancel.is_set():  # cancelled after the last step: no upload copies, the store ends it cancelled
-                return str(video), {}
-            # The settings go into the video before the copies are made (a copy keeps them), and each copy is
-            # checked after, so every file a person gets says how it was made.
-            how = made_with(request, end_picture=end_image is not None, keyframes=job.guides.keyframes,
-                            job_id=job.id, platform=job.platform)
-            stamp(video, how)
-            fitted = {}
-            for limit in p.upload_limits:
-                copy = fit_to_size(video, self.files.fitted_path(job.id, limit), limit)
-                fitted[limit] = str(stamp(copy, how, max_bytes=limit))
-            return str(video), fitted
+            return video, made_with(request, end_picture=end_image is not None, keyframes=job.guides.keyframes,
+                                    job_id=job.id, platform=job.platform)
 
         rendering = loop.run_in_executor(None, work)
         watcher = asyncio.ensure_future(self._watch(job, run, rendering))
         try:
-            video, fitted = await rendering
-        except Paused:
-            await self.store.release(job.id, self.name)
-            log.info("%s: job %d given back to the queue at its last step", self.name, job.id)
-            return True
-        except Cancelled:
-            if run.lease_lost:
-                return True  # another worker owns it now
-            await self.store.mark_cancelled(job.id, self.name)
-            log.info("%s: job %d cancelled", self.name, job.id)
-            return True
-        except InputError as error:  # written for the person
-            await self.store.fail(job.id, self.name, str(error))
-            return True
-        except WorkerFault as fault:
-            return await self._give_back(job, str(fault))
+            video, how = await rendering
         except Exception as error:
-            if disk_trouble(error, self.settings.data_dir):  # passing: the job resumes from its checkpoint later
-                log.error("%s: job %d paused, the disk is full: %s", self.name, job.id, error)
-                return await self._give_back(job, "The data folder's disk is full.")
-            # The job fails, the worker lives on for the next one. The person reads a plain sentence; the
-            # details (paths, ffmpeg's command line) stay in this log.
-            log.exception("%s: job %d failed", self.name, job.id)
-            await self.store.fail(job.id, self.name, FAILED_TEXT)
-            return True
+            return await self._render_ended(job, run, error)
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
-        await self.store.complete(job.id, self.name, video, fitted)
-        if run.step_seconds:
-            overhead = statistics.median(run.section_overheads) if run.section_overheads else 0.0
-            # TeaCache skips the transformer on some steps: the mean is its speed, a median would pick
-            # a skipped or a full step. Only the job's own threshold counts as TeaCache here; the
-            # worker's ENGINE_TEACACHE is part of its plain figure.
-            teacache = p.teacache > 0
-            step = statistics.fmean(run.step_seconds) if teacache else statistics.median(run.step_seconds)
-            step /= CFG_FACTOR if p.cfg > 1 else 1.0  # the plain figure: the ETA doubles it again for CFG jobs
-            await self.store.record_speed(self.name, step, overhead, teacache=teacache)
+        if run.cancel.is_set():  # cancelled after the last step: no upload copies, the store ends it cancelled
+            await self.store.complete(job.id, self.name, str(video), {})
+            return True
+        # The upload copies (ffmpeg) and the completion go on while the next job samples.
+        finishing = asyncio.ensure_future(self._finish(job, run, video, how))
+        self.finishing.add(finishing)
+        finishing.add_done_callback(self.finishing.discard)
         return True
+
+    async def _render_ended(self, job: Job, run: JobRun, error: BaseException) -> bool:
+        """A render or its finishing that ended without a video: put the job where it belongs; False when it
+        went back to the queue for a worker fault."""
+        from engine.render import Cancelled, Paused
+        from storage.inputs import InputError
+
+        if isinstance(error, Paused):
+            await self.store.release(job.id, self.name)
+            log.info("%s: job %d given back to the queue at its last step", self.name, job.id)
+            return True
+        if isinstance(error, Cancelled):
+            if not run.lease_lost:  # else another worker owns it now
+                await self.store.mark_cancelled(job.id, self.name)
+                log.info("%s: job %d cancelled", self.name, job.id)
+            return True
+        if isinstance(error, InputError):  # written for the person
+            await self.store.fail(job.id, self.name, str(error))
+            return True
+        if isinstance(error, WorkerFault):
+            return await self._give_back(job, str(error))
+        if disk_trouble(error, self.settings.data_dir):  # passing: the job resumes from its checkpoint later
+            log.error("%s: job %d paused, the disk is full: %s", self.name, job.id, error)
+            return await self._give_back(job, "The data folder's disk is full.")
+        # The job fails, the worker lives on for the next one. The person reads a plain sentence; the details
+        # (paths, ffmpeg's command line) stay in this log.
+        log.error("%s: job %d failed", self.name, job.id, exc_info=error)
+        await self.store.fail(job.id, self.name, FAILED_TEXT)
+        return True
+
+    async def _finish(self, job: Job, run: JobRun, video: Path, how) -> None:
+        """Stamp the video with its settings, make the upload copies, complete the job and record the speed;
+        the lease is renewed meanwhile (a cancel now comes too late: the video is made)."""
+        from engine.made_with import stamp
+        from engine.video import fit_to_size
+
+        def copies():
+            # The settings go into the video before the copies are made (a copy keeps them), and each copy is
+            # checked after, so every file a person gets says how it was made.
+            stamp(video, how)
+            fitted = {}
+            for limit in job.params.upload_limits:
+                copy = fit_to_size(video, self.files.fitted_path(job.id, limit), limit)
+                fitted[limit] = str(stamp(copy, how, max_bytes=limit))
+            return fitted
+
+        making = asyncio.get_running_loop().run_in_executor(None, copies)
+        renewing = asyncio.ensure_future(self._renew_until(job, making))
+        try:
+            fitted = await making
+        except Exception as error:
+            await self._render_ended(job, run, error)
+            return
+        finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
+        await self.store.complete(job.id, self.name, str(video), fitted)
+        await self._record_speed(job, run)
+
+    async def _renew_until(self, job: Job, done: asyncio.Future) -> None:
+        renew_every = max(self.settings.lease_seconds / 4, 0.05)
+        while not done.done():
+            await asyncio.sleep(renew_every)
+            if not done.done() and not await self.store.renew(job.id, self.name):
+                log.warning("%s: lost the lease on job %d while making its upload copies", self.name, job.id)
+                return
+
+    async def _record_speed(self, job: Job, run: JobRun) -> None:
+        if not run.step_seconds:
+            return
+        p = job.params
+        overhead = statistics.median(run.section_overheads) if run.section_overheads else 0.0
+        # TeaCache skips the transformer on some steps: the mean is its speed, a median would pick a skipped or
+        # a full step. Only the job's own threshold counts as TeaCache here; the worker's ENGINE_TEACACHE is part
+        # of its plain figure.
+        teacache = p.teacache > 0
+        step = statistics.fmean(run.step_seconds) if teacache else statistics.median(run.step_seconds)
+        step /= CFG_FACTOR if p.cfg > 1 else 1.0  # the plain figure: the ETA doubles it again for CFG jobs
+        await self.store.record_speed(self.name, step, overhead, teacache=teacache)
 
     def _pictures(self, job: Job):
         """The start picture, the end picture (or None) and (seconds, picture) keyframes, as the store kept them."""

@@ -228,3 +228,43 @@ async def test_variant_swap_keeps_one_transformer(stores, tmp_path, tiny_models_
     await worker.run(max_jobs=2)
     assert [v.value for v in worker.models.transformers] == ["f1"]
     assert [j.state for j in await store.user_jobs("telegram", "u", include_finished=True)] == [JobState.DONE] * 2
+
+
+async def test_the_upload_copies_are_made_while_the_next_job_renders(stores, tmp_path, tiny_models_dir,
+                                                                     monkeypatch):
+    """Back to back: job 1's stamping and upload copies (ffmpeg) run while job 2 renders, and both videos are
+    the ones each job gives alone."""
+    import threading
+
+    import engine.video
+
+    settings = worker_settings(tmp_path, tiny_models_dir)
+    store = await stores(settings)
+    params = [JobParams(seconds=1.2, seed=s, upload_limits=(30_000,), **TINY_PARAMS) for s in (5, 6)]
+    ids = [(await store.enqueue(NewJob("telegram", "c", f"u{i}", "a kite flies", p), picture_bytes())).job_id
+           for i, p in enumerate(params)]
+    second_claimed = threading.Event()
+    claim, fit = store.claim, engine.video.fit_to_size
+
+    async def watched_claim(worker, lease_seconds=None):
+        job = await claim(worker, lease_seconds)
+        if job is not None and job.id == ids[1]:
+            second_claimed.set()
+        return job
+
+    def fit_once_the_next_job_runs(src, dst, max_bytes, *args):
+        if Path(src).parent.name == str(ids[0]):  # job 1's own video
+            # a worker that made its copies before claiming again would never get past this
+            assert second_claimed.wait(60), "job 2 was not claimed while job 1's copies were being made"
+        return fit(src, dst, max_bytes, *args)
+
+    store.claim = watched_claim
+    monkeypatch.setattr(engine.video, "fit_to_size", fit_once_the_next_job_runs)
+    await asyncio.wait_for(Worker(store, settings, "w1").run(max_jobs=2), 300)
+    for job_id, p in zip(ids, params, strict=True):
+        job = await store.get(job_id)
+        assert job.state is JobState.DONE, job.error
+        fitted = Path(job.fitted[30_000])
+        assert fitted.stat().st_size <= 30_000 and read_made_with(fitted).seed == p.seed
+        expected = reference_video(tiny_models_dir, tmp_path / f"ref{job_id}", p, "a kite flies")
+        assert np.array_equal(video_frames(Path(job.video)), expected)
