@@ -33,6 +33,7 @@ from engine.prompt_cache import PromptCache
 from engine.render import Paused, RenderRequest, render
 from engine.sections import Variant
 from engine.speed import block_attention_backend, repeated_blocks
+from engine.warmup import use_compile_cache, warm_up
 
 
 def run(models: FramePackModels, mode: str, request: RenderRequest, work: Path, fresh: bool = True,
@@ -141,7 +142,15 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="continue the job found in --work")
     parser.add_argument("--pause-after-s", type=float, default=None,
                         help="stop (resumably) once this long has passed since the script started")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="jobs in a row per mode, each with its own prompt and seed (back to back)")
+    parser.add_argument("--warm-up", action="store_true",
+                        help="warm up as a worker does (engine/warmup.py) before each mode's first job")
+    parser.add_argument("--compile-cache", type=Path, default=None,
+                        help="torch's compile cache folder (a second process on the same folder shows a restart)")
     args = parser.parse_args()
+    if args.compile_cache is not None:
+        use_compile_cache(args.compile_cache)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")  # the engine's choices, e.g. attention
     variant = Variant.parse(args.variant)
     options = EngineOptions(compile=not args.no_compile, attention=args.attention, fp8=args.fp8,
@@ -151,22 +160,63 @@ def main() -> None:
     torch.cuda.synchronize()
     print(f"built the models in {time.perf_counter() - t0:.1f} s", flush=True)
     sizes = sizes_of_modules(built.encoders, built.transformer, repeated_blocks(built.transformer))
-    jobs = [(name, float(threshold)) for name in args.modes.split(",") for threshold in args.teacache.split(",")]
-    for mode, threshold in jobs:
-        request = RenderRequest(prompt="A character doing some simple body movements.", seconds=args.seconds,
-                                variant=variant, steps=args.steps, teacache=threshold, crf=args.crf)
+    runs = [(name, float(threshold)) for name in args.modes.split(",") for threshold in args.teacache.split(",")]
+    for mode, threshold in runs:
         t = time.perf_counter()
         plan = {"high": high_plan, "low": low_plan}[mode](sizes)
         models = place(built, plan, options, 0.0, PromptCache(options.cache_dir / "prompts", "random weights"))
         prepared = time.perf_counter() - t
-        pause_after_s = None if args.pause_after_s is None else args.pause_after_s - (time.perf_counter() - t0)
-        record = run(models, mode, request, args.work, fresh=not args.resume, pause_after_s=pause_after_s)
-        record.update({"prepare_s": round(prepared, 1), "compile": options.compile, "fp8": options.fp8,
-                       "attention": options.attention, "note": args.note,
-                       "attention_in_blocks": repr(block_attention_backend(models.transformer))})
-        with args.out.open("a") as sink:
-            sink.write(json.dumps(record) + "\n")
-        print(json.dumps(record), flush=True)
+        common = {"prepare_s": round(prepared, 1), "compile": options.compile, "fp8": options.fp8,
+                  "attention": options.attention, "note": args.note,
+                  "attention_in_blocks": repr(block_attention_backend(models.transformer))}
+        if args.warm_up:
+            warmed = warm_up(models, 640, args.work.parent / "warm-up")
+            write(args.out, {"bench": "engine_e2e", "mode": mode, "warm_up_s": round(warmed.seconds, 2),
+                             "compile_cache_hits": warmed.cache_hits, "compile_cache_misses": warmed.cache_misses,
+                             "compile_cache": str(args.compile_cache), **common})
+        records = []
+        for index in range(args.jobs):
+            request = RenderRequest(prompt=PROMPTS[index % len(PROMPTS)], seconds=args.seconds, seed=31337 + index,
+                                    variant=variant, steps=args.steps, teacache=threshold, crf=args.crf)
+            pause_after_s = None if args.pause_after_s is None else args.pause_after_s - (time.perf_counter() - t0)
+            record = run(models, mode, request, args.work, fresh=not args.resume, pause_after_s=pause_after_s)
+            records.append({**record, **common, "job_in_a_row": index + 1, "warmed_up": args.warm_up,
+                            **job_phases(record)})
+            write(args.out, records[-1])
+        if len(records) > 1:
+            write(args.out, back_to_back(mode, records))
+
+
+PROMPTS = ("A character doing some simple body movements.", "The girl dances gracefully, with clear movements.",
+           "A man walks along the beach as the waves roll in.", "The cat stretches, yawns and looks around.")
+
+
+def write(out: Path, record: dict) -> None:
+    with out.open("a") as sink:
+        sink.write(json.dumps(record) + "\n")
+    print(json.dumps(record), flush=True)
+
+
+def job_phases(record: dict) -> dict:
+    """A whole job split as issue 21 reports it: start to first step, sampling, decode, the whole job."""
+    phases = record.get("section_phases", [])
+    return {"start_to_first_step_s": record.get("encode_until_first_step_s"),
+            "sampling_s": round(sum(p["sample_s"] for p in phases), 2),
+            "decode_s": round(sum(p["decode_s"] for p in phases), 2),
+            "whole_job_s": record.get("total_job_s", record.get("run_s"))}
+
+
+def back_to_back(mode: str, records: list[dict]) -> dict:
+    """Jobs per hour in a row against what the sampling alone would allow, and the first job against the
+    second."""
+    whole = sum(r["whole_job_s"] for r in records)
+    sampling = sum(r["sampling_s"] for r in records)
+    return {"bench": "engine_e2e", "mode": mode, "summary": "back_to_back", "jobs": len(records),
+            "jobs_per_hour": round(3600 * len(records) / whole, 2),
+            "sampling_bound_jobs_per_hour": round(3600 * len(records) / sampling, 2),
+            "ratio": round(sampling / whole, 3),
+            "first_vs_second_job": round(records[0]["whole_job_s"] / records[1]["whole_job_s"], 3),
+            "warm_job_vs_its_sampling": [round(r["whole_job_s"] / r["sampling_s"], 3) for r in records[1:]]}
 
 
 if __name__ == "__main__":
