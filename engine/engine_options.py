@@ -128,7 +128,7 @@ def place_transformer(transformer: nn.Module, device: torch.device, options: Eng
 
 def prepare_encoders(encoders, device: torch.device, options: EngineOptions, plan: MemoryPlan):
     """Llama on the GPU or streamed (pinned or mapped); CLIP, SigLIP and the VAE on the GPU or in RAM
-    between their phases; the VAE tiled where the plan says so."""
+    between their phases; the VAE tiled where the plan says so, its decoder compiled with the blocks."""
     if getattr(encoders, "_framepack_prepared", False):
         return encoders
     small = (encoders.text_encoder_2, encoders.image_encoder, encoders.vae)
@@ -136,6 +136,10 @@ def prepare_encoders(encoders, device: torch.device, options: EngineOptions, pla
         module.to(device if plan.encoders_on_gpu else "cpu")
     if plan.vae_tiled:
         encoders.vae.enable_tiling()
+    if options.compile and device.type == "cuda":
+        from engine.speed import compile_vae_decoder
+
+        compile_vae_decoder(encoders.vae)
     llama = encoders.text_encoder
     if plan.llama == "gpu":
         llama.to(device)

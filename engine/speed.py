@@ -180,6 +180,21 @@ def compile_blocks(transformer: nn.Module, mode: str | None = None, backend: str
     return len(blocks)
 
 
+def compile_vae_decoder(vae: nn.Module, backend: str = "inductor") -> bool:
+    """Compile the VAE's decoder in place (same math, fused): on an H200 a section's decode at 640x608 took
+    2.05 s compiled against 3.58 s eager (issue 21's measurement). Its shapes change with the window and the
+    tiles, so Dynamo soon marks them dynamic instead of compiling each. Returns False when already done."""
+    import torch._dynamo
+
+    decoder = vae.decoder
+    if getattr(decoder, "_framepack_compiled", False):
+        return False
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    decoder.forward = torch.compile(decoder.forward, backend=backend, fullgraph=False)
+    decoder._framepack_compiled = True
+    return True
+
+
 def uncompile_blocks(transformer: nn.Module) -> None:
     """Back to the plain eager forward (the benchmark times both in one process)."""
     for block in repeated_blocks(transformer):

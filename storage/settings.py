@@ -103,7 +103,7 @@ class Settings(BaseSettings):
     # the budgets the planner may use, in GiB (default: the GPU memory free and the RAM available at start)
     engine_vram_gb: float | None = Field(None, gt=0, le=4096)
     engine_ram_gb: float | None = Field(None, gt=0, le=65536)
-    engine_compile: bool = True  # regional torch.compile of the transformer blocks on CUDA (same math)
+    engine_compile: bool = True  # torch.compile of the transformer blocks and the VAE decoder on CUDA (same math)
     # auto (the fastest installed kernel that passes a start-up test call: FA3 on Hopper, FP8 attention with
     # engine_fp8 when nvidia-cudnn-frontend is installed; else PyTorch's SDPA choice)
     # | sdpa | cudnn | flash | efficient | fa3 | cudnn-fe | cudnn-fp8

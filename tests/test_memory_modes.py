@@ -283,6 +283,7 @@ def test_every_plan_renders_the_same_video(original_models, tiny_models_dir, tmp
     planned = load_models("original", "cpu", tiny_models_dir, options=options)
     assert planned.plan == full and full.modulation
     assert isinstance(planned.placement, Offloaded)
+    assert planned.encoders.vae.use_tiling == full.vae_tiled  # the decode tiles where the plan says so
     lookups = [m for m in planned.transformer.modules() if isinstance(m, PrecomputedModulation)]
     assert len(lookups) == 3  # norm1 and norm1_context of the dual-stream block, norm of the single-stream one
     streamer = getattr(planned.transformer, "_framepack_streamer", None)

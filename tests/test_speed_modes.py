@@ -186,6 +186,20 @@ def test_fp8_storage_halves_the_streamed_blocks_and_stays_close():
     assert 0 < error < 0.05
 
 
+def test_the_compiled_vae_decoder_decodes_as_before(original_models):
+    """The decoder compiled (Dynamo's eager backend here: no compiler on the CPU) gives the same pixels."""
+    import copy
+
+    from engine.speed import compile_vae_decoder
+    from engine.stitch import vae_decode
+
+    vae = copy.deepcopy(original_models.encoders.vae)
+    window = torch.randn(1, 16, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    expected = vae_decode(window, vae)
+    assert compile_vae_decoder(vae, backend="eager") and not compile_vae_decoder(vae, backend="eager")
+    assert torch.equal(vae_decode(window, vae), expected)
+
+
 def test_regional_compile_keeps_the_output_and_the_streamer_hooks():
     model = tiny_transformer()
     reference = stock(model, forward_inputs())
