@@ -89,12 +89,35 @@ def _parser() -> argparse.ArgumentParser:
     _add_direction_args(animate)
     _add_model_args(animate)
 
+    _add_extend_command(commands, settings)
+
     commands.add_parser("doctor", help="can the bot run here, with which memory plan, how fast; what to change")
 
     download = commands.add_parser("download", help="fetch all model weights ahead of time")
     download.add_argument("--variant", action="append", help="original and/or f1 (default: both)")
     _add_model_args(download)
     return parser
+
+
+def _add_extend_command(commands, settings) -> None:
+    extend = commands.add_parser("extend", help="continue a video by N seconds with the F1 sampler")
+    extend.add_argument("video", type=Path, help="an MP4 or WebM, made by the bot or not")
+    extend.add_argument("prompt", help="what happens next")
+    extend.add_argument("--seconds", type=float, default=settings.default_seconds, help="seconds to add")
+    extend.add_argument("--from-work", type=Path, default=None, metavar="DIR",
+                        help="the work folder of the render or extension that made VIDEO (OUT_work): continue "
+                             "from its kept latents, no frame re-encoded")
+    extend.add_argument("--seed", type=int, default=None,
+                        help="default: with --from-work the video's own seed (its noise stream carries on), "
+                             f"else {settings.default_seed}")
+    extend.add_argument("--steps", type=int, default=settings.default_steps)
+    extend.add_argument("--crf", type=int, default=settings.video_crf, help="x264 quality, 0 lossless, 16 default")
+    extend.add_argument("--out", type=Path, default=None, help="default: VIDEO_extended.mp4 beside VIDEO")
+    extend.add_argument("--device", default=settings.engine_device, help="cuda, cuda:N or cpu")
+    extend.add_argument("--resolution", type=int, default=640, help=argparse.SUPPRESS)
+    extend.add_argument("--memory-mode", choices=["auto", "high", "low"], default=settings.engine_memory_mode,
+                        help="high keeps every model on the GPU (~61 GB); low streams from RAM (~6 GB GPU)")
+    _add_model_args(extend)
 
 
 def _check_out_and_device(args: argparse.Namespace) -> None:
@@ -176,6 +199,102 @@ def _animate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _extend(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from engine.continuation import load as load_continuation
+    from engine.engine_options import EngineOptions
+    from engine.extend import VideoLimits, extend
+    from engine.made_with import extension_made_with, stamp
+    from engine.models import DeviceUnavailable, ModelsNotFound, load_models
+    from engine.render import RenderRequest
+    from storage.inputs import InputError, check_prompt
+
+    settings = get_settings()
+    args.out = args.out or args.video.with_name(args.video.stem + "_extended.mp4")
+    try:
+        kept = _kept_latents(args.from_work, load_continuation)
+        seed = args.seed if args.seed is not None else kept.seed if kept is not None and kept.seed is not None \
+            else settings.default_seed
+        request = RenderRequest(
+            prompt=check_prompt(args.prompt, settings.max_prompt_chars), seconds=args.seconds, variant="f1",
+            seed=seed, steps=args.steps, crf=args.crf, resolution=args.resolution,
+        ).checked(settings.max_prompt_chars, settings.max_seconds)
+        _check_out_and_device(args)
+        if kept is None and not args.video.is_file():
+            raise InputError(f"No such video file: {args.video}")
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+    try:
+        options = EngineOptions(memory_mode=args.memory_mode, compile=settings.engine_compile,
+                                attention=settings.engine_attention, fp8=settings.engine_fp8,
+                                stream_slots=settings.engine_stream_slots, vram_gb=settings.engine_vram_gb,
+                                ram_gb=settings.engine_ram_gb, cache_dir=Path(settings.data_dir) / "cache")
+        models = load_models("f1", args.device, args.models or settings.framepack_models_dir,
+                             settings.framepack_auto_download, options)
+    except (ModelsNotFound, DeviceUnavailable) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_NO_MODELS
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+    out = args.out
+    work_dir = out.with_name(out.stem + "_work")
+    bar = tqdm(total=request.sections * request.steps, unit="step", dynamic_ncols=True)
+
+    def on_step(event) -> None:
+        bar.set_description(f"section {event.section}/{event.sections}")
+        bar.update(1)
+
+    try:
+        result = extend(models, args.from_work or args.video, request, work_dir, out, on_step=on_step,
+                        limits=VideoLimits.from_settings(settings), source_name=args.video.name)
+    except InputError as error:
+        bar.close()
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"stopped. Run the same command again to resume from the last finished section ({work_dir}).",
+              file=sys.stderr)
+        return 130
+    bar.close()
+    stamp(result.video, extension_made_with(request, {**_source_settings(args.video), **result.extends}))
+    print(f"wrote {result.video}: {result.frames} frames ({result.source_frames} from {args.video.name}), "
+          f"{result.width}x{result.height}, {result.seconds:.2f} s at 30 fps (seed {request.seed}, f1); "
+          f"extend it again with --from-work {work_dir}")
+    return 0
+
+
+def _kept_latents(folder: Path | None, load):
+    """The continuation kept in --from-work's folder, or an InputError that says what is wrong with it."""
+    from storage.inputs import InputError
+
+    if folder is None:
+        return None
+    if not folder.is_dir():
+        raise InputError(f"--from-work names no folder: {folder}")
+    kept = load(folder)
+    if kept is None:
+        raise InputError(f"{folder} holds no kept latents (continuation.pt); leave out --from-work to extend the "
+                         "video file itself.")
+    return kept
+
+
+def _source_settings(video: Path) -> dict:
+    """The prompt and seed a video of ours was made with (its metadata), for the extension's own."""
+    from storage.video_metadata import NotAnMp4, read_made_with
+
+    try:
+        made = read_made_with(video) if video.is_file() else None
+    except (NotAnMp4, OSError):
+        made = None
+    return {"prompt": made.prompt, "seed": made.seed} if made is not None else {}
+
+
 def _download(args: argparse.Namespace) -> int:
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -215,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(get_settings(), fmt="%(asctime)s %(name)s: %(message)s",
                       level=logging.INFO if args.verbose else logging.WARNING)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    handlers = {"animate": _animate, "download": _download, "doctor": _doctor}
+    handlers = {"animate": _animate, "extend": _extend, "download": _download, "doctor": _doctor}
     return handlers[args.command](args)
 
 

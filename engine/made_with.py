@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,3 +34,10 @@ def stamp(video: Path, settings: MadeWith, max_bytes: int | None = None) -> Path
     if max_bytes is not None and Path(video).stat().st_size > max_bytes:
         raise RuntimeError(f"{video} no longer fits {max_bytes} bytes with its metadata.")
     return video
+
+
+def extension_made_with(request: RenderRequest, extends: dict, *, job_id: int | None = None,
+                        platform: str | None = None) -> MadeWith:
+    """The settings of an extension: its own prompt, seed and seconds added, and what it extends."""
+    plain = made_with(request, end_picture=False, keyframes=(), job_id=job_id, platform=platform)
+    return dataclasses.replace(plain, extends=dict(extends))

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from engine import direction
+from engine import continuation, direction
 from engine import sections as sec
 from engine.direction import Guides, SectionPrompt
 from engine.image_input import prepare_image, resize_and_center_crop, scaled_buckets
@@ -338,7 +338,32 @@ def render(
     loop.run()
 
     # 4. The finished segments, joined into one MP4 of the frames the request asks for.
-    return _join_segments(job, loop.segments, Path(out_path), loop.resumed_from)
+    result = _join_segments(job, loop.segments, Path(out_path), loop.resumed_from)
+
+    # 5. What an F1 continuation of this video needs (engine/continuation.py), kept beside the segments.
+    _keep_continuation(job, loop)
+    return result
+
+
+def _keep_continuation(job: _Job, loop: _SectionLoop) -> None:
+    request, sampler = job.request, loop.sampler
+    generated = []
+    if request.variant is sec.Variant.ORIGINAL:  # its history is the video's beginning: rebuild the end
+        saved = [job.saved_sections.load(index) for index in range(request.sections)]
+        if any(section is None for section in saved):
+            log.warning("a section's latents are gone from %s: this video cannot be extended", job.work_dir)
+            return
+        generated = [section["generated"] for section in saved]
+    edge = None
+    if request.variant is sec.Variant.F1:
+        edge = continuation.f1_edge_latents(sampler.history, request.sections, request.window)
+    continuation.save(job.work_dir, continuation.Continuation(
+        history=continuation.time_ordered_tail(request.variant, sampler.history, generated,
+                                               job.conditioning.start_latent, request.window),
+        start_latent=job.conditioning.start_latent, image_tokens=job.conditioning.positive.image,
+        seed=request.seed, generator_state=sampler.generator.get_state(),
+        segments=[(f"segment_{rank:04d}.mp4", frames) for rank, frames in sorted(loop.segments.items())],
+        edge_latents=edge, width=job.width, height=job.height, window=request.window, prompt=request.prompt))
 
 
 def check_guides(request: RenderRequest, has_end: bool, keyframe_times: Sequence[float]) -> list[int]:

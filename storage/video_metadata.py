@@ -50,6 +50,9 @@ class MadeWith:
     teacache: float = 0.0  # the threshold the render ran with; 0 off
     resolution: int = 640
     loras: tuple[dict, ...] = ()  # room for LoRAs (name, sha256, strength) once jobs can carry them
+    # an extension's source: {"video", "frames", "seconds"} and, where known, its "prompt" and "seed"; `seconds`
+    # above is then the seconds added, `prompt` and `seed` the continuation's. None: not an extension.
+    extends: dict | None = None
     version: str = ""  # framepack-bot's version
     job_id: int | None = None  # the bot's job; None for `framepack-bot animate`
     platform: str | None = None
@@ -95,6 +98,10 @@ def _checked(name: str, value):
         return tuple(value) if isinstance(value, list) and all(isinstance(v, dict) for v in value) else _BAD
     if name == "job_id":
         return value if value is None or (isinstance(value, int) and not isinstance(value, bool)) else _BAD
+    if name == "extends":
+        plain = (str, int, float, bool, type(None))
+        ok = value is None or (isinstance(value, dict) and all(isinstance(v, plain) for v in value.values()))
+        return value if ok else _BAD
     if name == "platform":
         return value if value is None or isinstance(value, str) else _BAD
     kind = _TYPES[name]
