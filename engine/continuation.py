@@ -4,7 +4,7 @@ F1 reads a fixed-size packed context (SPEC.md section 5): the last 1 + 2 + 16 la
 latent and the picture's SigLIP tokens. So a few MB carry a video of any length forward, and no frame is
 VAE-encoded again. Besides those it keeps the noise generator (the same seed then continues the same noise
 stream), the video's segment files in time order, and, where the video's last frames are one plain decode,
-the latents of that decode (the overlap blend with the continuation then matches a longer render exactly).
+how many of the last latents that decode took (the overlap blend then matches a longer render exactly).
 
 Which latents are the video's last depends on the variant:
 
@@ -37,7 +37,7 @@ class Continuation:
     seed: int | None  # the noise stream `generator_state` belongs to; None: there is none to continue
     generator_state: torch.Tensor | None
     segments: list[tuple[str, int]]  # (file name in the work folder, frames), in time order
-    edge_latents: torch.Tensor | None  # latents whose decode's last frames are the video's, or None
+    edge_count: int | None  # the last latents of `history` whose decode ends as the video does, or None
     width: int
     height: int
     window: int
@@ -89,8 +89,7 @@ def time_ordered_tail(variant: sec.Variant, history: torch.Tensor, section_laten
     return torch.cat([pad, tail], dim=2)
 
 
-def f1_edge_latents(history: torch.Tensor, sections: int, window: int) -> torch.Tensor:
-    """The latents an F1 render decoded last: its final `OverlapStitcher.finish` edge is that decode's end."""
-    from engine.stitch import chunk_latents
-
-    return chunk_latents(sec.Variant.F1, history, sections - 1, sections, window).clone()
+def f1_edge_count(sections: int, window: int) -> int:
+    """How many latents an F1 render decoded last (engine/stitch.py chunk_latents): its final
+    `OverlapStitcher.finish` edge is the end of that decode."""
+    return window + 1 if sections == 1 else 2 * window

@@ -259,5 +259,5 @@ def _keep_continuation(loop: _ExtensionLoop) -> None:
         history=sampler.history[:, :, -continuation.history_length(request.window):].clone(),
         start_latent=loop.source.start_latent, image_tokens=loop.source.image_tokens, seed=request.seed,
         generator_state=sampler.generator.get_state(), segments=loop.ordered_segments(),
-        edge_latents=loop.decode_window().clone(), width=loop.source.width, height=loop.source.height,
+        edge_count=2 * request.window, width=loop.source.width, height=loop.source.height,
         window=request.window, prompt=request.prompt))

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 SOURCE_FILE = "source.pt"
 PREFIX_FILE = "prefix.mp4"
+CUT_SHORT = 0.9  # fewer frames than this share of the header's duration: the file is cut short
 VIDEO_SIGNATURES = {b"ftyp": "MP4", b"\x1a\x45\xdf\xa3": "WebM"}  # MP4's at byte 4, Matroska's EBML at 0
 
 
@@ -145,10 +146,10 @@ def _from_kept(kept: continuation.Continuation, folder: Path, work_dir: Path, re
         raise InputError(f"{folder} lacks the video's segment {missing[0]}; extend the video file instead.")
     overlap = sec.overlap_frames(request.window)
     segments = [(folder / name, frames) for name, frames in kept.segments]
-    exact = kept.edge_latents is not None and segments[-1][1] == overlap  # the last segment is that decode's end
+    exact = kept.edge_count is not None and segments[-1][1] == overlap  # the last segment is that decode's end
     prefix_frames, edge = _cut_off_edge(segments, overlap, work_dir, request.crf, need_pixels=not exact)
     return PreparedSource(fingerprint, kept.history, kept.start_latent, kept.image_tokens, kept.seed,
-                          kept.generator_state, kept.edge_latents if exact else None,
+                          kept.generator_state, kept.history[:, :, -kept.edge_count:] if exact else None,
                           None if exact else torch.from_numpy(edge), prefix_frames, prefix_frames + overlap,
                           kept.width, kept.height, {"prompt": kept.prompt, "seed": kept.seed})
 
@@ -204,6 +205,10 @@ def _from_video(models: FramePackModels, path: Path, work_dir: Path, request, li
         except (OSError, RuntimeError, StopIteration, ValueError) as error:
             log.info("decoding %s failed: %s", path, error)
             raise InputError("The video is damaged or cut short and could not be decoded.") from None
+        if count < CUT_SHORT * float(meta.get("duration") or 0.0) * FPS - 2:
+            # ffmpeg decodes what is there of a file cut short behind its index, without failing
+            raise InputError(f"The video is damaged or cut short: {count} frames where its header promises "
+                             f"{float(meta['duration']):g} seconds.")
         if count < overlap:
             raise InputError(f"The video has {count} frames at 30 fps; at least {overlap} ({overlap / FPS:.1f} s) "
                              "are needed to continue it." if count else "The video has no frames.")

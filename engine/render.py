@@ -356,14 +356,14 @@ def _keep_continuation(job: _Job, loop: _SectionLoop) -> None:
         generated = [section["generated"] for section in saved]
     edge = None
     if request.variant is sec.Variant.F1:
-        edge = continuation.f1_edge_latents(sampler.history, request.sections, request.window)
+        edge = continuation.f1_edge_count(request.sections, request.window)
     continuation.save(job.work_dir, continuation.Continuation(
         history=continuation.time_ordered_tail(request.variant, sampler.history, generated,
                                                job.conditioning.start_latent, request.window),
         start_latent=job.conditioning.start_latent, image_tokens=job.conditioning.positive.image,
         seed=request.seed, generator_state=sampler.generator.get_state(),
         segments=[(f"segment_{rank:04d}.mp4", frames) for rank, frames in sorted(loop.segments.items())],
-        edge_latents=edge, width=job.width, height=job.height, window=request.window, prompt=request.prompt))
+        edge_count=edge, width=job.width, height=job.height, window=request.window, prompt=request.prompt))
 
 
 def check_guides(request: RenderRequest, has_end: bool, keyframe_times: Sequence[float]) -> list[int]:

@@ -34,6 +34,7 @@ from engine.extend import VideoLimits, extend
 from engine.image_input import resize_and_center_crop
 from engine.made_with import extension_made_with, stamp
 from engine.render import Paused, RenderRequest, render
+from engine.video import concat_segments
 from storage.inputs import InputError
 from storage.video_metadata import read_made_with
 
@@ -103,7 +104,7 @@ def test_an_original_render_keeps_its_end_in_time_order_and_extends(original_mod
     assert torch.equal(kept.history[:, :, -9:], _generated(tmp_path / "work", 1))
     assert torch.equal(kept.history[:, :, -18:-9], _generated(tmp_path / "work", 2))
     assert torch.equal(kept.history[:, :, -19:-18], kept.start_latent)
-    assert kept.edge_latents is None  # its last frames are a blend of two decodes: the frames themselves are used
+    assert kept.edge_count is None  # its last frames are a blend of two decodes: the frames themselves are used
 
     result = extend(f1_models, tmp_path / "work", _request(), tmp_path / "ext", tmp_path / "ext.mp4")
     joined, source = video_frames(result.video), video_frames(video.video)
@@ -160,6 +161,9 @@ def _bad_videos(tmp: Path) -> dict[str, tuple[Path, VideoLimits, str]]:
     write_video(good, frames=50)
     truncated = tmp / "truncated.mp4"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    indexed_first = concat_segments([good], tmp / "faststart.mp4")  # the index in front: decodes what is left
+    cut_behind_index = tmp / "cut_behind_index.mp4"
+    cut_behind_index.write_bytes(indexed_first.read_bytes()[: indexed_first.stat().st_size * 2 // 3])
     empty = tmp / "empty.mp4"
     empty.write_bytes(b"")
     text = tmp / "notes.mp4"
@@ -177,6 +181,7 @@ def _bad_videos(tmp: Path) -> dict[str, tuple[Path, VideoLimits, str]]:
         "not a video": (text, limits, "not a video I can read"),
         "a picture": (picture, limits, "not a video I can read"),
         "truncated": (truncated, limits, "damaged or cut short"),
+        "cut behind its index": (cut_behind_index, limits, "damaged or cut short: .* frames where"),
         "zero frames": (empty, limits, "empty"),
         "too short": (short, limits, "at least 33"),
         "too long": (good, VideoLimits(max_seconds=1.0), "limit is 1 seconds"),
