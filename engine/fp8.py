@@ -34,8 +34,11 @@ def _quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (x.float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3), scale
 
 
-class Float8Linear(nn.Module):
-    """A frozen nn.Linear on FP8 tensor cores; output in the input's dtype."""
+class _Float8Weights(nn.Module):
+    """A frozen nn.Linear's weight in e4m3 with one fp32 scale per output channel, and its bias as it was.
+    `work_device` does the rounding; the results go back where the weight was."""
+
+    scale_shape = (-1, 1)  # (out, 1); FP8 products want (1, out)
 
     def __init__(self, linear: nn.Linear, work_device: torch.device | None = None):
         super().__init__()
@@ -43,8 +46,14 @@ class Float8Linear(nn.Module):
         home = linear.weight.device
         weight, scale = _quantize_rows(linear.weight.detach().to(work_device or home))
         self.register_buffer("weight", weight.to(home))  # (out, in) e4m3
-        self.register_buffer("weight_scale", scale.reshape(1, -1).to(home))  # (1, out) fp32
+        self.register_buffer("weight_scale", scale.reshape(self.scale_shape).to(home))
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
+
+
+class Float8Linear(_Float8Weights):
+    """A frozen nn.Linear on FP8 tensor cores; output in the input's dtype."""
+
+    scale_shape = (1, -1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -59,18 +68,9 @@ class Float8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, fp8=e4m3 row-wise"
 
 
-class Float8StoredLinear(nn.Module):
-    """A frozen nn.Linear kept in e4m3 (one scale per output channel), widened to the input's dtype at each
-    call and multiplied in it: for GPUs without FP8 tensor cores."""
-
-    def __init__(self, linear: nn.Linear, work_device: torch.device | None = None):
-        super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        home = linear.weight.device
-        weight, scale = _quantize_rows(linear.weight.detach().to(work_device or home))
-        self.register_buffer("weight", weight.to(home))  # (out, in) e4m3
-        self.register_buffer("weight_scale", scale.to(home))  # (out, 1) fp32
-        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
+class Float8StoredLinear(_Float8Weights):
+    """A frozen nn.Linear kept in e4m3, widened to the input's dtype at each call and multiplied in it: for
+    GPUs without FP8 tensor cores."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = (self.weight.float() * self.weight_scale).to(x.dtype)
