@@ -31,7 +31,7 @@ import torch
 from engine import continuation
 from engine import sections as sec
 from engine.denoiser import Conditioning
-from engine.extend_source import PREFIX_FILE, PreparedSource, VideoLimits, prepare_source
+from engine.extend_source import PREFIX_FILE, PreparedSource, prepare_source
 from engine.models import FramePackModels
 from engine.preview import section_gif
 from engine.render import (  # the same checkpoint files and events
@@ -46,6 +46,7 @@ from engine.render import (  # the same checkpoint files and events
 )
 from engine.section_sampler import JobConditioning, SectionSampler, _encode_prompts
 from engine.stitch import OverlapStitcher, vae_decode
+from engine.uploaded_video import VideoLimits
 from engine.video import FPS, concat_segments, count_frames, frames_to_uint8, write_segment
 from storage.inputs import InputError
 
