@@ -33,7 +33,7 @@ from engine import continuation
 from engine.extend import VideoLimits, extend
 from engine.image_input import resize_and_center_crop
 from engine.made_with import extension_made_with, stamp
-from engine.render import Paused, RenderRequest, render
+from engine.render import Cancelled, Paused, RenderRequest, render
 from engine.video import concat_segments
 from storage.inputs import InputError
 from storage.video_metadata import read_made_with
@@ -73,6 +73,15 @@ def f1_render(f1_models, tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("f1_render")
     render(f1_models, make_picture(), _request(seconds=2.4), tmp / "work", tmp / "render.mp4")
     return tmp
+
+
+def test_an_f1_render_keeps_what_its_last_checkpoint_holds(f1_render):
+    kept = continuation.load(f1_render / "work")
+    checkpoint = torch.load(f1_render / "work" / "checkpoint.pt", weights_only=False)
+    assert torch.equal(kept.history, checkpoint["history"]) and kept.history.shape[2] == 19
+    assert torch.equal(kept.generator_state, checkpoint["generator_state"]) and kept.seed == 5
+    assert kept.segments == [("segment_0000.mp4", 4), ("segment_0001.mp4", 36), ("segment_0002.mp4", 33)]
+    assert kept.edge_count == 18  # the last section decoded its 9 latents after the 9 before
 
 
 def test_extending_an_f1_render_from_its_kept_latents_is_the_longer_render(f1_models, f1_render, tmp_path):
@@ -154,6 +163,13 @@ def test_a_paused_extension_resumes_to_the_same_video(f1_models, f1_render, tmp_
                      on_step=lambda e: resumed_steps.append((e.section, e.step)))
     assert resumed.resumed_from_section == 1 and resumed_steps[0] == (2, 3)
     assert np.array_equal(video_frames(resumed.video), video_frames(whole.video))
+
+
+def test_a_cancelled_extension_writes_no_video(f1_models, f1_render, tmp_path):
+    with pytest.raises(Cancelled):
+        extend(f1_models, f1_render / "work", _request(), tmp_path / "job", tmp_path / "job.mp4",
+               should_cancel=lambda: True)
+    assert not (tmp_path / "job.mp4").exists() and not list((tmp_path / "job").glob("segment_*"))
 
 
 def _bad_videos(tmp: Path) -> dict[str, tuple[Path, VideoLimits, str]]:
