@@ -20,8 +20,10 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from storage.files import JobFiles
+from storage.retention import remove_expired
 from storage.settings import Settings
-from storage.store import EXIT_CANNOT_START, open_store
+from storage.store import EXIT_CANNOT_START, JobStore, open_store
 
 log = logging.getLogger("framepack.serve")
 
@@ -29,6 +31,7 @@ FRONTEND_TOKENS = {"discord": "discord_token", "telegram": "telegram_token"}
 # name -> module with `async def run(settings, store, stop)`
 AVAILABLE_FRONTENDS = {"discord": "bot.discord_frontend", "telegram": "bot.telegram_frontend"}
 BACKOFF_START, BACKOFF_MAX, STABLE_SECONDS = 1.0, 60.0, 300.0
+CLEANUP_INTERVAL_SECONDS = 3600.0  # RESULT_RETENTION_DAYS is in days: hourly keeps the disk within an hour of it
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,22 @@ async def supervise(name: str, run: Callable[[], Awaitable[None]], stop: asyncio
         backoff = min(backoff * 2, BACKOFF_MAX)
 
 
+async def clean_up_periodically(settings: Settings, store: JobStore, stop: asyncio.Event,
+                                interval: float = CLEANUP_INTERVAL_SECONDS) -> None:
+    """Delete the files of jobs past RESULT_RETENTION_DAYS at start, then every `interval` seconds, until
+    `stop`. A round that fails is logged and the next one tries again: it never stops `serve`."""
+    if settings.result_retention_days <= 0:
+        log.info("RESULT_RETENTION_DAYS is 0: finished jobs' files are kept forever")
+        return
+    files = JobFiles(settings.data_dir)
+    while not stop.is_set():
+        try:
+            await remove_expired(store, files, settings.result_retention_days)
+        except Exception:
+            log.exception("deleting the files of expired jobs failed; trying again in %.0f s", interval)
+        await _pause(stop, interval)
+
+
 def _frontends(settings: Settings) -> list[str]:
     names = []
     for name, field in FRONTEND_TOKENS.items():
@@ -170,6 +189,7 @@ async def serve(settings: Settings) -> int:
         )
     workers = [WorkerProcess(slot, settings.shutdown_grace_seconds) for slot in slots]
     tasks = [asyncio.create_task(w.run(stop)) for w in workers]
+    tasks.append(asyncio.create_task(clean_up_periodically(settings, store, stop)))
     frontends = _frontends(settings)
     for name in frontends:
         module = __import__(AVAILABLE_FRONTENDS[name], fromlist=["run"])

@@ -79,6 +79,8 @@ async def _stored_job(made: MadeWith, store: JobStore, files: JobFiles, platform
     if job is None or job.platform != platform or job.prompt != made.prompt or job.params.seed != made.seed:
         gone = f"job {made.job_id} is not in this bot's records (it was made elsewhere, or removed); "
         return None, gone + send_again
+    if job.files_removed_at is not None:  # RESULT_RETENTION_DAYS passed: storage/retention.py deleted them
+        return None, f"the pictures of job {job.id} were deleted after the bot's keeping period; " + send_again
     try:
         await asyncio.to_thread(files.read_pictures, job.id, job.guides)
     except FileNotFoundError:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 from pathlib import Path
 
 from storage.jobs import GuidePictures, JobPictures
@@ -40,6 +42,14 @@ class JobFiles:
 
     def fitted_path(self, job_id: int, limit: int) -> Path:
         return self.job_dir(job_id) / f"video_{int(limit)}.mp4"
+
+    def remove_job(self, job_id: int) -> None:
+        """Delete the job's whole folder (already gone is fine); OSError when part of it cannot be deleted."""
+        folder = self.job_dir(job_id)
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(folder)
+        if folder.exists():  # a file that vanished midway stopped the first pass
+            shutil.rmtree(folder)
 
     def write_input(self, job_id: int, data: bytes) -> Path:
         return write_durably(self.input_path(job_id), data)

@@ -119,6 +119,8 @@ class Job:
     delivery_error: str | None = None  # why it could never be delivered (the person blocked the bot, ...)
     delivery_attempts: int = 0
     guides: GuidePictures = field(default_factory=GuidePictures)
+    # when the retention cleanup deleted its folder (pictures, work folder, video); None: not deleted
+    files_removed_at: float | None = None
 
     def video_for_limit(self, limit: int) -> str | None:
         """The largest copy that fits `limit` bytes (the original if no copy was asked for)."""

@@ -70,4 +70,9 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE workers ADD COLUMN starting INTEGER NOT NULL DEFAULT 0;
     """,
+    # 6: a finished job whose folder (pictures, work folder, video) the retention cleanup deleted, and when;
+    # its row stays for the history and /info
+    """
+    ALTER TABLE jobs ADD COLUMN files_removed_at REAL;
+    """,
 ]

@@ -26,6 +26,8 @@ SECRETS = ("discord_token", "telegram_token", "database_url")  # never echoed in
 # A key in .env that starts like ours but is none of them is most likely a typo (it would be ignored).
 OUR_PREFIXES = ("MAX_", "ENGINE_", "DISCORD_", "TELEGRAM_", "DEFAULT_", "VIDEO_", "FRAMEPACK_")
 MIN_LEASE_SECONDS = 2.0  # a worker renews every quarter lease; the worker tests run with 2 s
+# Under a quarter of an hour a job's files could go before its person has even opened the video; 0 keeps them.
+RETENTION_DAYS_RANGE = (0.01, 3_650.0)
 
 
 class Settings(BaseSettings):
@@ -87,6 +89,9 @@ class Settings(BaseSettings):
     default_teacache_factor: float = Field(0.5, gt=0, le=1)
     # how long `serve` waits for a worker to save and exit
     shutdown_grace_seconds: float = Field(120.0, gt=0, le=3_600)
+    # days a finished, delivered job's folder (pictures, work folder with the kept latents an Extend needs, the
+    # video) is kept before `serve` deletes it; its row stays. 0: kept forever (checked below)
+    result_retention_days: float = 7.0
 
     # Rendering defaults (SPEC.md section 9).
     default_seconds: float = 5.0  # 1..max_seconds
@@ -183,6 +188,14 @@ class Settings(BaseSettings):
         maximum = info.data.get(name, _BOUNDS[name][1])
         if not 1 <= value <= maximum:
             raise ValueError(f"must be between 1 and {name.upper()} ({maximum:g})")
+        return value
+
+    @field_validator("result_retention_days")
+    @classmethod
+    def _a_retention(cls, value: float) -> float:
+        low, high = RETENTION_DAYS_RANGE
+        if value != 0 and not low <= value <= high:
+            raise ValueError(f"must be 0 (keep forever) or between {low:g} and {high:g} days")
         return value
 
     @field_validator("allowed_variants")

@@ -49,7 +49,7 @@ DELIVERY_RETRY_FIRST, DELIVERY_RETRY_MAX = 5.0, 3600.0
 _JOB_COLUMNS = (
     "id, platform, chat_id, reply_to, user_id, user_name, prompt, params, state, created_at, started_at, "
     "finished_at, worker, lease_expires_at, attempts, cancel_requested, progress, error, result, delivered, "
-    "status_message, guild_id, delivery_error, delivery_attempts, guides"
+    "status_message, guild_id, delivery_error, delivery_attempts, guides, files_removed_at"
 )
 
 
@@ -69,7 +69,7 @@ def _job_from_row(row) -> Job:
         error=row[17], video=result.get("video"),
         fitted={int(k): v for k, v in result.get("fitted", {}).items()},
         delivered=bool(row[19]), status_message=row[20], guild_id=row[21], delivery_error=row[22],
-        delivery_attempts=row[23], guides=_guides_from_json(row[24]),
+        delivery_attempts=row[23], guides=_guides_from_json(row[24]), files_removed_at=row[25],
     )
 
 
@@ -320,6 +320,29 @@ class SqliteJobStore:
                 (time.time() + pause, job_id),
             )
             return pause
+
+    # ----- retention -----------------------------------------------------------------------------
+
+    async def expired_jobs(self, finished_before: float) -> list[int]:
+        """Ids of the jobs whose folders may go: finished (done, failed, cancelled) before `finished_before`,
+        their delivery over (delivered, or given up), and their folder not yet removed. A queued or running job,
+        or a finished one still to be delivered, is never among them."""
+        rows = await self._all(
+            "SELECT id FROM jobs WHERE state IN ('done', 'failed', 'cancelled') AND delivered=1 "
+            "AND finished_at IS NOT NULL AND finished_at < ? AND files_removed_at IS NULL ORDER BY id",
+            (finished_before,),
+        )
+        return [job_id for (job_id,) in rows]
+
+    async def mark_files_removed(self, job_ids: list[int]) -> None:
+        """Record that these finished jobs' folders are gone; their rows stay (history, /info)."""
+        if not job_ids:
+            return
+        async with self._write() as db:
+            await db.executemany(
+                "UPDATE jobs SET files_removed_at=? WHERE id=? AND state IN ('done', 'failed', 'cancelled')",
+                [(time.time(), job_id) for job_id in job_ids],
+            )
 
     async def set_status_message(self, job_id: int, message_id: str | None) -> None:
         async with self._write() as db:

@@ -1,0 +1,49 @@
+"""RESULT_RETENTION_DAYS: deleting the folders of finished, delivered jobs once they are old enough.
+
+A job's folder (its pictures, the work folder with checkpoints, latents, segments, previews and the
+continuation.pt an Extend starts from, the video and its upload copies) is the disk's main tenant. The row
+stays: the history and /info still find the job, and `files_removed_at` says its files are gone, so what
+reads them later (a re-roll, /info's "Animate again") answers that they are no longer stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from storage.files import JobFiles
+from storage.store import JobStore
+
+log = logging.getLogger(__name__)
+
+DAY_SECONDS = 86_400.0
+
+
+async def remove_expired(store: JobStore, files: JobFiles, retention_days: float,
+                         now: float | None = None) -> list[int]:
+    """Delete the folders of the jobs finished more than `retention_days` ago whose delivery is over, and mark
+    them; returns their ids. 0 days keeps everything. Running it again removes nothing more (idempotent); a
+    folder that cannot be deleted is logged and tried again on the next run."""
+    if retention_days <= 0:
+        return []
+    finished_before = (time.time() if now is None else now) - retention_days * DAY_SECONDS
+    removed = []
+    for job_id in await store.expired_jobs(finished_before):
+        try:
+            await asyncio.to_thread(files.remove_job, job_id)
+        except OSError as error:
+            log.warning("job %d: could not delete its folder %s (%s); trying again later",
+                        job_id, files.job_dir(job_id), error.strerror or error)
+            continue
+        removed.append(job_id)
+    await store.mark_files_removed(removed)
+    if removed:
+        log.info("deleted the files of %d job(s) finished more than %g day(s) ago: %s", len(removed),
+                 retention_days, _ids(removed))
+    return removed
+
+
+def _ids(job_ids: list[int], shown: int = 20) -> str:
+    text = ", ".join(str(i) for i in job_ids[:shown])
+    return text + (f" and {len(job_ids) - shown} more" if len(job_ids) > shown else "")
