@@ -131,11 +131,8 @@ def _check_out_and_device(args: argparse.Namespace) -> None:
 
 
 def _animate(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
 
-    from engine.engine_options import EngineOptions
     from engine.made_with import made_with, stamp
-    from engine.models import DeviceUnavailable, ModelsNotFound, load_models
     from engine.render import RenderRequest, check_guides, render
     from storage.inputs import InputError, check_prompt, load_image
 
@@ -155,28 +152,13 @@ def _animate(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
-    models_dir = args.models or settings.framepack_models_dir
-    try:
-        options = EngineOptions(memory_mode=args.memory_mode, compile=args.compile, attention=settings.engine_attention,
-                                fp8=args.fp8, stream_slots=settings.engine_stream_slots,
-                                vram_gb=settings.engine_vram_gb, ram_gb=settings.engine_ram_gb,
-                                cache_dir=Path(settings.data_dir) / "cache")
-        models = load_models(request.variant, args.device, models_dir, settings.framepack_auto_download, options)
-    except (ModelsNotFound, DeviceUnavailable) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_NO_MODELS
-    except ValueError as error:  # an engine option this machine cannot honour
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    models = _load_models_or_exit(request.variant, args, settings, args.memory_mode, args.compile, args.fp8)
+    if isinstance(models, int):
+        return models
 
     out = args.out
     work_dir = out.with_name(out.stem + "_work")
-    bar = tqdm(total=request.sections * request.steps, unit="step", dynamic_ncols=True)
-
-    def on_step(event) -> None:
-        bar.set_description(f"section {event.section}/{event.sections}")
-        bar.set_postfix_str(f"step {event.step}/{event.steps}")
-        bar.update(1)
+    bar, on_step = _progress_bar(request)
 
     def on_section(event) -> None:
         preview = out.with_name(f"{out.stem}_section{event.section:02d}.gif")
@@ -186,10 +168,7 @@ def _animate(args: argparse.Namespace) -> int:
         result = render(models, image, request, work_dir, out, on_step=on_step, on_section=on_section,
                         end_image=end_image, keyframes=keyframes)
     except KeyboardInterrupt:
-        bar.close()
-        print(f"stopped. Run the same command again to resume from the last finished section ({work_dir}).",
-              file=sys.stderr)
-        return 130
+        return _stopped(bar, work_dir)
     bar.close()
     stamp(result.video, made_with(request, end_picture=end_image is not None, keyframes=[at for at, _ in keyframes]))
     print(
@@ -200,13 +179,10 @@ def _animate(args: argparse.Namespace) -> int:
 
 
 def _extend(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
 
     from engine.continuation import load as load_continuation
-    from engine.engine_options import EngineOptions
     from engine.extend import VideoLimits, extend
     from engine.made_with import extension_made_with, stamp
-    from engine.models import DeviceUnavailable, ModelsNotFound, load_models
     from engine.render import RenderRequest
     from storage.inputs import InputError, check_prompt
 
@@ -227,27 +203,13 @@ def _extend(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
-    try:
-        options = EngineOptions(memory_mode=args.memory_mode, compile=settings.engine_compile,
-                                attention=settings.engine_attention, fp8=settings.engine_fp8,
-                                stream_slots=settings.engine_stream_slots, vram_gb=settings.engine_vram_gb,
-                                ram_gb=settings.engine_ram_gb, cache_dir=Path(settings.data_dir) / "cache")
-        models = load_models("f1", args.device, args.models or settings.framepack_models_dir,
-                             settings.framepack_auto_download, options)
-    except (ModelsNotFound, DeviceUnavailable) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_NO_MODELS
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    models = _load_models_or_exit("f1", args, settings, args.memory_mode, settings.engine_compile, settings.engine_fp8)
+    if isinstance(models, int):
+        return models
 
     out = args.out
     work_dir = out.with_name(out.stem + "_work")
-    bar = tqdm(total=request.sections * request.steps, unit="step", dynamic_ncols=True)
-
-    def on_step(event) -> None:
-        bar.set_description(f"section {event.section}/{event.sections}")
-        bar.update(1)
+    bar, on_step = _progress_bar(request)
 
     try:
         result = extend(models, args.from_work or args.video, request, work_dir, out, on_step=on_step,
@@ -257,16 +219,55 @@ def _extend(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        bar.close()
-        print(f"stopped. Run the same command again to resume from the last finished section ({work_dir}).",
-              file=sys.stderr)
-        return 130
+        return _stopped(bar, work_dir)
     bar.close()
     stamp(result.video, extension_made_with(request, {**_source_settings(args.video), **result.extends}))
     print(f"wrote {result.video}: {result.frames} frames ({result.source_frames} from {args.video.name}), "
           f"{result.width}x{result.height}, {result.seconds:.2f} s at 30 fps (seed {request.seed}, f1); "
           f"extend it again with --from-work {work_dir}")
     return 0
+
+
+def _load_models_or_exit(variant, args: argparse.Namespace, settings, memory_mode, compile_blocks: bool, fp8: bool):
+    """The models with the engine options of the settings and the command's flags, or the exit code that
+    says why not (printed)."""
+    from engine.engine_options import EngineOptions
+    from engine.models import DeviceUnavailable, ModelsNotFound, load_models
+
+    try:
+        options = EngineOptions(memory_mode=memory_mode, compile=compile_blocks, attention=settings.engine_attention,
+                                fp8=fp8, stream_slots=settings.engine_stream_slots, vram_gb=settings.engine_vram_gb,
+                                ram_gb=settings.engine_ram_gb, cache_dir=Path(settings.data_dir) / "cache")
+        return load_models(variant, args.device, args.models or settings.framepack_models_dir,
+                           settings.framepack_auto_download, options)
+    except (ModelsNotFound, DeviceUnavailable) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_NO_MODELS
+    except ValueError as error:  # an engine option this machine cannot honour
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def _stopped(bar, work_dir: Path) -> int:
+    """Ctrl-C: the work folder keeps the finished sections, so the same command resumes."""
+    bar.close()
+    print(f"stopped. Run the same command again to resume from the last finished section ({work_dir}).",
+          file=sys.stderr)
+    return 130
+
+
+def _progress_bar(request):
+    """A terminal progress bar over the job's steps and the step callback that moves it."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=request.sections * request.steps, unit="step", dynamic_ncols=True)
+
+    def on_step(event) -> None:
+        bar.set_description(f"section {event.section}/{event.sections}")
+        bar.set_postfix_str(f"step {event.step}/{event.steps}")
+        bar.update(1)
+
+    return bar, on_step
 
 
 def _kept_latents(folder: Path | None, load):

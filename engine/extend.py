@@ -35,16 +35,17 @@ from engine.extend_source import PREFIX_FILE, PreparedSource, prepare_source
 from engine.models import FramePackModels
 from engine.preview import section_gif
 from engine.render import (  # the same checkpoint files and events
+    Callbacks,
     Cancelled,
     Paused,
     RenderRequest,
     SectionEvent,
     StepEvent,
-    _load_if_matching,
-    _save_atomic,
-    _StepReporter,
+    StepReporter,
+    load_if_matching,
+    save_atomic,
 )
-from engine.section_sampler import JobConditioning, SectionSampler, _encode_prompts
+from engine.section_sampler import JobConditioning, SectionSampler, encode_prompts
 from engine.stitch import OverlapStitcher, vae_decode
 from engine.uploaded_video import VideoLimits
 from engine.video import FPS, concat_segments, count_frames, frames_to_uint8, write_segment
@@ -67,14 +68,6 @@ class ExtendResult:
     source_frames: int
     resumed_from_section: int
     extends: dict  # what was extended, for the video's metadata (engine/made_with.py extension_made_with)
-
-
-@dataclass(frozen=True)
-class _Callbacks:
-    on_step: Callable[[StepEvent], None] | None = None
-    on_section: Callable[[SectionEvent], None] | None = None
-    should_cancel: Callable[[], bool] | None = None
-    should_pause: Callable[[], bool] | None = None
 
 
 def extend(
@@ -111,7 +104,7 @@ def extend(
 
     # 4. The new sections, blended onto the source's last frames, checkpointed one by one.
     loop = _ExtensionLoop(models, request, prepared, conditioning, work_dir,
-                          _Callbacks(on_step, on_section, should_cancel, should_pause))
+                          Callbacks(on_step, on_section, should_cancel, should_pause))
     loop.run()
 
     # 5. The source's frames and the new ones, joined without re-encoding either.
@@ -133,7 +126,7 @@ def _checked(request: RenderRequest) -> RenderRequest:
 
 def _conditioning(models: FramePackModels, request: RenderRequest, source: PreparedSource) -> JobConditioning:
     prompts = [request.prompt, *([request.negative_prompt] if request.cfg != 1.0 else [])]
-    encoded = _encode_prompts(models, prompts)
+    encoded = encode_prompts(models, prompts)
     positive = Conditioning(*encoded[0], source.image_tokens)
     negative = Conditioning(*encoded[1], source.image_tokens) if len(encoded) > 1 else None
     return JobConditioning(positive, negative, source.start_latent)
@@ -148,7 +141,7 @@ class _ExtensionLoop:
     """Samples, decodes and blends the new sections in time order, writing each one's output at once."""
 
     def __init__(self, models: FramePackModels, request: RenderRequest, source: PreparedSource,
-                 conditioning: JobConditioning, work_dir: Path, callbacks: _Callbacks):
+                 conditioning: JobConditioning, work_dir: Path, callbacks: Callbacks):
         self.models, self.request, self.source, self.work_dir = models, request, source, work_dir
         self.callbacks = callbacks
         self.overlap, self.window = sec.overlap_frames(request.window), request.window
@@ -194,7 +187,7 @@ class _ExtensionLoop:
 
     def _section(self, index: int, stitcher: OverlapStitcher) -> None:
         request, sampler, callbacks = self.request, self.sampler, self.callbacks
-        report = _StepReporter(callbacks.on_step, index + 1, request.sections, request.steps)
+        report = StepReporter(callbacks.on_step, index + 1, request.sections, request.steps)
         clock = time.perf_counter()
         try:
             generated = sampler.sample(index, report, callbacks.should_cancel, callbacks.should_pause, self.partial)
@@ -210,7 +203,7 @@ class _ExtensionLoop:
         for rank, block in blocks:
             write_segment(self.work_dir / f"segment_{rank:04d}.mp4", frames_to_uint8(block), request.crf)
             self.segments[rank] = block.shape[1]
-        _save_atomic({"generated": generated}, self.work_dir / f"latents_{index + 1:04d}.pt")
+        save_atomic({"generated": generated}, self.work_dir / f"latents_{index + 1:04d}.pt")
         gif = section_gif(frames_to_uint8(chunk), self.work_dir / f"section_{index + 1:04d}.gif")
         self._save_checkpoint(index + 1, sampler.history, sampler.generator.get_state(), None)
         if callbacks.on_section is not None:
@@ -228,13 +221,13 @@ class _ExtensionLoop:
         return prefix + [(f"segment_{rank:04d}.mp4", frames) for rank, frames in sorted(self.segments.items())]
 
     def _save_checkpoint(self, done: int, history: torch.Tensor, generator_state, partial: dict | None) -> None:
-        _save_atomic({"version": CHECKPOINT_VERSION, "fingerprint": self.fingerprint, "sections_done": done,
+        save_atomic({"version": CHECKPOINT_VERSION, "fingerprint": self.fingerprint, "sections_done": done,
                       "history": history.clone(), "generator_state": generator_state,
                       "segments": dict(self.segments), "partial": partial}, self.checkpoint_path)
 
     def _load_checkpoint(self) -> dict | None:
         """The checkpoint of this very extension, if its segments all check out (else start over)."""
-        saved = _load_if_matching(self.checkpoint_path, self.fingerprint)
+        saved = load_if_matching(self.checkpoint_path, self.fingerprint)
         if saved is None or saved.get("version") != CHECKPOINT_VERSION:
             return None
         for rank, frames in saved["segments"].items():

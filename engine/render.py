@@ -179,13 +179,13 @@ def _fingerprint(request: RenderRequest, image: np.ndarray, guides: Guides) -> s
     return digest.hexdigest()
 
 
-def _save_atomic(obj, path: Path) -> None:
+def save_atomic(obj, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
 
 
-def _load_if_matching(path: Path, fingerprint: str) -> dict | None:
+def load_if_matching(path: Path, fingerprint: str) -> dict | None:
     if not path.is_file():
         return None
     try:
@@ -201,7 +201,7 @@ def _load_if_matching(path: Path, fingerprint: str) -> dict | None:
     return data
 
 
-class _StepReporter:
+class StepReporter:
     """Turns the sampler's per-step callback into StepEvents with the time each step took."""
 
     def __init__(self, on_step: Callable[[StepEvent], None] | None, section: int, sections: int, steps: int):
@@ -263,12 +263,12 @@ class _Checkpoint:
         self.fingerprint = fingerprint
 
     def load(self) -> dict | None:
-        return _load_if_matching(self.path, self.fingerprint)
+        return load_if_matching(self.path, self.fingerprint)
 
     def save(self, done: int, history: torch.Tensor, generator_state: torch.Tensor, segments: dict[int, int],
              partial: dict | None = None):
         """`partial`: a section stopped between steps (its noise already drawn, the sampler's tensors)."""
-        _save_atomic(
+        save_atomic(
             {
                 "version": CHECKPOINT_VERSION,
                 "fingerprint": self.fingerprint,
@@ -297,7 +297,7 @@ class _Job:
 
 
 @dataclass(frozen=True)
-class _Callbacks:
+class Callbacks:
     on_step: Callable[[StepEvent], None] | None = None
     on_section: Callable[[SectionEvent], None] | None = None
     should_cancel: Callable[[], bool] | None = None
@@ -334,7 +334,7 @@ def render(
     job = _prepare_job(models, request, start, guides, Path(work_dir))
 
     # 3. The section loop, from the last checkpoint of this very request (its segments checked).
-    loop = _SectionLoop(job, _Callbacks(on_step, on_section, should_cancel, should_pause))
+    loop = _SectionLoop(job, Callbacks(on_step, on_section, should_cancel, should_pause))
     loop.run()
 
     # 4. The finished segments, joined into one MP4 of the frames the request asks for.
@@ -418,7 +418,7 @@ class _SectionLoop:
     one (segment, latents, preview, checkpoint) while the next samples. A segment that does not check out
     at the end sends the loop back to the section that wrote it."""
 
-    def __init__(self, job: _Job, callbacks: _Callbacks):
+    def __init__(self, job: _Job, callbacks: Callbacks):
         self.job, self.request, self.callbacks = job, job.request, callbacks
         self.done, self.segments, self.partial, self.sampler = _start_point(
             job.models, job.request, job.conditioning, job.checkpoint, job.saved_sections)
@@ -466,7 +466,7 @@ class _SectionLoop:
     def _section(self, index: int, stitcher: OverlapStitcher, output: _OutputStage) -> None:
         """Sample section `index`, decode and blend it, and hand its output to the output thread."""
         models, sampler, callbacks = self.job.models, self.sampler, self.callbacks
-        report_step = _StepReporter(callbacks.on_step, index + 1, self.request.sections, self.request.steps)
+        report_step = StepReporter(callbacks.on_step, index + 1, self.request.sections, self.request.steps)
         clock = time.perf_counter()
         try:
             generated = sampler.sample(index, report_step, callbacks.should_cancel, callbacks.should_pause,
@@ -531,11 +531,11 @@ class _SavedSections:
         return self.work_dir / f"latents_{index + 1:04d}.pt"
 
     def save(self, index: int, generated: torch.Tensor, generator_state: torch.Tensor) -> None:
-        _save_atomic({"version": CHECKPOINT_VERSION, "fingerprint": self.fingerprint, "generated": generated,
+        save_atomic({"version": CHECKPOINT_VERSION, "fingerprint": self.fingerprint, "generated": generated,
                       "generator_state": generator_state}, self._path(index))
 
     def load(self, index: int) -> dict | None:
-        return _load_if_matching(self._path(index), self.fingerprint)
+        return load_if_matching(self._path(index), self.fingerprint)
 
 
 def _producing_section(rank: int, sections: int, reverse: bool) -> int:
@@ -600,10 +600,10 @@ def _start_point(models: FramePackModels, request: RenderRequest, conditioning: 
 def _load_or_encode_conditioning(models: FramePackModels, cropped: np.ndarray, guides: Guides,
                                  request: RenderRequest, path: Path, fingerprint: str) -> JobConditioning:
     names = [f.name for f in fields(JobConditioning)]
-    saved = _load_if_matching(path, fingerprint)
+    saved = load_if_matching(path, fingerprint)
     if saved is not None:
         return JobConditioning(**{name: saved[name] for name in names if name in saved})
     conditioning = encode_conditioning(models, cropped, request, guides)
-    _save_atomic({"version": CHECKPOINT_VERSION, "fingerprint": fingerprint,
+    save_atomic({"version": CHECKPOINT_VERSION, "fingerprint": fingerprint,
                   **{name: getattr(conditioning, name) for name in names}}, path)
     return conditioning

@@ -47,7 +47,7 @@ def encode_conditioning(models: FramePackModels, image: np.ndarray, request,
     true_cfg = request.cfg != 1.0
     timed = list(dict.fromkeys(p for s in guides.prompts or [] for p in (s.text, s.previous) if p is not None))
     prompts = [*(timed or [request.prompt]), *([request.negative_prompt] if true_cfg else [])]
-    encoded = dict(zip(prompts, _encode_prompts(models, prompts), strict=False))
+    encoded = dict(zip(prompts, encode_prompts(models, prompts), strict=False))
     with placement.image_encoder():
         pixels = enc.feature_extractor.preprocess(images=image, return_tensors="pt")["pixel_values"]
         siglip = enc.image_encoder(pixel_values=pixels.to(enc.image_encoder.device, enc.image_encoder.dtype))
@@ -55,14 +55,14 @@ def encode_conditioning(models: FramePackModels, image: np.ndarray, request,
     positive = Conditioning(*encoded[prompts[0]], image_tokens)
     negative = Conditioning(*encoded[request.negative_prompt], image_tokens) if true_cfg else None
     with placement.vae():
-        start = _vae_latent(enc.vae, image, request.seed)
-        end = _vae_latent(enc.vae, guides.end, request.seed) if guides.end is not None else None
-        keyframes = {index: _vae_latent(enc.vae, picture, request.seed) for index, picture in guides.keyframes.items()}
+        start = vae_latent(enc.vae, image, request.seed)
+        end = vae_latent(enc.vae, guides.end, request.seed) if guides.end is not None else None
+        keyframes = {index: vae_latent(enc.vae, picture, request.seed) for index, picture in guides.keyframes.items()}
     return JobConditioning(positive, negative, start, end, keyframes,
                            {p: Conditioning(*encoded[p], image_tokens) for p in timed}, guides.prompts)
 
 
-def _vae_latent(vae, image: np.ndarray, seed: int) -> torch.Tensor:
+def vae_latent(vae, image: np.ndarray, seed: int) -> torch.Tensor:
     """The picture's latent (1, 16, 1, h, w) fp32 on the CPU.
 
     The demos sample the VAE posterior from the unseeded global RNG; a generator of its own, seeded
@@ -76,7 +76,7 @@ def _vae_latent(vae, image: np.ndarray, seed: int) -> torch.Tensor:
     return latent.float().cpu()
 
 
-def _encode_prompts(models: FramePackModels, prompts: list[str]) -> list[tuple[torch.Tensor, ...]]:
+def encode_prompts(models: FramePackModels, prompts: list[str]) -> list[tuple[torch.Tensor, ...]]:
     """(text, mask, pooled) of each prompt on the CPU: from the prompt cache where it has them; the text
     encoders come to the GPU only for the others."""
     cache = models.prompt_cache

@@ -17,7 +17,7 @@ import torch
 
 from engine.image_input import nearest_bucket, resize_and_center_crop, scaled_buckets
 from engine.models import FramePackModels
-from engine.section_sampler import _vae_latent
+from engine.section_sampler import vae_latent
 from engine.video import FPS, SegmentWriter
 from storage.inputs import MIN_SIDE, InputError
 
@@ -177,5 +177,5 @@ def picture_embedding(models: FramePackModels, picture: np.ndarray, seed: int) -
         pixels = enc.feature_extractor.preprocess(images=picture, return_tensors="pt")["pixel_values"]
         tokens = enc.image_encoder(pixel_values=pixels.to(enc.image_encoder.device, enc.image_encoder.dtype))
     with placement.vae():
-        start = _vae_latent(enc.vae, picture, seed)
+        start = vae_latent(enc.vae, picture, seed)
     return tokens.last_hidden_state.cpu(), start

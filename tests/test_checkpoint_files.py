@@ -7,7 +7,7 @@ import logging
 import pytest
 import torch
 
-from engine.render import _load_if_matching
+from engine.render import load_if_matching
 
 
 @pytest.mark.parametrize("content", [[1, 2], "text", 7, None])
@@ -15,11 +15,11 @@ def test_a_pickle_that_is_not_a_checkpoint_is_ignored(tmp_path, caplog, content)
     path = tmp_path / "checkpoint.pt"
     torch.save(content, path)
     with caplog.at_level(logging.WARNING, logger="engine.render"):
-        assert _load_if_matching(path, "fingerprint") is None
+        assert load_if_matching(path, "fingerprint") is None
     assert "ignoring" in caplog.text
 
 
 def test_a_torn_file_is_still_ignored(tmp_path):
     path = tmp_path / "checkpoint.pt"
     path.write_bytes(b"PK\x03\x04 torn")
-    assert _load_if_matching(path, "fingerprint") is None
+    assert load_if_matching(path, "fingerprint") is None

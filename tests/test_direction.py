@@ -162,7 +162,7 @@ def test_timed_prompts_switch_at_the_right_sections_and_encode_each_once(origina
     prompt = "[0s: a cat sits] [1.2s: the cat jumps] [2.4s: a cat sits]"
     _render(original_models, tmp_path, "timed", prompt=prompt, seconds=3.6)
     assert sorted(encoded) == ["a cat sits", "the cat jumps"]  # each distinct prompt once
-    sits, jumps = (section_sampler._encode_prompts(original_models, [p])[0] for p in ("a cat sits", "the cat jumps"))
+    sits, jumps = (section_sampler.encode_prompts(original_models, [p])[0] for p in ("a cat sits", "the cat jumps"))
     half = torch.lerp(sits[0].to(used[0].text), jumps[0].to(used[0].text), 0.5)
     # Generation order runs from the end: 2.4 s+ (sits, blended from jumps), 1.2 s+ (jumps, blended), 0 s (sits).
     assert torch.equal(used[1].text, half)

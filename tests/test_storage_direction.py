@@ -168,7 +168,7 @@ async def test_a_database_from_schema_version_3_is_migrated_and_its_jobs_stay_pl
     old.close()
     store = await SqliteJobStore.open(settings)
     try:
-        assert (await store._one("PRAGMA user_version"))[0] == len(MIGRATIONS) == 4
+        assert (await store._one("PRAGMA user_version"))[0] == len(MIGRATIONS)
         job = await store.get(1)
         assert job.guides == GuidePictures() and job.params.cfg == 1.0 and job.params.negative_prompt == ""
         assert not job.params.loop and job.params.end_strength == 1.0
