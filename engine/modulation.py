@@ -16,6 +16,8 @@ import torch
 from diffusers.models.normalization import AdaLayerNormZero, AdaLayerNormZeroSingle
 from torch import nn
 
+from engine.offload import cpu_copy
+
 _ADALN = (AdaLayerNormZero, AdaLayerNormZeroSingle)
 
 
@@ -29,6 +31,7 @@ class _Table:
         self.current: torch.Tensor | None = None  # (B, sum of outputs) the rows of the call in progress
         self.misses: torch.Tensor | None = None  # calls whose embedding was not in `keys` (checked after)
         self.layers: list[PrecomputedModulation] = []
+        self.pinned: list[torch.Tensor] = []  # the pinned buffers of the linears' weights, kept registered
 
     def hold(self, rows: torch.Tensor) -> None:
         """This call's rows into `current`, which stays the same tensor from call to call (what the compiled
@@ -82,9 +85,9 @@ def precompute_modulation(transformer: nn.Module, blocks, pin: bool = False) -> 
     table, offset, moved = _Table(), 0, 0
     for norm in adaln_layers(blocks):
         linear = norm.linear.to("cpu")  # a no-op for weights loaded to RAM (mapped ones stay mapped)
-        if pin:
+        if pin:  # the streamer's pinned buffers: no power-of-two rounding, not copied into forked children
             for name, tensor in list(linear.named_parameters(recurse=False)):
-                setattr(linear, name, nn.Parameter(tensor.detach().pin_memory(), requires_grad=False))
+                setattr(linear, name, nn.Parameter(cpu_copy(tensor, True, table.pinned), requires_grad=False))
         norm.linear = PrecomputedModulation(linear, norm.silu, offset)
         table.layers.append(norm.linear)
         offset += linear.out_features

@@ -93,7 +93,7 @@ def host_buffer(nbytes: int, pin: bool) -> torch.Tensor:
     return buffer
 
 
-def _cpu_copy(tensor: torch.Tensor, pin: bool, keep: list) -> torch.Tensor:
+def cpu_copy(tensor: torch.Tensor, pin: bool, keep: list) -> torch.Tensor:
     """`tensor` in CPU memory; `keep` holds the pinned buffer so that it stays registered."""
     if not pin:
         return tensor.detach().to("cpu")
@@ -245,7 +245,7 @@ class BlockStreamer:
         block_ids = {id(m) for b in self.blocks for m in b.modules()}
         self._pinned: list[torch.Tensor] = []
         self.resident = [
-            (owner, name, is_param, _cpu_copy(tensor, pin and mapped_file is None, self._pinned))
+            (owner, name, is_param, cpu_copy(tensor, pin and mapped_file is None, self._pinned))
             for owner, name, tensor, is_param in _direct_tensors(model)
             if id(owner) not in block_ids
         ]
