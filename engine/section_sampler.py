@@ -70,7 +70,8 @@ def vae_latent(vae, image: np.ndarray, seed: int) -> torch.Tensor:
     demos' when their global RNG is seeded with the same number just before). Every picture gets the
     same seed, so a loop's end latent is exactly its start latent.
     """
-    x = torch.from_numpy(image).float().div(127.5).sub(1.0).permute(2, 0, 1)[None, :, None]
+    # np.array copies: the picture may be a read-only view of PIL's buffer, which torch will not wrap
+    x = torch.as_tensor(np.array(image)).float().div(127.5).sub(1.0).permute(2, 0, 1)[None, :, None]
     posterior = vae.encode(x.to(vae.device, vae.dtype)).latent_dist
     latent = posterior.sample(generator=torch.Generator("cpu").manual_seed(seed)) * vae.config.scaling_factor
     return latent.float().cpu()
