@@ -194,10 +194,9 @@ def plan_memory(budget: Budget, sizes: ModelSizes = FULL_SIZE) -> MemoryPlan:
         placed, lean = _lean(sizes), True
         resident = _resident_blocks(placed, room, tiled_decode, lean)
     blocks = placed.blocks
-    all_resident = resident == len(blocks)
     held = _kept(placed, resident)
     sampling = _sampling_bytes(placed, resident, lean)
-    encoders_on_gpu = all_resident and held + sizes.small_encoders + max(sampling, tiled_decode) <= room
+    encoders_on_gpu = resident == len(blocks) and held + sizes.small_encoders + max(sampling, tiled_decode) <= room
     if encoders_on_gpu:
         held += sizes.small_encoders
     vae = 0 if encoders_on_gpu else sizes.vae  # a visiting VAE comes in for the decode
@@ -214,7 +213,7 @@ def plan_memory(budget: Budget, sizes: ModelSizes = FULL_SIZE) -> MemoryPlan:
         blocks_from = "pinned" if private + streamed <= usable_ram else "mapped"
         private += streamed if blocks_from == "pinned" else _slot_bytes(blocks, resident)  # mapped: pinned staging
     modulation = ""
-    if placed is not sizes:  # the modulation linears visit once per section: pinned where RAM allows
+    if lean:  # the modulation linears visit once per section: pinned where RAM allows
         modulation = "pinned" if private + sum(sizes.modulation) <= usable_ram else "mapped"
         private += sum(sizes.modulation) if modulation == "pinned" else 0
     # Llama runs once per new prompt: pinning it (locked memory the OS cannot reclaim) pays only where RAM

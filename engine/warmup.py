@@ -58,8 +58,7 @@ def _cache_counts() -> tuple[int, int]:
     return inductor["fxgraph_cache_hit"], inductor["fxgraph_cache_miss"]
 
 
-def warm_up(models, resolution: int, work_dir: Path, variant_buckets=WARM_UP_BUCKETS,
-            should_cancel=None) -> WarmUp:
+def warm_up(models, resolution: int, work_dir: Path, buckets=WARM_UP_BUCKETS, should_cancel=None) -> WarmUp:
     """One step of one section at each warm-up bucket through the whole job path (text encoders, image
     encoder, VAE encode, the transformer, the decode, the MP4), on `models` as the jobs will use them.
 
@@ -68,7 +67,7 @@ def warm_up(models, resolution: int, work_dir: Path, variant_buckets=WARM_UP_BUC
     import numpy as np
     from PIL import Image
 
-    from engine.image_input import scaled_buckets
+    from engine.image_input import nearest_bucket, scaled_buckets
     from engine.render import RenderRequest, render
 
     started = time.perf_counter()
@@ -77,8 +76,8 @@ def warm_up(models, resolution: int, work_dir: Path, variant_buckets=WARM_UP_BUC
     served = scaled_buckets(resolution)
     shutil.rmtree(work_dir, ignore_errors=True)
     try:
-        for index, (height, width) in enumerate(variant_buckets):
-            bucket_h, bucket_w = _served_bucket(height, width, served)
+        for index, (height, width) in enumerate(buckets):
+            bucket_h, bucket_w = nearest_bucket(height, width, served)  # the served bucket of that shape
             gray = np.full((bucket_h, bucket_w, 3), 127, dtype=np.uint8)
             request = RenderRequest(prompt=WARM_UP_PROMPTS[index % len(WARM_UP_PROMPTS)], seconds=1.0,
                                     variant=models.variant, steps=1, resolution=resolution, seed=index)
@@ -88,10 +87,3 @@ def warm_up(models, resolution: int, work_dir: Path, variant_buckets=WARM_UP_BUC
         shutil.rmtree(work_dir, ignore_errors=True)
     now_hits, now_misses = _cache_counts()
     return WarmUp(time.perf_counter() - started, now_hits - hits, now_misses - misses)
-
-
-def _served_bucket(height: int, width: int, served) -> tuple[int, int]:
-    """The served bucket nearest in shape to a 640-list bucket."""
-    from engine.image_input import nearest_bucket
-
-    return nearest_bucket(height, width, served)

@@ -262,21 +262,36 @@ class Worker:
             await asyncio.sleep(min(0.5, seconds))
         self.fault = None
 
-    async def _watch(self, job: Job, run: JobRun, rendering: asyncio.Future) -> None:
-        """Renew the lease and poll for a cancel until the render ends."""
+    async def _watch(self, job: Job, run: JobRun, work: asyncio.Future, cancels: bool) -> None:
+        """Renew the lease until `work` ends; with `cancels`, also poll for a cancel and stop the render when
+        the lease is lost (the upload copies of a finished render just go on)."""
         renew_every = max(self.settings.lease_seconds / 4, 0.05)
+        poll_every = min(CANCEL_POLL_SECONDS, renew_every) if cancels else renew_every
         since_renew = 0.0
-        while not rendering.done():
-            await asyncio.sleep(min(CANCEL_POLL_SECONDS, renew_every))
-            since_renew += min(CANCEL_POLL_SECONDS, renew_every)
-            if since_renew >= renew_every:
+        while not work.done():
+            await asyncio.sleep(poll_every)
+            since_renew += poll_every
+            if since_renew >= renew_every and not work.done():
                 since_renew = 0.0
                 if not await self.store.renew(job.id, self.name):
-                    log.warning("%s: lost the lease on job %d; stopping it", self.name, job.id)
+                    log.warning("%s: lost the lease on job %d%s", self.name, job.id, "; stopping it" * cancels)
                     run.lease_lost = True
                     run.cancel.set()
-            if await self.store.is_cancel_requested(job.id):
+                    if not cancels:
+                        return
+            if cancels and await self.store.is_cancel_requested(job.id):
                 run.cancel.set()
+
+    @contextlib.asynccontextmanager
+    async def _watching(self, job: Job, run: JobRun, work: asyncio.Future, cancels: bool = True):
+        """The lease kept (see _watch) while the body awaits `work`."""
+        watcher = asyncio.ensure_future(self._watch(job, run, work, cancels))
+        try:
+            yield
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
 
     async def process(self, job: Job) -> bool:
         """Render one claimed job to its end; False when it went back to the queue for a worker fault."""
@@ -329,17 +344,14 @@ class Worker:
                                     job_id=job.id, platform=job.platform)
 
         rendering = loop.run_in_executor(None, work)
-        watcher = asyncio.ensure_future(self._watch(job, run, rendering))
         try:
-            video, how = await rendering
+            async with self._watching(job, run, rendering):
+                video, how = await rendering
         except Exception as error:
             return await self._render_ended(job, run, error)
-        finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
         if run.cancel.is_set():  # cancelled after the last step: no upload copies, the store ends it cancelled
             await self.store.complete(job.id, self.name, str(video), {})
+            await self._record_speed(job, run)
             return True
         # The upload copies (ffmpeg) and the completion go on while the next job samples.
         finishing = asyncio.ensure_future(self._finish(job, run, video, how))
@@ -393,26 +405,14 @@ class Worker:
             return fitted
 
         making = asyncio.get_running_loop().run_in_executor(None, copies)
-        renewing = asyncio.ensure_future(self._renew_until(job, making))
         try:
-            fitted = await making
+            async with self._watching(job, run, making, cancels=False):
+                fitted = await making
         except Exception as error:
             await self._render_ended(job, run, error)
             return
-        finally:
-            renewing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewing
         await self.store.complete(job.id, self.name, str(video), fitted)
         await self._record_speed(job, run)
-
-    async def _renew_until(self, job: Job, done: asyncio.Future) -> None:
-        renew_every = max(self.settings.lease_seconds / 4, 0.05)
-        while not done.done():
-            await asyncio.sleep(renew_every)
-            if not done.done() and not await self.store.renew(job.id, self.name):
-                log.warning("%s: lost the lease on job %d while making its upload copies", self.name, job.id)
-                return
 
     async def _record_speed(self, job: Job, run: JobRun) -> None:
         if not run.step_seconds:
