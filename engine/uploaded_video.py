@@ -1,7 +1,7 @@
 """A video a person sends to be extended: checked from its header, decoded once, its frames VAE-encoded.
 
-The checks run before any frame is decoded (bytes, MP4/WebM signature, that ffmpeg reads it, codec, size,
-duration); the decode goes through imageio-ffmpeg at 30 fps, each frame bucket-cropped like a start picture.
+The checks run before any frame is decoded (storage/uploaded_videos.py, which the chat side's queue runs too);
+the decode goes through imageio-ffmpeg at 30 fps, each frame bucket-cropped like a start picture.
 """
 
 from __future__ import annotations
@@ -19,61 +19,12 @@ from engine.image_input import nearest_bucket, resize_and_center_crop, scaled_bu
 from engine.models import FramePackModels
 from engine.section_sampler import vae_latent
 from engine.video import FPS, SegmentWriter
-from storage.inputs import MIN_SIDE, InputError
+from storage.inputs import InputError
+from storage.uploaded_videos import CUT_SHORT, VideoLimits, check_video
 
 log = logging.getLogger(__name__)
 
-CUT_SHORT = 0.9  # fewer frames than this share of the header's duration: the file is cut short
-VIDEO_SIGNATURES = {b"ftyp": "MP4", b"\x1a\x45\xdf\xa3": "WebM"}  # MP4's at byte 4, Matroska's EBML at 0
-
-
-@dataclass(frozen=True)
-class VideoLimits:
-    max_bytes: int = 200_000_000
-    max_seconds: float = 120.0
-    max_pixels: int = 8_294_400
-    codecs: tuple[str, ...] = ("h264", "hevc", "vp8", "vp9", "av1")
-
-    @classmethod
-    def from_settings(cls, settings) -> VideoLimits:
-        codecs = tuple(c.strip().lower() for c in settings.extend_video_codecs.split(",") if c.strip())
-        return cls(settings.max_extend_video_bytes, settings.max_extend_video_seconds,
-                   settings.max_extend_video_pixels, codecs)
-
-
-def check_video(path: Path, limits: VideoLimits) -> dict:
-    """The video's header information, or an InputError saying why it cannot be extended; decodes no frame."""
-    if not path.is_file():
-        raise InputError(f"No such video file: {path}")
-    size = path.stat().st_size
-    if size == 0:
-        raise InputError("The video file is empty.")
-    if size > limits.max_bytes:
-        raise InputError(f"The video is {size / 1e6:.1f} MB; the limit is {limits.max_bytes / 1e6:.1f} MB.")
-    with open(path, "rb") as file:
-        head = file.read(12)
-    if head[4:8] not in VIDEO_SIGNATURES and head[:4] not in VIDEO_SIGNATURES:
-        raise InputError("That file is not a video I can read (MP4 or WebM).")
-    try:
-        reader = imageio_ffmpeg.read_frames(str(path))
-        meta = next(reader)
-        reader.close()
-    except (OSError, RuntimeError, StopIteration):
-        raise InputError("The video is damaged or cut short and could not be read.") from None
-    codec = str(meta.get("codec", "")).lower()
-    if codec not in limits.codecs:
-        raise InputError(f"The video is encoded as {codec or 'an unknown codec'}; "
-                         f"I can read {', '.join(limits.codecs)}.")
-    width, height = meta["size"]
-    if width * height > limits.max_pixels:
-        raise InputError(f"The video is {width}x{height} ({width * height / 1e6:.1f} megapixels); "
-                         f"the limit is {limits.max_pixels / 1e6:.1f} megapixels.")
-    if min(width, height) < MIN_SIDE:
-        raise InputError(f"The video is {width}x{height}; each side must be at least {MIN_SIDE} pixels.")
-    duration = float(meta.get("duration") or 0.0)
-    if duration > limits.max_seconds:
-        raise InputError(f"The video is {duration:g} seconds long; the limit is {limits.max_seconds:g} seconds.")
-    return meta
+__all__ = ["VideoLimits", "check_video", "decode_into_prefix", "encode_clip", "picture_embedding", "read_frames"]
 
 
 @dataclass

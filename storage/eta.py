@@ -42,3 +42,17 @@ def start_and_finish(
     """When one job starts and ends, behind the queued jobs `ahead` of it."""
     finish = finish_times(running_left, [*ahead, own], workers)[-1]
     return finish - own, finish
+
+
+# Making an extension's source ready, in sections' overheads: from kept latents, one decode of the last ones; from
+# a video a person sent, the whole file decoded and its last 73 frames VAE-encoded (an encode costs about two
+# decodes). Estimates until measured.
+PREPARATION_SECTIONS_KEPT, PREPARATION_SECTIONS_VIDEO = 1.0, 3.0
+
+
+def preparation_seconds(speed: Speed, extends) -> float:
+    """The time an extension job (`extends`: storage.jobs.Extends) spends before its first step; 0 for others."""
+    if extends is None:
+        return 0.0
+    sections = PREPARATION_SECTIONS_VIDEO if extends.from_video else PREPARATION_SECTIONS_KEPT
+    return sections * speed.section_overhead

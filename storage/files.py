@@ -34,6 +34,10 @@ class JobFiles:
     def keyframe_path(self, job_id: int, index: int) -> Path:
         return self.job_dir(job_id) / f"keyframe_{int(index)}"
 
+    def source_video_path(self, job_id: int) -> Path:
+        """The video an extension job continues, when a person sent one."""
+        return self.job_dir(job_id) / "source_video"
+
     def work_dir(self, job_id: int) -> Path:
         return self.job_dir(job_id) / "work"
 

@@ -65,6 +65,19 @@ class JobPictures:
 
 
 @dataclass(frozen=True)
+class Extends:
+    """What an extension job continues: a finished job of ours (its work folder's kept latents), or a video a
+    person sent (its bytes stored in the job's folder, `video_name` the file's name as sent)."""
+
+    job_id: int | None = None
+    video_name: str | None = None
+
+    @property
+    def from_video(self) -> bool:
+        return self.job_id is None
+
+
+@dataclass(frozen=True)
 class NewJob:
     platform: str  # "discord", "telegram", "cli"
     chat_id: str
@@ -75,6 +88,7 @@ class NewJob:
     user_name: str | None = None
     guild_id: str | None = None  # the Discord server it came from; None for DMs and other platforms
     guides: GuidePictures = field(default_factory=GuidePictures)
+    extends: Extends | None = None  # an extension job: what it continues; None: a job made from pictures
 
 
 @dataclass(frozen=True)
@@ -121,6 +135,7 @@ class Job:
     guides: GuidePictures = field(default_factory=GuidePictures)
     # when the retention cleanup deleted its folder (pictures, work folder, video); None: not deleted
     files_removed_at: float | None = None
+    extends: Extends | None = None  # an extension job's source; None (and every row before them): a plain job
 
     def video_for_limit(self, limit: int) -> str | None:
         """The largest copy that fits `limit` bytes (the original if no copy was asked for)."""

@@ -75,4 +75,12 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE jobs ADD COLUMN files_removed_at REAL;
     """,
+    # 7: extension jobs. The finished job an extension continues (its kept latents), or the name of the video a
+    # person sent (its bytes beside the job's pictures); both NULL: a job made from pictures. The index finds the
+    # extensions waiting on a source, which the retention cleanup keeps.
+    """
+    ALTER TABLE jobs ADD COLUMN extends_job INTEGER;
+    ALTER TABLE jobs ADD COLUMN extends_video TEXT;
+    CREATE INDEX jobs_by_source ON jobs (extends_job, state);
+    """,
 ]

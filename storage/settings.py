@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     max_steps: int = 50
     max_queued_per_user: int = 3
     allowed_variants: str = "original,f1"
-    # Extending an uploaded video (engine/uploaded_video.py), fixed here rather than by admins: the largest file in
+    # Extending an uploaded video (storage/uploaded_videos.py), fixed here rather than by admins: the largest file in
     # bytes, the longest video in seconds, the largest frame in pixels, and the video codecs decoded at all.
     max_extend_video_bytes: int = Field(200_000_000, ge=1_000_000, le=4_000_000_000)
     max_extend_video_seconds: float = Field(120.0, gt=0, le=3_600)

@@ -20,12 +20,14 @@ from pathlib import Path
 import aiosqlite
 
 from storage.direction_rules import check_direction
-from storage.eta import Speed, finish_times
-from storage.files import JobFiles
+from storage.eta import Speed, finish_times, preparation_seconds
+from storage.extension_rules import check_extension_request, check_extension_source
+from storage.files import JobFiles, write_durably
 from storage.inputs import InputError, check_prompt, load_image
 from storage.jobs import (
     MAX_JOB_ID,
     Enqueued,
+    Extends,
     GuidePictures,
     Job,
     JobParams,
@@ -40,6 +42,7 @@ from storage.jobs import (
 from storage.limits import LIMIT_NAMES, VARIANTS, Limits, parse_limit
 from storage.schema import MIGRATIONS
 from storage.settings import Settings
+from storage.uploaded_videos import VideoLimits, check_video_bytes
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +52,8 @@ DELIVERY_RETRY_FIRST, DELIVERY_RETRY_MAX = 5.0, 3600.0
 _JOB_COLUMNS = (
     "id, platform, chat_id, reply_to, user_id, user_name, prompt, params, state, created_at, started_at, "
     "finished_at, worker, lease_expires_at, attempts, cancel_requested, progress, error, result, delivered, "
-    "status_message, guild_id, delivery_error, delivery_attempts, guides, files_removed_at"
+    "status_message, guild_id, delivery_error, delivery_attempts, guides, files_removed_at, extends_job, "
+    "extends_video"
 )
 
 
@@ -70,7 +74,15 @@ def _job_from_row(row) -> Job:
         fitted={int(k): v for k, v in result.get("fitted", {}).items()},
         delivered=bool(row[19]), status_message=row[20], guild_id=row[21], delivery_error=row[22],
         delivery_attempts=row[23], guides=_guides_from_json(row[24]), files_removed_at=row[25],
+        extends=_extends(row[26], row[27]),
     )
+
+
+def _extends(job_id: int | None, video_name: str | None) -> Extends | None:
+    """An extension's source; None for a job made from pictures (every row from before migration 7)."""
+    if job_id is None and video_name is None:
+        return None
+    return Extends(job_id, video_name)
 
 
 def _guides_from_json(text: str | None) -> GuidePictures:
@@ -197,6 +209,8 @@ class SqliteJobStore:
 
     def _check_request(self, job: NewJob, limits: Limits) -> None:
         p = job.params
+        if job.extends is not None:  # first: its own words for what an extension cannot take
+            check_extension_request(job, limits)
         if p.variant not in VARIANTS:
             raise InputError(f"Unknown variant {p.variant!r}; the variants are {', '.join(VARIANTS)}.")
         if not 0 <= p.seed < 2**63:
@@ -227,6 +241,8 @@ class SqliteJobStore:
         """Everything enqueue checks except the picture: lets a frontend refuse before it downloads anything."""
         limits = await self.get_limits()
         self._check_request(job, limits)
+        if job.extends is not None and job.extends.job_id is not None:
+            await self._check_source(job)
         await self._check_quota(job, limits)
 
     async def enqueue(self, job: NewJob, pictures: bytes | JobPictures) -> Enqueued:
@@ -236,6 +252,8 @@ class SqliteJobStore:
         `job.guides` names. Raises InputError for a request over the limits or a picture that does not
         decode, and QueueFull over the person's quota; nothing is stored then.
         """
+        if job.extends is not None:
+            raise ValueError("an extension job is queued with enqueue_extension")
         if isinstance(pictures, bytes):
             pictures = JobPictures(pictures)
         limits = await self.get_limits()
@@ -243,25 +261,64 @@ class SqliteJobStore:
         _check_pictures_match(job.guides, pictures)
         # The frontends check the pictures first; checking again here means nothing unreadable is ever stored.
         await asyncio.to_thread(_check_pictures, job.guides, pictures, limits)
-        now = time.time()
-        guides = json.dumps(asdict(job.guides)) if job.guides.any else None
         async with self._write() as db:
             await self._check_quota(job, limits)
-            cursor = await db.execute(
-                "INSERT INTO jobs (platform, chat_id, reply_to, user_id, user_name, prompt, params, state, "
-                "created_at, guild_id, guides) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
-                (job.platform, job.chat_id, job.reply_to, job.user_id, job.user_name, job.prompt,
-                 json.dumps(asdict(job.params)), now, job.guild_id, guides),
-            )
-            job_id = cursor.lastrowid
+            job_id = await self._insert(db, job)
             # Inside the transaction: if a file cannot be written, no row is committed.
             try:
                 self.files.write_pictures(job_id, pictures)
             except OSError as error:
                 log.error("job %d: could not store the pictures: %s", job_id, error)
                 raise Unavailable(_storage_trouble(error)) from None
+        return await self._queued(job, job_id)
+
+    async def enqueue_extension(self, job: NewJob, video: bytes | None = None) -> Enqueued:
+        """Store an extension request (`job.extends` names its source) and, for a video a person sent, its
+        bytes; returns the job id and its position. The source job must be finished, this person's or shown in
+        this chat, and still stored; the video passes storage/uploaded_videos.py's checks. Raises InputError,
+        QueueFull or Unavailable as enqueue does; nothing is stored then."""
+        if job.extends is None or (video is not None) != job.extends.from_video:
+            raise ValueError("an uploaded video goes with an extension of a video, and only there")
+        limits = await self.get_limits()
+        self._check_request(job, limits)
+        if job.extends.job_id is not None:
+            await self._check_source(job)
+        if video is not None:
+            await asyncio.to_thread(check_video_bytes, video, VideoLimits.from_settings(self.settings),
+                                    self.files.root.parent / "tmp")
+        async with self._write() as db:
+            await self._check_quota(job, limits)
+            if job.extends.job_id is not None:  # the retention cleanup may have run since the check above
+                await self._check_source(job)
+            job_id = await self._insert(db, job)
+            try:
+                if video is not None:
+                    write_durably(self.files.source_video_path(job_id), video)
+            except OSError as error:
+                log.error("job %d: could not store the video: %s", job_id, error)
+                raise Unavailable(_storage_trouble(error)) from None
+        return await self._queued(job, job_id)
+
+    async def _check_source(self, job: NewJob) -> None:
+        source = await self.get(job.extends.job_id)
+        check_extension_source(job, source, self.files, self.settings.result_retention_days, time.time())
+
+    async def _insert(self, db, job: NewJob) -> int:
+        guides = json.dumps(asdict(job.guides)) if job.guides.any else None
+        extends = job.extends or Extends()
+        cursor = await db.execute(
+            "INSERT INTO jobs (platform, chat_id, reply_to, user_id, user_name, prompt, params, state, "
+            "created_at, guild_id, guides, extends_job, extends_video) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
+            (job.platform, job.chat_id, job.reply_to, job.user_id, job.user_name, job.prompt,
+             json.dumps(asdict(job.params)), time.time(), job.guild_id, guides, extends.job_id, extends.video_name),
+        )
+        return cursor.lastrowid
+
+    async def _queued(self, job: NewJob, job_id: int) -> Enqueued:
         position, eta = await self.position(job_id)
-        log.info("job %d queued for %s:%s at position %d", job_id, job.platform, job.user_id, position)
+        log.info("job %d queued for %s:%s at position %d%s", job_id, job.platform, job.user_id, position,
+                 f" (extends {job.extends})" if job.extends else "")
         return Enqueued(job_id, position, eta)
 
     # ----- reading --------------------------------------------------------------------------------
@@ -326,10 +383,13 @@ class SqliteJobStore:
     async def expired_jobs(self, finished_before: float) -> list[int]:
         """Ids of the jobs whose folders may go: finished (done, failed, cancelled) before `finished_before`,
         their delivery over (delivered, or given up), and their folder not yet removed. A queued or running job,
-        or a finished one still to be delivered, is never among them."""
+        or a finished one still to be delivered, is never among them; nor is the source of an extension that is
+        queued or running (it reads the source's kept latents when it starts, or again when it resumes)."""
         rows = await self._all(
             "SELECT id FROM jobs WHERE state IN ('done', 'failed', 'cancelled') AND delivered=1 "
-            "AND finished_at IS NOT NULL AND finished_at < ? AND files_removed_at IS NULL ORDER BY id",
+            "AND finished_at IS NOT NULL AND finished_at < ? AND files_removed_at IS NULL "
+            "AND id NOT IN (SELECT extends_job FROM jobs WHERE extends_job IS NOT NULL "
+            "AND state IN ('queued', 'running')) ORDER BY id",
             (finished_before,),
         )
         return [job_id for (job_id,) in rows]
@@ -355,10 +415,10 @@ class SqliteJobStore:
         their running ones) goes after everyone's (n-1)-th, so ten jobs from one person do not block
         one from another."""
         if not self.settings.fair_queue:
-            return "SELECT id, params FROM jobs WHERE state='queued' ORDER BY id"
+            return "SELECT id, params, extends_job, extends_video FROM jobs WHERE state='queued' ORDER BY id"
         return (
-            "SELECT q.id, q.params FROM ("
-            " SELECT id, params, platform, user_id,"
+            "SELECT q.id, q.params, q.extends_job, q.extends_video FROM ("
+            " SELECT id, params, platform, user_id, extends_job, extends_video,"
             "  ROW_NUMBER() OVER (PARTITION BY platform, user_id ORDER BY id) AS turn FROM jobs"
             " WHERE state='queued') AS q "
             "LEFT JOIN (SELECT platform, user_id, COUNT(*) AS busy FROM jobs WHERE state='running'"
@@ -394,15 +454,17 @@ class SqliteJobStore:
             left_sections = max(r.params.sections - max(r.progress.section - 1, 0), 0)
             # Only the job's own threshold counts: a worker's ENGINE_TEACACHE is already in its plain figure.
             step = speed.step_seconds(r.params.teacache > 0, r.params.cfg > 1)
-            running_left.append(left_steps * step + left_sections * speed.section_overhead)
+            preparing = preparation_seconds(speed, r.extends) if r.progress.section == 0 else 0.0
+            running_left.append(left_steps * step + left_sections * speed.section_overhead + preparing)
             result[r.id] = (0, running_left[-1])
         queued_ids, durations = [], []
-        for job_id, params in await self._all(self._order_sql()):
+        for job_id, params, extends_job, extends_video in await self._all(self._order_sql()):
             p = json.loads(params)
             queued_ids.append(job_id)
             sections = JobParams(seconds=p["seconds"]).sections
             # Rows from before the fast option have no "teacache": plain.
-            durations.append(speed.job_seconds(sections, p["steps"], p.get("teacache", 0) > 0, p.get("cfg", 1) > 1))
+            durations.append(speed.job_seconds(sections, p["steps"], p.get("teacache", 0) > 0, p.get("cfg", 1) > 1)
+                             + preparation_seconds(speed, _extends(extends_job, extends_video)))
         for position, (job_id, finish) in enumerate(
             zip(queued_ids, finish_times(running_left, durations, workers), strict=True), start=1
         ):
