@@ -295,14 +295,16 @@ class Worker:
 
     async def process(self, job: Job) -> bool:
         """Render one claimed job to its end; False when it went back to the queue for a worker fault."""
+        from engine.extend_job import run_extension
         from engine.made_with import made_with
-        from engine.render import RenderRequest, render
+        from engine.render import Callbacks, RenderRequest, render
+        from storage.uploaded_videos import VideoLimits
 
         loop = asyncio.get_running_loop()
         run = JobRun()
         p = job.params
-        log.info("%s: job %d: %s, %g s, %s, %d steps, seed %d", self.name, job.id, p.variant, p.seconds,
-                 f"{p.resolution}px", p.steps, p.seed)
+        log.info("%s: job %d: %s, %g s, %s, %d steps, seed %d%s", self.name, job.id, p.variant, p.seconds,
+                 f"{p.resolution}px", p.steps, p.seed, f", extending {job.extends}" if job.extends else "")
 
         def report(progress: Progress) -> None:
             asyncio.run_coroutine_threadsafe(self.store.report_progress(job.id, self.name, progress), loop)
@@ -330,12 +332,16 @@ class Worker:
                 models = self.models.get(p.variant)
             except Exception as error:  # missing or damaged weights, no device, no memory: not the job's fault
                 raise WorkerFault(f"Loading the {p.variant} models failed: {type(error).__name__}: {error}") from None
-            image, end_image, keyframes = self._pictures(job)
             request = RenderRequest(prompt=job.prompt, seconds=p.seconds, variant=p.variant, seed=p.seed,
                                     steps=p.steps, resolution=p.resolution, crf=self.settings.video_crf,
                                     teacache=p.teacache or self.settings.engine_teacache, cfg=p.cfg,
                                     cfg_rescale=p.cfg_rescale, negative_prompt=p.negative_prompt,
                                     end_strength=p.end_strength, loop=p.loop)
+            callbacks = Callbacks(on_step, on_section, run.cancel.is_set, self.stopping.is_set)
+            if job.extends is not None:  # the same callbacks, checkpoints and finishing as a render
+                return run_extension(models, self.files, job, request, callbacks,
+                                     VideoLimits.from_settings(self.settings))
+            image, end_image, keyframes = self._pictures(job)
             video = self.files.video_path(job.id)
             render(models, image, request, self.files.work_dir(job.id), video, on_step=on_step,
                    on_section=on_section, should_cancel=run.cancel.is_set, should_pause=self.stopping.is_set,
