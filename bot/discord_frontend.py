@@ -26,7 +26,16 @@ import yarl
 from discord import app_commands
 
 from bot import texts
-from bot.discord_views import CancelButton, PromptModal, RerollButton, animate_again_view, cancel_view, reroll_view
+from bot.discord_extend import DiscordExtensions
+from bot.discord_views import (
+    CancelButton,
+    ExtendButton,
+    PromptModal,
+    RerollButton,
+    animate_again_view,
+    cancel_view,
+    reroll_view,
+)
 from bot.downloads import download_capped
 from bot.options import Request, job_params, new_seed, parse_caption
 from bot.video_info import NO_VIDEO, is_video_name, video_info
@@ -122,6 +131,7 @@ class DiscordBot:
                                                lambda job: self.edit_seconds,
                                                notify_admins=self.notify_admins if self.admins else None,
                                                is_permanent=is_permanent))
+        self.extensions = DiscordExtensions(self)
         self._add_commands()
         self.client.tree.on_error = self.on_command_error
 
@@ -153,7 +163,7 @@ class DiscordBot:
     async def setup(self) -> None:
         """Runs once logged in, before the gateway connects."""
         self.session = aiohttp.ClientSession()
-        self.client.add_dynamic_items(CancelButton, RerollButton)
+        self.client.add_dynamic_items(CancelButton, RerollButton, ExtendButton)
         # The gateway's address comes from the API server, so a proxy or a test server works too.
         _, url, _ = await self.client.http.get_bot_gateway()
         discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(url)
@@ -283,6 +293,7 @@ class DiscordBot:
             await interaction.response.send_message("Limit changed.\n" + texts.limits(limits), ephemeral=True)
 
         tree.add_command(admin)
+        self.extensions.add_command(tree)
 
     async def on_command_error(self, interaction: discord.Interaction, error: Exception) -> None:
         if isinstance(error, app_commands.TransformerError):  # e.g. a number outside the option's range
@@ -367,8 +378,9 @@ class DiscordBot:
             await interaction.response.send_message(str(error), ephemeral=True)
             return
         await interaction.response.defer(thinking=True)
+        enqueue = self.store.enqueue_extension if job.extends is not None else self.store.enqueue
         try:
-            enqueued = await self.store.enqueue(job, await fetch_picture())
+            enqueued = await enqueue(job, await fetch_picture())
         except texts.REFUSED as error:
             await self._refuse_after_defer(interaction, str(error))
             return
@@ -451,6 +463,9 @@ class DiscordBot:
         old = await self.store.get(job_id)
         if old is None or old.platform != PLATFORM:
             await interaction.response.send_message("That video's picture is no longer stored.", ephemeral=True)
+            return
+        if old.extends is not None:
+            await self.extensions.reroll(interaction, old)
             return
         try:
             pictures = await asyncio.to_thread(self.files.read_pictures, job_id, old.guides)

@@ -55,6 +55,23 @@ class RerollButton(discord.ui.DynamicItem[discord.ui.Button], template=r"framepa
         await _answered(interaction, _frontend(interaction).on_reroll_button(interaction, self.job_id))
 
 
+class ExtendButton(discord.ui.DynamicItem[discord.ui.Button], template=r"framepack:extend:(?P<job>\d+)"):
+    """Under a delivered video: asks for the seconds and a prompt, then queues the video's continuation."""
+
+    def __init__(self, job_id: int):
+        super().__init__(discord.ui.Button(label="Extend", style=discord.ButtonStyle.secondary,
+                                           emoji="\N{BLACK RIGHT-POINTING DOUBLE TRIANGLE}",
+                                           custom_id=f"framepack:extend:{job_id}"))
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item, match: re.Match[str]) -> ExtendButton:
+        return cls(int(match["job"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        await _answered(interaction, _frontend(interaction).extensions.on_button(interaction, self.job_id))
+
+
 def cancel_view(job_id: int) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
     view.add_item(CancelButton(job_id))
@@ -62,8 +79,10 @@ def cancel_view(job_id: int) -> discord.ui.View:
 
 
 def reroll_view(job_id: int) -> discord.ui.View:
+    """The buttons under a delivered video: Re-roll and Extend."""
     view = discord.ui.View(timeout=None)
     view.add_item(RerollButton(job_id))
+    view.add_item(ExtendButton(job_id))
     return view
 
 
@@ -91,3 +110,22 @@ class PromptModal(discord.ui.Modal, title="Animate this image"):
     async def on_submit(self, interaction: discord.Interaction) -> None:
         await _answered(interaction, _frontend(interaction).on_prompt_modal(interaction, self.attachment,
                                                                             self.prompt.value, self.seconds.value))
+
+
+class ExtendModal(discord.ui.Modal, title="Extend this video"):
+    """Asked by the Extend button: how many seconds to add, and what happens next (the video's own prompt when
+    left empty)."""
+
+    seconds = discord.ui.TextInput(label="Seconds to add", required=False, max_length=6, placeholder="5",
+                                   custom_id="seconds")
+    prompt = discord.ui.TextInput(label="What happens next (optional)", style=discord.TextStyle.paragraph,
+                                  required=False, custom_id="prompt", max_length=4000,
+                                  placeholder="Empty: the video's own prompt")
+
+    def __init__(self, job_id: int):
+        super().__init__(timeout=15 * 60)
+        self.job_id = job_id
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        await _answered(interaction, _frontend(interaction).extensions.on_modal(
+            interaction, self.job_id, self.seconds.value, self.prompt.value))

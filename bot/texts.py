@@ -38,6 +38,9 @@ def settings_line(job: Job) -> str:
     """Every setting the video was made with, so that a re-roll (which keeps them) or a person can redo it."""
     p = job.params
     parts = [f"seed {p.seed}", f"{p.seconds:g} s", p.variant, f"{p.steps} steps"]
+    if job.extends is not None:
+        parts[1] = f"{p.seconds:g} s added to " + (f"job {job.extends.job_id}" if job.extends.job_id is not None
+                                                   else (job.extends.video_name or "your video")[:80])
     if p.teacache:
         parts.append("fast (TeaCache)")
     if job.guides.end:
@@ -77,7 +80,8 @@ def help_text(values: Limits, example: str, discord: bool = False) -> str:
         f"{values.max_queued_per_user} waiting jobs per person; variants: {', '.join(values.allowed_variants)}.\n"
         "/queue shows your jobs, /cancel N cancels one. "
         + ("Apps > Video info on a video" if discord else "/info in reply to a video")
-        + " shows the settings it was made with."
+        + " shows the settings it was made with.\n"
+        + (EXTEND_HELP_DISCORD if discord else EXTEND_HELP_TELEGRAM)
     )
 
 
@@ -148,3 +152,27 @@ CANCEL_OUTCOMES = {
     "not_found": "No such job.",
     "not_allowed": "Only the person who asked for it (or an admin) can cancel that job.",
 }
+
+
+# ----- extending a video --------------------------------------------------------------------------------
+
+EXTEND_HELP_DISCORD = ("Extend a video: the Extend button under it, /extend job:<number> seconds:5 prompt:\"...\", "
+                       "or /extend video:<an MP4 or WebM> prompt:\"what happens next\".")
+EXTEND_HELP_TELEGRAM = ("Extend a video: the Extend button under it, reply /extend 5 what happens next to it, or send "
+                        "an MP4 or WebM with the caption /extend 5 what happens next.")
+EXTEND_OPTIONS = ("An extension takes the seconds to add, a prompt, and --seed, --steps, --fast, --negative, --cfg; "
+                  "pictures, --loop and the variant are for new videos.")
+EXTEND_NEEDS_PROMPT = "Write what happens next as the prompt, e.g. /extend 5 the cat jumps off the table."
+EXTEND_ASK = ("Extending job {job}: reply to this message with the seconds to add and what happens next, "
+              "e.g. \"5 the cat jumps\" (just \"5\" keeps the video's own prompt).")
+EXTEND_USAGE_TELEGRAM = ("Reply /extend 5 what happens next to a video, or send an MP4 or WebM with the caption "
+                         "/extend 5 what happens next.")
+EXTEND_USAGE_DISCORD = "Attach a video (video:) or name one of the bot's jobs (job:) to extend."
+EXTEND_ONE_SOURCE = "Give either a video or a job number to extend, not both."
+NOT_A_VIDEO = "That file is not a video. Send an MP4 or WebM video to extend."
+EXTEND_QUEUED = "Queued: the video will be extended."
+EXTEND_SECONDS = "Seconds takes a number, not {raw!r}."
+
+
+def video_too_big(size: int, limit: int) -> str:
+    return f"The video is {size / 1e6:.1f} MB; I can extend videos of up to {limit / 1e6:g} MB."

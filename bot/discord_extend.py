@@ -1,0 +1,139 @@
+"""Discord: extending a video. The Extend button under a delivered video (a form asks for the seconds and a
+prompt) and `/extend` with a video attachment or a job number; the job then goes through the frontend's own
+queueing, progress and delivery like any other."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+
+from bot import texts
+from bot.discord_views import ExtendModal
+from bot.downloads import download_capped
+from bot.extending import extension_job, is_video, parse_extension, rerolled_extension
+from bot.options import Request
+from storage.inputs import InputError
+from storage.jobs import Extends, Job, NewJob
+
+if TYPE_CHECKING:
+    from bot.discord_frontend import DiscordBot
+
+PLATFORM = "discord"
+DOWNLOAD_SECONDS = 120.0
+
+
+class DiscordExtensions:
+    def __init__(self, bot: DiscordBot):
+        self.bot = bot
+
+    def add_command(self, tree: app_commands.CommandTree) -> None:
+        @tree.command(name="extend", description="Continue a video by some seconds")
+        @app_commands.describe(
+            video="An MP4 or WebM video to continue", job="Or the number of one of the bot's jobs to continue",
+            seconds="Seconds to add", prompt="What happens next (a job's own prompt when left out)",
+            seed="A job's own seed continues it exactly", fast="About twice as fast (TeaCache)",
+        )
+        async def extend(interaction: discord.Interaction, video: discord.Attachment | None = None,
+                         job: app_commands.Range[int, 1, 2**53 - 1] | None = None,
+                         seconds: app_commands.Range[float, 1, 120] | None = None, prompt: str | None = None,
+                         seed: app_commands.Range[int, 0, 2**53 - 1] | None = None, fast: bool = False) -> None:
+            request = Request(prompt=(prompt or "").strip(), seconds=seconds, seed=seed, fast=fast)
+            await self.on_command(interaction, video, job, request)
+
+    # ----- the ways in ----------------------------------------------------------------------------
+
+    async def on_command(self, interaction: discord.Interaction, video: discord.Attachment | None,
+                         job_id: int | None, request: Request) -> None:
+        if video is None and job_id is None:
+            await self._tell(interaction, texts.EXTEND_USAGE_DISCORD)
+        elif video is not None and job_id is not None:
+            await self._tell(interaction, texts.EXTEND_ONE_SOURCE)
+        elif video is not None:
+            await self.extend_video(interaction, video, request)
+        else:
+            await self.extend_job(interaction, job_id, request)
+
+    async def on_button(self, interaction: discord.Interaction, job_id: int) -> None:
+        """Refuse at once what cannot be extended (removed files, not finished, another chat's); else ask."""
+        try:
+            await self.bot.store.check_request(await self._job_extension(interaction, job_id, Request("")))
+        except texts.REFUSED as error:
+            await self._tell(interaction, str(error))
+            return
+        await interaction.response.send_modal(ExtendModal(job_id))
+
+    async def on_modal(self, interaction: discord.Interaction, job_id: int, seconds: str, prompt: str) -> None:
+        try:
+            request = parse_extension(prompt)
+            if seconds.strip():
+                request = dataclasses.replace(request, seconds=float(seconds.strip().rstrip("sS").replace(",", ".")))
+        except ValueError as error:  # InputError is a ValueError
+            await self._tell(interaction, str(error) if isinstance(error, InputError)
+                             else texts.EXTEND_SECONDS.format(raw=seconds))
+            return
+        await self.extend_job(interaction, job_id, request)
+
+    async def reroll(self, interaction: discord.Interaction, old: Job) -> None:
+        """Re-roll of an extension: the same source and prompt, a new seed."""
+        try:
+            video = await self._stored_video(old)
+        except InputError as error:
+            await self._tell(interaction, str(error))
+            return
+        job = rerolled_extension(self._base(interaction), old)
+        await self.bot._queue(interaction, job, lambda: asyncio.sleep(0, video))
+
+    # ----- the two sources ------------------------------------------------------------------------
+
+    async def extend_job(self, interaction: discord.Interaction, job_id: int, request: Request) -> None:
+        try:
+            job = await self._job_extension(interaction, job_id, request)
+        except texts.REFUSED as error:
+            await self._tell(interaction, str(error))
+            return
+        await self.bot._queue(interaction, job, lambda: asyncio.sleep(0, None))
+
+    async def extend_video(self, interaction: discord.Interaction, attachment: discord.Attachment,
+                           request: Request) -> None:
+        """Refused from what Discord declares before a byte is downloaded; the bytes are checked at enqueue."""
+        limit = self.bot.settings.max_extend_video_bytes
+        try:
+            if not is_video(attachment.filename, attachment.content_type):
+                raise InputError(texts.NOT_A_VIDEO)
+            if attachment.size > limit:
+                raise InputError(texts.video_too_big(attachment.size, limit))
+            job = extension_job(self._base(interaction), request, self.bot.settings,
+                                Extends(video_name=attachment.filename[:200]))
+        except texts.REFUSED as error:
+            await self._tell(interaction, str(error))
+            return
+
+        async def fetch() -> bytes:
+            return await download_capped(self.bot.session, attachment.url, limit, DOWNLOAD_SECONDS, what="video")
+
+        await self.bot._queue(interaction, job, fetch)
+
+    async def _job_extension(self, interaction: discord.Interaction, job_id: int, request: Request) -> NewJob:
+        source = await self.bot.store.get(job_id)
+        if source is None or source.platform != PLATFORM:
+            raise InputError(f"There is no job {job_id} here.")
+        return extension_job(self._base(interaction), request, self.bot.settings, Extends(job_id), source)
+
+    def _base(self, interaction: discord.Interaction) -> NewJob:
+        """Who asks, where, and the upload limit of their chat."""
+        return self.bot._new_job(interaction, "", self.bot._params(interaction, Request("")))
+
+    async def _stored_video(self, old: Job) -> bytes | None:
+        if not old.extends.from_video:
+            return None
+        try:
+            return await asyncio.to_thread(self.bot.files.source_video_path(old.id).read_bytes)
+        except FileNotFoundError:
+            raise InputError("That video is no longer stored; send it again with /extend.") from None
+
+    async def _tell(self, interaction: discord.Interaction, text: str) -> None:
+        await self.bot._tell(interaction, text)
