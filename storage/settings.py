@@ -36,7 +36,7 @@ class Settings(BaseSettings):
                                       allow_inf_nan=False)
 
     data_dir: Path = Field(Path("data"), description="Jobs, images, checkpoints and videos live here.")
-    database_url: str | None = None  # default: sqlite:///<data_dir>/framepack.db
+    database_url: str | None = None  # default: sqlite:///<data_dir>/framepack.db; or postgresql://...
 
     # Model weights: a local folder laid out like the Hugging Face repos, or the HF cache when unset.
     framepack_models_dir: Path | None = None
@@ -150,8 +150,9 @@ class Settings(BaseSettings):
         value = (value or "").strip() or None  # an empty line in .env means unset
         if value is None:
             return None
-        if info.field_name == "database_url" and not value.startswith("sqlite:///"):
-            raise ValueError("only sqlite:///path/to/file.db is supported for now (or leave it unset)")
+        if info.field_name == "database_url" and not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError("use sqlite:///path/to/file.db or postgresql://user:password@host:5432/database "
+                             "(or leave it unset)")
         if info.field_name != "database_url" and any(c.isspace() for c in value):
             raise ValueError("has a space in it; paste the token alone")
         return value

@@ -55,7 +55,8 @@ class JobStore(Protocol):
 
 
 async def open_store(settings: Settings) -> JobStore:
-    """SQLite under the data directory unless DATABASE_URL names another sqlite file."""
+    """SQLite under the data directory unless DATABASE_URL names another sqlite file or a PostgreSQL server."""
+    from storage.postgres_connect import is_postgres_url, safe_url
     from storage.sqlite_store import SqliteJobStore
 
     url = settings.database_url
@@ -63,4 +64,9 @@ async def open_store(settings: Settings) -> JobStore:
         return await SqliteJobStore.open(settings)
     if url.startswith("sqlite:///"):
         return await SqliteJobStore.open(settings, Path(url.removeprefix("sqlite:///")).expanduser())
-    raise ValueError(f"DATABASE_URL {url!r} is not supported yet: use sqlite:///path, or leave it unset.")
+    if is_postgres_url(url):
+        from storage.postgres_store import PostgresJobStore
+
+        return await PostgresJobStore.open(settings, url)
+    raise ValueError(f"DATABASE_URL {safe_url(url)!r} is not supported: use sqlite:///path, postgresql://..., "
+                     "or leave it unset.")

@@ -14,6 +14,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # own, which switch it on (tests/test_warm_up.py).
 os.environ["ENGINE_WARM_UP"] = "false"
 
+from postgres_server import postgres_server, postgres_url  # noqa: E402, F401  (fixtures)
 from tiny_models import build_tiny_models  # noqa: E402
 
 from engine.models import load_models  # noqa: E402

@@ -130,7 +130,7 @@ def test_a_file_as_the_data_folder_is_refused(fresh_settings, monkeypatch, tmp_p
 def test_secrets_are_never_echoed(fresh_settings, monkeypatch):
     from storage.settings import SettingsError
 
-    monkeypatch.setenv("DATABASE_URL", "postgresql://bob:hunter2@db/framepack")
+    monkeypatch.setenv("DATABASE_URL", "mysql://bob:hunter2@db/framepack")  # not a backend we have
     monkeypatch.setenv("TELEGRAM_TOKEN", "123:hunter2 ")
     monkeypatch.setenv("DISCORD_TOKEN", "hunter2 hunter2")
     with pytest.raises(SettingsError) as raised:

@@ -1,4 +1,9 @@
-"""The SQLite job queue: enqueue, quota, limits, claims and leases, fair order, cancel, ETA, delivery."""
+"""The job queue's contract: enqueue, quota, limits, claims and leases, fair order, cancel, ETA, delivery.
+
+Every test that takes `store`, `open_stores` or `database_url` runs twice: on SQLite and on a real PostgreSQL
+server (tests/postgres_server.py, a fresh database per test). The few at the end that are about SQLite's own
+file are SQLite only. PostgreSQL's own (fencing, SKIP LOCKED, NOTIFY): tests/test_postgres_store.py.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from storage.jobs import JobParams, JobState, NewJob, Progress, QueueFull
 from storage.schema import MIGRATIONS
 from storage.settings import Settings
 from storage.sqlite_store import MAX_ATTEMPTS, SqliteJobStore
+from storage.store import open_store
 
 
 def _png() -> bytes:
@@ -35,11 +41,29 @@ def _settings(tmp_path, **changes) -> Settings:
     return Settings(**{**base, **changes})
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request) -> str | None:
+    """None: SQLite under the data folder; else a new, empty PostgreSQL database."""
+    return None if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+
+
 @pytest.fixture()
-async def store(tmp_path):
-    s = await SqliteJobStore.open(_settings(tmp_path))
-    yield s
-    await s.close()
+async def open_stores(tmp_path, database_url):
+    """Opens stores on the test's backend through open_store, as serve and the workers do; closes them all."""
+    opened = []
+
+    async def open_one(**changes):
+        opened.append(await open_store(_settings(tmp_path, database_url=database_url, **changes)))
+        return opened[-1]
+
+    yield open_one
+    for s in opened:
+        await s.close()
+
+
+@pytest.fixture()
+async def store(open_stores):
+    return await open_stores()
 
 
 def _job(user: str = "u1", platform: str = "telegram", **params) -> NewJob:
@@ -98,9 +122,8 @@ async def test_check_request_refuses_like_enqueue_without_a_picture(store):
     assert await store.queue_length() == 3
 
 
-async def test_limits_persist_and_bad_values_are_rejected(tmp_path):
-    settings = _settings(tmp_path)
-    store = await SqliteJobStore.open(settings)
+async def test_limits_persist_and_bad_values_are_rejected(open_stores):
+    store = await open_stores()
     limits = await store.set_limit("max-seconds", "30", "admin:42")
     assert limits.max_seconds == 30.0
     await store.set_limit("allowed_variants", "f1, original", "admin:42")
@@ -119,15 +142,14 @@ async def test_limits_persist_and_bad_values_are_rejected(tmp_path):
     assert changes["max_seconds"][0] == "admin:42"
     await store.close()
 
-    reopened = await SqliteJobStore.open(settings)
+    reopened = await open_stores()
     limits = await reopened.get_limits()
     assert limits.max_seconds == 30.0 and limits.allowed_variants == ("f1", "original")
-    assert limits.max_steps == settings.max_steps  # untouched by the rejected values
-    await reopened.close()
+    assert limits.max_steps == reopened.settings.max_steps  # untouched by the rejected values
 
 
-async def test_fair_order_interleaves_people(tmp_path):
-    store = await SqliteJobStore.open(_settings(tmp_path, max_queued_per_user=10))
+async def test_fair_order_interleaves_people(open_stores):
+    store = await open_stores(max_queued_per_user=10)
     a = [(await store.enqueue(_job("a"), PNG)).job_id for _ in range(3)]
     b = (await store.enqueue(_job("b"), PNG)).job_id
     c = (await store.enqueue(_job("c"), PNG)).job_id
@@ -135,14 +157,12 @@ async def test_fair_order_interleaves_people(tmp_path):
     assert (await store.position(a[1]))[0] == 4
     order = [(await store.claim("w")).id for _ in range(5)]
     assert order == [a[0], b, c, a[1], a[2]]
-    await store.close()
 
 
-async def test_fifo_order_when_fairness_is_off(tmp_path):
-    store = await SqliteJobStore.open(_settings(tmp_path, max_queued_per_user=10, fair_queue=False))
+async def test_fifo_order_when_fairness_is_off(open_stores):
+    store = await open_stores(max_queued_per_user=10, fair_queue=False)
     ids = [(await store.enqueue(_job(u), PNG)).job_id for u in ("a", "a", "a", "b")]
     assert [(await store.claim("w")).id for _ in range(4)] == ids
-    await store.close()
 
 
 async def test_claims_lease_renew_and_takeover(store):
@@ -198,9 +218,8 @@ async def test_cancel_rules(store):
     assert await store.cancel(queued, "telegram", "owner") == "finished"
 
 
-async def test_undelivered_results_survive_until_marked(tmp_path):
-    settings = _settings(tmp_path)
-    store = await SqliteJobStore.open(settings)
+async def test_undelivered_results_survive_until_marked(open_stores):
+    store = await open_stores()
     job_id = (await store.enqueue(_job(), PNG)).job_id
     failed_id = (await store.enqueue(_job(), PNG)).job_id
     await store.claim("w")
@@ -208,12 +227,11 @@ async def test_undelivered_results_survive_until_marked(tmp_path):
     await store.claim("w")
     await store.fail(failed_id, "w", "boom")
     await store.close()
-    store = await SqliteJobStore.open(settings)
+    store = await open_stores()
     assert [j.id for j in await store.undelivered("telegram")] == [job_id, failed_id]
     assert await store.undelivered("discord") == []
     await store.mark_delivered(job_id)
     assert [j.id for j in await store.undelivered("telegram")] == [failed_id]
-    await store.close()
 
 
 async def test_progress_is_written_only_by_the_lease_holder(store):
@@ -278,35 +296,8 @@ async def test_a_teacache_measurement_moves_the_factor_not_the_plain_speed(store
     assert (await store.position(job_id))[1] == pytest.approx(4 * (25 * 1.0 * speed.teacache_factor + 3.0))
 
 
-async def test_a_database_from_schema_version_1_is_migrated_and_keeps_its_rows(tmp_path):
-    settings = _settings(tmp_path)
-    settings.data_dir.mkdir(parents=True)
-    old = sqlite3.connect(settings.data_dir / "framepack.db")
-    old.executescript(MIGRATIONS[0])
-    old.execute("PRAGMA user_version = 1")
-    old.execute("INSERT INTO workers (name, seconds_per_step, section_overhead, samples, seen_at) "
-                "VALUES ('w1', 1.0, 3.0, 4, ?)", (time.time(),))
-    # A row from before the fast option: its params have no "teacache".
-    old.execute("INSERT INTO jobs (platform, chat_id, user_id, prompt, params, state, created_at) "
-                "VALUES ('telegram', 'c', 'u', 'a cat', ?, 'queued', ?)",
-                (json.dumps({"seconds": 5.0, "variant": "original", "seed": 1, "steps": 25}), time.time()))
-    old.commit()
-    old.close()
-    store = await SqliteJobStore.open(settings)
-    try:
-        assert (await store._one("PRAGMA user_version"))[0] == len(MIGRATIONS)
-        speed, _ = await store.speed()
-        assert (speed.seconds_per_step, speed.section_overhead, speed.teacache_factor) == (1.0, 3.0, 0.5)
-        assert (await store.get(1)).params.teacache == 0.0
-        assert (await store.position(1)) == (1, pytest.approx(4 * (25 * 1.0 + 3.0)))
-        await store.record_speed("w1", seconds_per_step=0.45, section_overhead=3.0, teacache=True)
-        assert (await store.speed())[0].teacache_factor == pytest.approx(0.45)
-    finally:
-        await store.close()
-
-
-async def test_a_thousand_jobs_from_two_hundred_people_answer_positions_quickly(tmp_path):
-    store = await SqliteJobStore.open(_settings(tmp_path, max_queued_per_user=10))
+async def test_a_thousand_jobs_from_two_hundred_people_answer_positions_quickly(open_stores):
+    store = await open_stores(max_queued_per_user=10)
     ids = []
     for i in range(1000):
         ids.append((await store.enqueue(_job(f"user{i % 200}"), PNG)).job_id)
@@ -317,12 +308,11 @@ async def test_a_thousand_jobs_from_two_hundred_people_answer_positions_quickly(
     # Fair order: every person's first job comes before anyone's second.
     assert (await store.position(ids[199]))[0] == 200 and (await store.position(ids[200]))[0] == 201
     assert elapsed < 20, f"100 position queries took {elapsed:.1f} s"
-    await store.close()
 
 
-def _claim_loop(data_dir: str, worker: str, ready, start, results) -> None:
+def _claim_loop(data_dir: str, database_url: str | None, worker: str, ready, start, results) -> None:
     async def go():
-        store = await SqliteJobStore.open(Settings(data_dir=data_dir, lease_seconds=30))
+        store = await open_store(Settings(data_dir=data_dir, database_url=database_url, lease_seconds=30))
         claimed = []
         ready.put(worker)
         start.wait()  # all four begin together
@@ -336,13 +326,14 @@ def _claim_loop(data_dir: str, worker: str, ready, start, results) -> None:
     results.put((worker, asyncio.run(go())))
 
 
-async def test_four_processes_never_claim_one_job_twice(tmp_path):
-    settings = _settings(tmp_path, max_queued_per_user=1000, fair_queue=False)
-    store = await SqliteJobStore.open(settings)
+async def test_four_processes_never_claim_one_job_twice(open_stores, database_url):
+    store = await open_stores(max_queued_per_user=1000, fair_queue=False)
+    settings = store.settings
     ids = {(await store.enqueue(_job(f"u{i % 7}"), PNG)).job_id for i in range(120)}
     ctx = multiprocessing.get_context("spawn")
     results, ready, start = ctx.Queue(), ctx.Queue(), ctx.Event()
-    procs = [ctx.Process(target=_claim_loop, args=(str(settings.data_dir), f"w{i}", ready, start, results))
+    procs = [ctx.Process(target=_claim_loop,
+                         args=(str(settings.data_dir), database_url, f"w{i}", ready, start, results))
              for i in range(4)]
     for p in procs:
         p.start()
@@ -357,13 +348,11 @@ async def test_four_processes_never_claim_one_job_twice(tmp_path):
     assert sum(1 for jobs in claimed.values() if jobs) >= 2  # they really competed
     states = {(await store.get(i)).state for i in ids}
     assert states == {JobState.DONE}
-    await store.close()
 
 
-async def test_concurrent_enqueue_and_drain_loses_nothing(tmp_path):
-    settings = _settings(tmp_path, max_queued_per_user=10_000, fair_queue=True)
-    producer_store = await SqliteJobStore.open(settings)
-    consumers = [await SqliteJobStore.open(settings) for _ in range(3)]
+async def test_concurrent_enqueue_and_drain_loses_nothing(open_stores):
+    producer_store = await open_stores(max_queued_per_user=10_000, fair_queue=True)
+    consumers = [await open_stores(max_queued_per_user=10_000, fair_queue=True) for _ in range(3)]
     enqueued: list[int] = []
     drained: list[int] = []
     producing = True
@@ -390,8 +379,6 @@ async def test_concurrent_enqueue_and_drain_loses_nothing(tmp_path):
         asyncio.gather(produce(), *(consume(s, f"c{i}") for i, s in enumerate(consumers))), timeout=120
     )
     assert sorted(drained) == sorted(enqueued) and len(set(drained)) == 150
-    for s in (producer_store, *consumers):
-        await s.close()
 
 
 async def test_a_picture_that_does_not_decode_is_never_stored(store):
@@ -429,3 +416,33 @@ async def test_an_invisible_or_control_character_prompt_is_refused(store, prompt
     with pytest.raises(InputError, match=message):
         await store.enqueue(job, PNG)
     assert await store.queue_length() == 0
+
+
+# ----- SQLite only: its own database file and its schema history (PostgreSQL starts at the newest) -----
+
+
+async def test_a_database_from_schema_version_1_is_migrated_and_keeps_its_rows(tmp_path):
+    settings = _settings(tmp_path)
+    settings.data_dir.mkdir(parents=True)
+    old = sqlite3.connect(settings.data_dir / "framepack.db")
+    old.executescript(MIGRATIONS[0])
+    old.execute("PRAGMA user_version = 1")
+    old.execute("INSERT INTO workers (name, seconds_per_step, section_overhead, samples, seen_at) "
+                "VALUES ('w1', 1.0, 3.0, 4, ?)", (time.time(),))
+    # A row from before the fast option: its params have no "teacache".
+    old.execute("INSERT INTO jobs (platform, chat_id, user_id, prompt, params, state, created_at) "
+                "VALUES ('telegram', 'c', 'u', 'a cat', ?, 'queued', ?)",
+                (json.dumps({"seconds": 5.0, "variant": "original", "seed": 1, "steps": 25}), time.time()))
+    old.commit()
+    old.close()
+    store = await SqliteJobStore.open(settings)
+    try:
+        assert (await store._one("PRAGMA user_version"))[0] == len(MIGRATIONS)
+        speed, _ = await store.speed()
+        assert (speed.seconds_per_step, speed.section_overhead, speed.teacache_factor) == (1.0, 3.0, 0.5)
+        assert (await store.get(1)).params.teacache == 0.0
+        assert (await store.position(1)) == (1, pytest.approx(4 * (25 * 1.0 + 3.0)))
+        await store.record_speed("w1", seconds_per_step=0.45, section_overhead=3.0, teacache=True)
+        assert (await store.speed())[0].teacache_factor == pytest.approx(0.45)
+    finally:
+        await store.close()
