@@ -26,6 +26,7 @@ from telegram.ext import (
 from bot import texts
 from bot.albums import AlbumCollector
 from bot.options import Request, album_guides, job_params, new_seed, parse_caption
+from bot.telegram_extend import TelegramExtensions
 from bot.video_info import is_video_name, video_info
 from bot.watcher import Frontend, Undeliverable, Watcher
 from storage.files import JobFiles
@@ -62,8 +63,9 @@ def _admin_ids(settings: Settings) -> set[str]:
 
 
 def _buttons(job_id: int, done: bool = False) -> InlineKeyboardMarkup:
-    if done:
-        return InlineKeyboardMarkup([[InlineKeyboardButton("Re-roll", callback_data=f"reroll:{job_id}")]])
+    if done:  # under a delivered video
+        return InlineKeyboardMarkup([[InlineKeyboardButton("Re-roll", callback_data=f"reroll:{job_id}"),
+                                      InlineKeyboardButton("Extend", callback_data=f"extend:{job_id}")]])
     return InlineKeyboardMarkup([[InlineKeyboardButton("Cancel", callback_data=f"cancel:{job_id}")]])
 
 
@@ -90,6 +92,10 @@ class TelegramBot:
         app.add_handler(CommandHandler("info", self.on_info))
         self.albums = AlbumCollector(self.on_album)
         app.add_handler(MessageHandler(_InAlbum(), self.on_album_part))
+        self.files = JobFiles(settings.data_dir)
+        self.buttons = _buttons
+        self.extensions = TelegramExtensions(self)
+        self.extensions.add_handlers(app)
         app.add_handler(MessageHandler(filters.PHOTO | filters.Document.IMAGE, self.on_picture))
         app.add_handler(MessageHandler(filters.Document.ALL, self.on_not_a_picture))
         app.add_handler(CallbackQueryHandler(self.on_button))
@@ -160,7 +166,9 @@ class TelegramBot:
 
     async def on_not_a_picture(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         message = update.effective_message
-        if self._addressed(message, message.caption or ""):
+        if (message.caption or "").lower().startswith("/extend"):
+            await message.reply_text(texts.NOT_A_VIDEO)
+        elif self._addressed(message, message.caption or ""):
             await message.reply_text("That file is not a picture. Send a photo (or an image file) with a caption.")
 
     async def _download(self, source: Message) -> bytes:
@@ -324,6 +332,10 @@ class TelegramBot:
             refused = await self._reroll(job_id, query.message, query.from_user)
             await query.answer(refused or "Queued with a new seed.", show_alert=refused is not None)
             return
+        if action == "extend":
+            refused = await self.extensions.on_button(job_id, query.message, query.from_user)
+            await query.answer(refused, show_alert=refused is not None)
+            return
         await query.answer()
 
     async def _reroll(self, job_id: int, message: Message, user) -> str | None:
@@ -332,6 +344,8 @@ class TelegramBot:
         old = await self.store.get(job_id)
         if old is None or old.platform != PLATFORM:
             return "That video's picture is no longer stored."
+        if old.extends is not None:
+            return await self.extensions.reroll(old, message, user)
         try:
             pictures = await asyncio.to_thread(JobFiles(self.settings.data_dir).read_pictures, job_id, old.guides)
         except FileNotFoundError:
