@@ -22,6 +22,22 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_lora_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lora", action="append", default=[], metavar="NAME_OR_PATH:STRENGTH",
+                        help="a HunyuanVideo LoRA: NAME (NAME.safetensors in LORA_DIR) or a file's path, with a "
+                             "strength (default 1); repeatable, up to 3")
+
+
+def _chosen_loras(specs: list[str], settings) -> tuple:
+    """The --lora options as the job's LoRA choices (files found, hashed), or an InputError."""
+    from engine.lora import MAX_LORAS, resolve_lora
+    from storage.inputs import InputError
+
+    if len(specs) > MAX_LORAS:
+        raise InputError(f"--lora can be given at most {MAX_LORAS} times, not {len(specs)}.")
+    return tuple(resolve_lora(spec, settings.lora_dir) for spec in specs)
+
+
 def _add_direction_args(animate: argparse.ArgumentParser) -> None:
     """Where the video goes: an end frame, keyframes, a loop, and true CFG with a negative prompt."""
     animate.add_argument("--end-image", type=Path, default=None,
@@ -87,6 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     animate.add_argument("--compile", action=argparse.BooleanOptionalAction, default=settings.engine_compile,
                          help="compile the transformer blocks on CUDA (a minute once, then faster)")
     _add_direction_args(animate)
+    _add_lora_arg(animate)
     _add_model_args(animate)
 
     _add_extend_command(commands, settings)
@@ -117,6 +134,7 @@ def _add_extend_command(commands, settings) -> None:
     extend.add_argument("--resolution", type=int, default=640, help=argparse.SUPPRESS)
     extend.add_argument("--memory-mode", choices=["auto", "high", "low"], default=settings.engine_memory_mode,
                         help="high keeps every model on the GPU (~61 GB); low streams from RAM (~6 GB GPU)")
+    _add_lora_arg(extend)
     _add_model_args(extend)
 
 
@@ -142,7 +160,7 @@ def _animate(args: argparse.Namespace) -> int:
             prompt=check_prompt(args.prompt, settings.max_prompt_chars), seconds=args.seconds, variant=args.variant,
             seed=args.seed, steps=args.steps, crf=args.crf, resolution=args.resolution, teacache=args.teacache,
             negative_prompt=args.negative, cfg=args.cfg, cfg_rescale=args.cfg_rescale,
-            end_strength=args.end_strength, loop=args.loop,
+            end_strength=args.end_strength, loop=args.loop, loras=_chosen_loras(args.lora, settings),
         ).checked(settings.max_prompt_chars, settings.max_seconds)
         _check_out_and_device(args)
         image = load_image(args.image, settings.max_image_pixels, settings.max_image_bytes)
@@ -167,6 +185,10 @@ def _animate(args: argparse.Namespace) -> int:
     try:
         result = render(models, image, request, work_dir, out, on_step=on_step, on_section=on_section,
                         end_image=end_image, keyframes=keyframes)
+    except InputError as error:  # a LoRA that does not fit the transformer
+        bar.close()
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return _stopped(bar, work_dir)
     bar.close()
@@ -195,6 +217,7 @@ def _extend(args: argparse.Namespace) -> int:
         request = RenderRequest(
             prompt=check_prompt(args.prompt, settings.max_prompt_chars), seconds=args.seconds, variant="f1",
             seed=seed, steps=args.steps, crf=args.crf, resolution=args.resolution,
+            loras=_chosen_loras(args.lora, settings),
         ).checked(settings.max_prompt_chars, settings.max_seconds)
         _check_out_and_device(args)
         if kept is None and not args.video.is_file():

@@ -32,6 +32,7 @@ from engine import continuation
 from engine import sections as sec
 from engine.denoiser import Conditioning
 from engine.extend_source import PREFIX_FILE, PreparedSource, prepare_source
+from engine.lora import use_loras
 from engine.models import FramePackModels
 from engine.preview import section_gif
 from engine.render import (  # the same checkpoint files and events
@@ -90,10 +91,12 @@ def extend(
     whatever its variant; a seed equal to the kept one carries on its noise stream. Bad input raises
     InputError and leaves nothing behind; Cancelled and Paused as render() does, resumable from `work_dir`.
     """
-    # 1. Check the request: a plain prompt, the F1 sampler, nothing that only the original variant takes.
+    # 1. Check the request: a plain prompt, the F1 sampler, nothing that only the original variant takes; its
+    #    LoRAs on the transformer in place of the last job's.
     request = _checked(request)
     if models.variant is not sec.Variant.F1:
         raise ValueError(f"Extending needs the f1 transformer, not the {models.variant.value} one.")
+    use_loras(models.transformer, request.loras, models.device)
 
     # 2. The source made ready in the work folder: its history, start latent, prefix frames and overlap.
     work_dir = Path(work_dir)
@@ -133,7 +136,8 @@ def _conditioning(models: FramePackModels, request: RenderRequest, source: Prepa
 
 
 def _fingerprint(request: RenderRequest, source: PreparedSource) -> str:
-    options = json.dumps(asdict(request), sort_keys=True, default=str)
+    settings = {name: value for name, value in asdict(request).items() if name != "loras" or value}  # none: as before
+    options = json.dumps(settings, sort_keys=True, default=str)
     return hashlib.sha256(f"{options} {source.fingerprint}".encode()).hexdigest()
 
 

@@ -19,7 +19,8 @@ def made_with(request: RenderRequest, *, end_picture: bool, keyframes: Sequence[
         seconds=float(request.seconds), negative_prompt=request.negative_prompt, cfg=request.cfg,
         cfg_rescale=request.cfg_rescale, end_strength=request.end_strength, loop=request.loop,
         end_picture=end_picture, keyframes=tuple(sorted(float(at) for at in keyframes)), teacache=request.teacache,
-        resolution=request.resolution, version=project_version(), job_id=job_id, platform=platform,
+        resolution=request.resolution, loras=tuple(lora.made_with() for lora in request.loras),
+        version=project_version(), job_id=job_id, platform=platform,
     )
 
 

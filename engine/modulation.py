@@ -16,6 +16,7 @@ import torch
 from diffusers.models.normalization import AdaLayerNormZero, AdaLayerNormZeroSingle
 from torch import nn
 
+from engine.lora_linear import unwrapped, with_lora
 from engine.offload import cpu_copy
 
 _ADALN = (AdaLayerNormZero, AdaLayerNormZeroSingle)
@@ -134,11 +135,13 @@ def prepare_section(transformer: nn.Module, embedding_inputs) -> None:
     device, dtype = tembs[0].device, tembs[0].dtype
     columns = []
     for lookup in table.layers:
-        linear = lookup.home[0]
+        linear = unwrapped(lookup.home[0])
         weight = linear.weight.to(device, dtype, non_blocking=True)
         bias = None if linear.bias is None else linear.bias.to(device, dtype, non_blocking=True)
-        # one call per embedding, at the shape the layer sees during the steps: the same kernel, the same rows
-        columns.append(torch.cat([nn.functional.linear(lookup.silu(t), weight, bias) for t in tembs]))
+        # one call per embedding, at the shape the layer sees during the steps: the same kernel, the same rows;
+        # a LoRA on the layer (engine/lora_linear.py) adds its update to them
+        columns.append(torch.cat([with_lora(lookup.home[0], x, nn.functional.linear(x, weight, bias))
+                                  for x in (lookup.silu(t) for t in tembs)]))
     table.values = torch.cat(columns, dim=1)
     table.keys = torch.cat(tembs)
     table.misses = torch.zeros((), dtype=torch.int64, device=device)

@@ -36,6 +36,7 @@ from engine import continuation, direction
 from engine import sections as sec
 from engine.direction import Guides, SectionPrompt
 from engine.image_input import prepare_image, resize_and_center_crop, scaled_buckets
+from engine.lora import LoraChoice, choices_problem, use_loras
 from engine.models import FramePackModels
 from engine.preview import latent_preview, section_gif
 from engine.section_sampler import JobConditioning, SectionSampler, encode_conditioning
@@ -72,6 +73,10 @@ class RenderRequest:
     teacache: float = 0.0  # TeaCache threshold (SPEC.md section 8); 0 is off, 0.15 the demos' default
     end_strength: float = 1.0  # how strongly an end picture pulls (its latent is scaled by this)
     loop: bool = False  # the end picture is the start picture: a seamless loop
+    loras: tuple[LoraChoice, ...] = ()  # up to 3 LoRAs (file, sha256, strength), put on at the job's start
+
+    def __post_init__(self):
+        object.__setattr__(self, "loras", tuple(LoraChoice.of(lora) for lora in self.loras))  # dicts from asdict/JSON
 
     def checked(self, max_prompt_chars: int = 1000, max_seconds: float = MAX_SECONDS) -> RenderRequest:
         """This request with its variant parsed, or an InputError that says what is wrong."""
@@ -104,6 +109,8 @@ class RenderRequest:
             raise InputError(f"The end frame strength must be above 0 and at most 1, not {self.end_strength:g}.")
         if self.loop and variant is not sec.Variant.ORIGINAL:
             raise InputError(direction.ORIGINAL_ONLY.format(what="A loop"))
+        if choices_problem(self.loras):
+            raise InputError(choices_problem(self.loras))
         request = RenderRequest(**{**asdict(self), "variant": variant})
         request.timed_prompts()  # refuses a bad schedule here, before anything is made
         return request
@@ -161,7 +168,7 @@ class RenderResult:
     resumed_from_section: int
 
 
-_OFF = {"teacache": 0.0, "end_strength": 1.0, "loop": False}
+_OFF = {"teacache": 0.0, "end_strength": 1.0, "loop": False, "loras": ()}
 
 
 def _fingerprint(request: RenderRequest, image: np.ndarray, guides: Guides) -> str:
@@ -324,11 +331,13 @@ def render(
     Paused when `should_pause` does, after saving the step it stopped at, so that the next run continues
     from that very step.
     """
-    # 1. Check the inputs and crop the pictures: a request that cannot run creates nothing.
+    # 1. Check the inputs, crop the pictures and put the request's LoRAs on the transformer in place of the last
+    #    job's: a request that cannot run creates nothing.
     request = request.checked(max_prompt_chars=10**6)
     if request.variant is not models.variant:
         raise ValueError(f"The loaded transformer is the {models.variant.value} variant, not {request.variant.value}.")
     start, guides = _crop_pictures(image, end_image, keyframes, request)
+    use_loras(models.transformer, request.loras, models.device)
 
     # 2. The conditioning of every section, computed once and kept in the work folder.
     job = _prepare_job(models, request, start, guides, Path(work_dir))

@@ -12,7 +12,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values  # pydantic-settings reads .env with it
-from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 log = logging.getLogger(__name__)
@@ -24,7 +24,7 @@ ATTENTION_KERNELS = ("auto", "sdpa", "cudnn", "flash", "efficient", "fa3", "cudn
 DEVICE_NAME = re.compile(r"cpu|cuda(:\d+)?|auto")  # what engine.models.resolve_device takes (fullmatch)
 SECRETS = ("discord_token", "telegram_token", "database_url")  # never echoed in an error
 # A key in .env that starts like ours but is none of them is most likely a typo (it would be ignored).
-OUR_PREFIXES = ("MAX_", "ENGINE_", "DISCORD_", "TELEGRAM_", "DEFAULT_", "VIDEO_", "FRAMEPACK_")
+OUR_PREFIXES = ("MAX_", "ENGINE_", "DISCORD_", "TELEGRAM_", "DEFAULT_", "VIDEO_", "FRAMEPACK_", "LORA_")
 MIN_LEASE_SECONDS = 2.0  # a worker renews every quarter lease; the worker tests run with 2 s
 # Under a quarter of an hour a job's files could go before its person has even opened the video; 0 keeps them.
 RETENTION_DAYS_RANGE = (0.01, 3_650.0)
@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     # Download missing weights on first use (off: only what `framepack-bot download` fetched is used).
     framepack_auto_download: bool = True
     engine_device: str | None = None  # "cuda", "cuda:1" or "cpu"; None picks CUDA when present
+    # HunyuanVideo LoRA files (NAME.safetensors) that jobs may name (engine/lora.py); unset: DATA_DIR/loras
+    lora_dir: Path | None = None
 
     # Limits: the defaults; admins change them at runtime (stored in the database). The ranges of the
     # ones admins change are storage/limits.py's _BOUNDS, checked below.
@@ -137,7 +139,13 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
         return value
 
-    @field_validator("data_dir", "framepack_models_dir", "engine_compile_cache_dir")
+    @model_validator(mode="after")
+    def _lora_dir_under_data_dir(self) -> Settings:
+        if self.lora_dir is None:
+            self.lora_dir = Path(self.data_dir) / "loras"
+        return self
+
+    @field_validator("data_dir", "framepack_models_dir", "engine_compile_cache_dir", "lora_dir")
     @classmethod
     def _a_folder(cls, value: Path | None) -> Path | None:
         if value is not None and value.exists() and not value.is_dir():
