@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 class EngineOptions:
     memory_mode: str = "auto"  # auto (the planner) | high | low
     compile: bool = True  # regional torch.compile of the blocks (CUDA only)
+    compile_vae: bool = True  # and of the VAE's decoder, with `compile` (off: benchmarks timing steps alone)
     attention: str = "auto"  # auto | sdpa | cudnn | flash | efficient
     fp8: bool = False  # FP8 linears in the blocks: faster on Hopper/Ada, half the memory anywhere; results change
     fp8_storage_only: bool = False  # FP8 weights, bf16 products even where FP8 tensor cores exist (benchmarks)
@@ -136,7 +137,7 @@ def prepare_encoders(encoders, device: torch.device, options: EngineOptions, pla
         module.to(device if plan.encoders_on_gpu else "cpu")
     if plan.vae_tiled:
         encoders.vae.enable_tiling()
-    if options.compile and device.type == "cuda":
+    if options.compile and options.compile_vae and device.type == "cuda":
         from engine.speed import compile_vae_decoder
 
         compile_vae_decoder(encoders.vae)
