@@ -117,3 +117,29 @@ async def test_a_stop_during_the_warm_up_claims_nothing(stores, tmp_path, tiny_m
     store.heartbeat = stop_once_starting
     await asyncio.wait_for(worker.run(), 120)
     assert (await store.get(job_id)).state is JobState.QUEUED and not worker.warmed
+
+
+@pytest.mark.parametrize("variant", ["original", "f1"])
+def test_the_warm_up_decodes_every_window_length_a_job_decodes(variant, request, tmp_path, monkeypatch):
+    """A compiled decoder compiles again for each new window length, so the warm-up must meet them all."""
+    import torch
+
+    import engine.render
+    from engine.sections import Variant
+    from engine.stitch import chunk_latents
+    from engine.warmup import warm_up
+
+    models = request.getfixturevalue(f"{variant}_models")
+    decoded = set()
+    real_decode = engine.render.vae_decode
+
+    def counting_decode(latents, vae):
+        decoded.add(latents.shape[2])
+        return real_decode(latents, vae)
+
+    monkeypatch.setattr(engine.render, "vae_decode", counting_decode)
+    warm_up(models, 64, tmp_path / "warm-up")
+    history = torch.zeros(1, 16, 100, 1, 1)
+    in_jobs = {chunk_latents(Variant.parse(variant), history, section, sections, 9).shape[2]
+               for sections in range(1, 8) for section in range(sections)}
+    assert decoded == in_jobs
