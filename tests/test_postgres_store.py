@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import multiprocessing
+import queue
 import socket
 import time
 import traceback
@@ -14,7 +15,9 @@ import traceback
 import pytest
 from PIL import Image
 
-from storage.jobs import JobParams, JobState, NewJob, Progress
+from storage.eta import PREPARATION_SECTIONS_KEPT
+from storage.extension_rules import KEPT_LATENTS
+from storage.jobs import Extends, JobParams, JobState, NewJob, Progress
 from storage.postgres_connect import DatabaseUnreachable, safe_url
 from storage.postgres_schema import MIGRATIONS as POSTGRES_MIGRATIONS
 from storage.postgres_store import PostgresJobStore
@@ -117,7 +120,7 @@ def _claim_all(url: str, data_dir: str, worker: str, ready, start, results) -> N
     async def go():
         store = await open_store(Settings(data_dir=data_dir, database_url=url, lease_seconds=30))
         claimed = []
-        ready.put(worker)
+        ready.put((worker, True))
         start.wait()
         while (job := await store.claim(worker)) is not None:
             claimed.append((job.id, store.lease_token(job.id, worker)))
@@ -126,6 +129,20 @@ def _claim_all(url: str, data_dir: str, worker: str, ready, start, results) -> N
         return claimed
 
     results.put((worker, asyncio.run(go())))
+
+
+def _collect(answers, procs, timeout: float = 120) -> dict:
+    """One (worker, value) answer from each process; fails at once, with the exit codes, when one died first."""
+    collected, deadline = {}, time.monotonic() + timeout
+    while len(collected) < len(procs):
+        try:
+            worker, value = answers.get(timeout=0.5)
+            collected[worker] = value
+        except queue.Empty:
+            dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+            assert not dead, f"a claiming process died (exit codes {dead}): its traceback is in the captured stderr"
+            assert time.monotonic() < deadline, "the claiming processes did not answer in time"
+    return collected
 
 
 async def test_four_processes_claiming_at_once_take_every_job_exactly_once(open_pg, postgres_url, tmp_path):
@@ -138,11 +155,10 @@ async def test_four_processes_claiming_at_once_take_every_job_exactly_once(open_
                                                   results)) for i in range(4)]
     for p in procs:
         p.start()
-    for _ in procs:
-        ready.get(timeout=120)
+    _collect(ready, procs)
     started = time.perf_counter()
     start.set()
-    claimed = dict(results.get(timeout=120) for _ in procs)
+    claimed = _collect(results, procs)
     elapsed = time.perf_counter() - started
     for p in procs:
         p.join(timeout=30)
@@ -206,6 +222,33 @@ async def test_sqlite_waits_by_polling(tmp_path):
         assert time.perf_counter() - started >= 0.2
     finally:
         await store.close()
+
+
+# ----- extension jobs (migration 7) ---------------------------------------------------------------------
+
+
+async def test_an_extension_is_stored_estimated_and_keeps_its_source(open_pg):
+    """The SQLite store's extension tests (tests/test_storage_extend.py) in brief, on PostgreSQL."""
+    store = await open_pg(default_seconds_per_step=2.0, default_section_overhead=5.0)
+    plain = NewJob("telegram", "chat", "u1", "a cat", JobParams(seconds=2.0, steps=3, variant="f1"))
+    source = (await store.enqueue(plain, PNG)).job_id
+    await store.claim("w1")
+    store.files.work_dir(source).mkdir(parents=True)
+    (store.files.work_dir(source) / KEPT_LATENTS).write_bytes(b"kept")
+    assert await store.complete(source, "w1", "v.mp4", {})
+    await store.mark_delivered(source)
+
+    extension = NewJob("telegram", "chat", "u1", "the cat jumps", JobParams(seconds=1.2, steps=3, variant="f1"),
+                       extends=Extends(source))
+    job_id = (await store.enqueue_extension(extension)).job_id
+    job = await store.get(job_id)
+    assert job.extends == Extends(source) and job.state is JobState.QUEUED
+    own = JobParams(seconds=1.2, steps=3).sections * (3 * 2.0 + 5.0) + PREPARATION_SECTIONS_KEPT * 5.0
+    assert (await store.position(job_id)) == (1, pytest.approx(own))
+    later = time.time() + 30 * 86_400
+    assert await store.expired_jobs(later) == []  # the waiting extension still needs its source
+    assert await store.cancel(job_id, "telegram", "u1") == "cancelled"
+    assert await store.expired_jobs(later) == [source]
 
 
 # ----- schema ---------------------------------------------------------------------------------------------
