@@ -133,6 +133,7 @@ def main() -> None:
     parser.add_argument("--teacache", default="0", help="TeaCache thresholds, comma-separated: one job each")
     parser.add_argument("--fp8", action="store_true")
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--compile-vae", action="store_true", help="compile the VAE decoder too (ENGINE_COMPILE_VAE)")
     parser.add_argument("--attention", default="auto")
     parser.add_argument("--work", type=Path, default=Path("/tmp/engine_e2e"))
     parser.add_argument("--out", type=Path, required=True)
@@ -153,8 +154,8 @@ def main() -> None:
         use_compile_cache(args.compile_cache)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")  # the engine's choices, e.g. attention
     variant = Variant.parse(args.variant)
-    options = EngineOptions(compile=not args.no_compile, attention=args.attention, fp8=args.fp8,
-                            cache_dir=args.work.parent / "framepack_cache")
+    options = EngineOptions(compile=not args.no_compile, compile_vae=args.compile_vae, attention=args.attention,
+                            fp8=args.fp8, cache_dir=args.work.parent / "framepack_cache")
     t0 = time.perf_counter()
     built = full_models(variant)
     torch.cuda.synchronize()
@@ -166,7 +167,8 @@ def main() -> None:
         plan = {"high": high_plan, "low": low_plan}[mode](sizes)
         models = place(built, plan, options, 0.0, PromptCache(options.cache_dir / "prompts", "random weights"))
         prepared = time.perf_counter() - t
-        common = {"prepare_s": round(prepared, 1), "compile": options.compile, "fp8": options.fp8,
+        common = {"prepare_s": round(prepared, 1), "compile": options.compile,
+                  "compile_vae": options.compile and options.compile_vae, "fp8": options.fp8,
                   "attention": options.attention, "note": args.note,
                   "attention_in_blocks": repr(block_attention_backend(models.transformer))}
         if args.warm_up:

@@ -104,8 +104,8 @@ def load_budget(checkpoint: Path, label: str, vram: float | None, ram: float | N
                 slow_cycles_per_byte: float) -> FramePackModels:
     """The models as a worker with this budget loads them (ENGINE_MEMORY_MODE, ENGINE_VRAM_GB, ENGINE_RAM_GB)."""
     fp8 = label.endswith("/fp8")  # FP8 weights widened to bf16 per call, as on a GPU without FP8 tensor cores
-    # The decoder stays eager: compiling it for each window shape took 150 s of a job here (issue 21's warm-up
-    # does that before the first job); the table is about seconds per step.
+    # The decoder stays eager, as by default (ENGINE_COMPILE_VAE): compiled without a warm-up it took 150 s of
+    # a job's decodes here.
     options = EngineOptions(memory_mode="auto" if vram is not None else label, vram_gb=vram, ram_gb=ram,
                             cache_dir=cache_dir, fp8=fp8, fp8_storage_only=fp8, compile_vae=False)
     if label.endswith("/whole"):  # the plan of whole blocks, their modulation linears in them (the A/B)

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 class EngineOptions:
     memory_mode: str = "auto"  # auto (the planner) | high | low
     compile: bool = True  # regional torch.compile of the blocks (CUDA only)
-    compile_vae: bool = True  # and of the VAE's decoder, with `compile` (off: benchmarks timing steps alone)
+    compile_vae: bool = False  # and of the VAE's decoder, with `compile` (ENGINE_COMPILE_VAE: see settings)
     attention: str = "auto"  # auto | sdpa | cudnn | flash | efficient
     fp8: bool = False  # FP8 linears in the blocks: faster on Hopper/Ada, half the memory anywhere; results change
     fp8_storage_only: bool = False  # FP8 weights, bf16 products even where FP8 tensor cores exist (benchmarks)
@@ -41,6 +41,7 @@ class EngineOptions:
         return cls(
             memory_mode=settings.engine_memory_mode,
             compile=settings.engine_compile,
+            compile_vae=settings.engine_compile_vae,
             attention=settings.engine_attention,
             fp8=settings.engine_fp8,
             stream_slots=settings.engine_stream_slots,

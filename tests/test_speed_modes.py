@@ -101,7 +101,7 @@ def test_teacache_threshold_is_checked_and_off_keeps_the_old_fingerprint():
     from dataclasses import asdict
 
     old = asdict(off)
-    for later_option in ("teacache", "end_strength", "loop"):  # options added since, all off here
+    for later_option in ("teacache", "end_strength", "loop", "loras"):  # options added since, all off here
         del old[later_option]
     digest = hashlib.sha256(json.dumps(old, sort_keys=True, default=str).encode())
     digest.update(image.tobytes())
