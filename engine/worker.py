@@ -273,7 +273,7 @@ class Worker:
             since_renew += poll_every
             if since_renew >= renew_every and not work.done():
                 since_renew = 0.0
-                if not await self.store.renew(job.id, self.name):
+                if not await self.store.renew(job.id, self.name, lease=job.lease):
                     log.warning("%s: lost the lease on job %d%s", self.name, job.id, "; stopping it" * cancels)
                     run.lease_lost = True
                     run.cancel.set()
@@ -307,7 +307,8 @@ class Worker:
                  f"{p.resolution}px", p.steps, p.seed, f", extending {job.extends}" if job.extends else "")
 
         def report(progress: Progress) -> None:
-            asyncio.run_coroutine_threadsafe(self.store.report_progress(job.id, self.name, progress), loop)
+            writing = self.store.report_progress(job.id, self.name, progress, lease=job.lease)
+            asyncio.run_coroutine_threadsafe(writing, loop)
 
         def on_step(event) -> None:
             if event.step > 1:  # the first step of a section carries the section's set-up
@@ -356,7 +357,7 @@ class Worker:
         except Exception as error:
             return await self._render_ended(job, run, error)
         if run.cancel.is_set():  # cancelled after the last step: no upload copies, the store ends it cancelled
-            await self.store.complete(job.id, self.name, str(video), {})
+            await self.store.complete(job.id, self.name, str(video), {}, lease=job.lease)
             await self._record_speed(job, run)
             return True
         # The upload copies (ffmpeg) and the completion go on while the next job samples.
@@ -372,16 +373,16 @@ class Worker:
         from storage.inputs import InputError
 
         if isinstance(error, Paused):
-            await self.store.release(job.id, self.name)
+            await self.store.release(job.id, self.name, lease=job.lease)
             log.info("%s: job %d given back to the queue at its last step", self.name, job.id)
             return True
         if isinstance(error, Cancelled):
             if not run.lease_lost:  # else another worker owns it now
-                await self.store.mark_cancelled(job.id, self.name)
+                await self.store.mark_cancelled(job.id, self.name, lease=job.lease)
                 log.info("%s: job %d cancelled", self.name, job.id)
             return True
         if isinstance(error, InputError):  # written for the person
-            await self.store.fail(job.id, self.name, str(error))
+            await self.store.fail(job.id, self.name, str(error), lease=job.lease)
             return True
         if isinstance(error, WorkerFault):
             return await self._give_back(job, str(error))
@@ -391,7 +392,7 @@ class Worker:
         # The job fails, the worker lives on for the next one. The person reads a plain sentence; the details
         # (paths, ffmpeg's command line) stay in this log.
         log.error("%s: job %d failed", self.name, job.id, exc_info=error)
-        await self.store.fail(job.id, self.name, FAILED_TEXT)
+        await self.store.fail(job.id, self.name, FAILED_TEXT, lease=job.lease)
         return True
 
     async def _finish(self, job: Job, run: JobRun, video: Path, how) -> None:
@@ -417,7 +418,7 @@ class Worker:
         except Exception as error:
             await self._render_ended(job, run, error)
             return
-        await self.store.complete(job.id, self.name, str(video), fitted)
+        await self.store.complete(job.id, self.name, str(video), fitted, lease=job.lease)
         await self._record_speed(job, run)
 
     async def _record_speed(self, job: Job, run: JobRun) -> None:
@@ -447,7 +448,7 @@ class Worker:
 
     async def _give_back(self, job: Job, problem: str) -> bool:
         """A worker fault: the job waits in the queue (the attempt does not count), this worker pauses."""
-        await self.store.release(job.id, self.name)
+        await self.store.release(job.id, self.name, lease=job.lease)
         log.warning("%s: job %d given back to the queue: %s", self.name, job.id, problem)
         self.fault = problem
         return False

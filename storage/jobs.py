@@ -152,6 +152,7 @@ class Enqueued:
     eta_seconds: float
 
 
+    lease: int = 0  # the number of the claim that returned it: the worker's writes carry it (fencing)
 class QueueFull(Exception):
     """The person has as many jobs waiting as the limit allows."""
 

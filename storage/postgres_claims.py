@@ -1,8 +1,9 @@
 """The workers' side of the PostgreSQL store: heartbeats and speeds, and claims under fenced leases.
 
-Every claim adds one to jobs.lease and the store keeps that number, the fencing token, for the (job, worker) it
-claimed. Every write under the claim (renew, progress, complete, fail, cancelled, release) is an UPDATE that
-names the token, so once the lease ran out and another claim took the job, the old claim's writes match no row.
+Every claim adds one to jobs.lease, returns it as Job.lease, and the store keeps that number, the fencing token,
+for the (job, worker) it claimed. Every write under the claim (renew, progress, complete, fail, cancelled,
+release) is an UPDATE that names the token (the `lease=` a worker passes, else the one kept here), so once the
+lease ran out and another claim took the job, the old claim's writes match no row.
 """
 
 from __future__ import annotations
@@ -177,9 +178,10 @@ class WorkerSide(PooledQueries):
         """The fencing token of this store's claim of the job for `worker`, or None without one."""
         return self._leases.get((job_id, worker))
 
-    async def _fenced(self, conn, job_id: int, worker: str, sets: str, args=()) -> bool:
-        """UPDATE the job with `sets` only while this store's claim of it for `worker` still holds."""
-        token = self._leases.get((job_id, worker))
+    async def _fenced(self, conn, job_id: int, worker: str, lease: int | None, sets: str, args=()) -> bool:
+        """UPDATE the job with `sets` only while the claim numbered `lease` (else this store's claim of it for
+        `worker`) still holds."""
+        token = lease if lease is not None else self._leases.get((job_id, worker))
         if token is None:  # never claimed here, or already finished: nothing to write under
             return False
         cursor = await conn.execute(
@@ -193,30 +195,33 @@ class WorkerSide(PooledQueries):
         await self._notify(conn, JOBS_CHANNEL, job_id)
         return True
 
-    async def renew(self, job_id: int, worker: str, lease_seconds: float | None = None) -> bool:
+    async def renew(self, job_id: int, worker: str, lease_seconds: float | None = None,
+                    lease: int | None = None) -> bool:
         """Extend the lease; False when this claim no longer holds the job (the worker must stop)."""
         lease_seconds = lease_seconds or self.settings.lease_seconds
         async with self._write() as conn:
             await conn.execute(f"UPDATE workers SET seen_at={NOW} WHERE name=%s", (worker,))
-            return await self._fenced(conn, job_id, worker, f"lease_expires_at={NOW} + %s", (lease_seconds,))
+            return await self._fenced(conn, job_id, worker, lease, f"lease_expires_at={NOW} + %s", (lease_seconds,))
 
-    async def report_progress(self, job_id: int, worker: str, progress: Progress) -> None:
+    async def report_progress(self, job_id: int, worker: str, progress: Progress, lease: int | None = None) -> bool:
+        """Record the progress; False (nothing written) when this claim no longer holds the job."""
         async with self._write() as conn:
-            await self._fenced(conn, job_id, worker, "progress=%s", (json.dumps(asdict(progress)),))
+            return await self._fenced(conn, job_id, worker, lease, "progress=%s", (json.dumps(asdict(progress)),))
 
-    async def _finish(self, job_id: int, worker: str, sets: str, args=()) -> bool:
+    async def _finish(self, job_id: int, worker: str, lease: int | None, sets: str, args=()) -> bool:
         async with self._write() as conn:
-            done = await self._fenced(conn, job_id, worker, f"finished_at={NOW}, lease_expires_at=NULL, {sets}",
-                                      args)
+            done = await self._fenced(conn, job_id, worker, lease,
+                                      f"finished_at={NOW}, lease_expires_at=NULL, {sets}", args)
         self._leases.pop((job_id, worker), None)
         return done
 
-    async def complete(self, job_id: int, worker: str, video: str, fitted: dict[int, str]) -> bool:
+    async def complete(self, job_id: int, worker: str, video: str, fitted: dict[int, str],
+                       lease: int | None = None) -> bool:
         """Mark the job done; False if this claim no longer holds it, or if a cancel came in after its last
         step: the person was told it would stop, so it ends cancelled and no video is sent."""
         result = json.dumps({"video": video, "fitted": {str(k): v for k, v in fitted.items()}})
         if not await self._finish(
-            job_id, worker,
+            job_id, worker, lease,
             "state=CASE WHEN cancel_requested THEN 'cancelled' ELSE 'done' END, "
             "result=CASE WHEN cancel_requested THEN NULL ELSE %s::text END",
             (result,),
@@ -228,19 +233,19 @@ class WorkerSide(PooledQueries):
         log.info("job %d done by %s", job_id, worker)
         return True
 
-    async def fail(self, job_id: int, worker: str, error: str) -> bool:
+    async def fail(self, job_id: int, worker: str, error: str, lease: int | None = None) -> bool:
         log.warning("job %d failed on %s: %s", job_id, worker, error)
-        return await self._finish(job_id, worker, "state='failed', error=%s", (error[:2000],))
+        return await self._finish(job_id, worker, lease, "state='failed', error=%s", (error[:2000],))
 
-    async def mark_cancelled(self, job_id: int, worker: str) -> bool:
-        return await self._finish(job_id, worker, "state='cancelled'")
+    async def mark_cancelled(self, job_id: int, worker: str, lease: int | None = None) -> bool:
+        return await self._finish(job_id, worker, lease, "state='cancelled'")
 
-    async def release(self, job_id: int, worker: str) -> bool:
+    async def release(self, job_id: int, worker: str, lease: int | None = None) -> bool:
         """Give a job back to the queue on a clean shutdown; it resumes from its checkpoint and the attempt
         does not count against it."""
         async with self._write() as conn:
             released = await self._fenced(
-                conn, job_id, worker,
+                conn, job_id, worker, lease,
                 "state='queued', worker=NULL, lease_expires_at=NULL, attempts=GREATEST(attempts-1, 0)",
             )
             if released:

@@ -2,8 +2,8 @@
 
 Version N here is version N there: a migration added to one is mirrored in the other under the same number.
 The types map INTEGER flags to BOOLEAN and REAL to DOUBLE PRECISION (PostgreSQL's REAL has 4 bytes, too few for
-epoch seconds); the JSON columns stay TEXT so both stores read a row through the same helper. The one column
-that SQLite lacks is jobs.lease, the fencing token of the current claim, created with the table in 1.
+epoch seconds); the JSON columns stay TEXT so both stores read a row through the same helper. jobs.lease, the
+fencing token of the current claim, is created with the table in 1 here and added in 8 on SQLite.
 The version is the one row of schema_version (SQLite keeps it in PRAGMA user_version).
 """
 
@@ -94,6 +94,15 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN extends_job BIGINT;
     ALTER TABLE jobs ADD COLUMN extends_video TEXT;
     CREATE INDEX jobs_by_source ON jobs (extends_job, state);
+    """,
+    # 8: several machines: jobs.lease (here since 1; kept for the numbering), delivery claims, where workers run
+    """
+    ALTER TABLE jobs ADD COLUMN IF NOT EXISTS lease BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN delivery_claimed_by TEXT;
+    ALTER TABLE jobs ADD COLUMN delivery_claim_expires_at DOUBLE PRECISION;
+    ALTER TABLE workers ADD COLUMN host TEXT;
+    ALTER TABLE workers ADD COLUMN gpu TEXT;
+    ALTER TABLE workers ADD COLUMN plan TEXT;
     """,
 ]
 

@@ -83,4 +83,16 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN extends_video TEXT;
     CREATE INDEX jobs_by_source ON jobs (extends_job, state);
     """,
+    # 8: several machines. jobs.lease numbers the claims of a job: a worker's write carries the number of its
+    # claim and is refused once a later claim took the job over (fencing). A delivery is claimed by one frontend
+    # process for a while before it posts, so two processes of one bot never post one video twice. Each worker
+    # says where it runs (host, GPU, memory plan) for /admin workers.
+    """
+    ALTER TABLE jobs ADD COLUMN lease INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN delivery_claimed_by TEXT;
+    ALTER TABLE jobs ADD COLUMN delivery_claim_expires_at REAL;
+    ALTER TABLE workers ADD COLUMN host TEXT;
+    ALTER TABLE workers ADD COLUMN gpu TEXT;
+    ALTER TABLE workers ADD COLUMN plan TEXT;
+    """,
 ]

@@ -53,8 +53,14 @@ _JOB_COLUMNS = (
     "id, platform, chat_id, reply_to, user_id, user_name, prompt, params, state, created_at, started_at, "
     "finished_at, worker, lease_expires_at, attempts, cancel_requested, progress, error, result, delivered, "
     "status_message, guild_id, delivery_error, delivery_attempts, guides, files_removed_at, extends_job, "
-    "extends_video"
+    "extends_video, lease"
 )
+
+
+# A worker's write matches the job only while its claim holds: the job running, under this worker's name and,
+# when the worker gives the claim's lease number, under that claim (a job taken over has a higher number).
+# Arguments: job id, worker, lease, lease.
+_HELD = "id=? AND worker=? AND state='running' AND (? IS NULL OR lease=?)"
 
 
 class StorageNotWritable(RuntimeError):
@@ -74,7 +80,7 @@ def _job_from_row(row) -> Job:
         fitted={int(k): v for k, v in result.get("fitted", {}).items()},
         delivered=bool(row[19]), status_message=row[20], guild_id=row[21], delivery_error=row[22],
         delivery_attempts=row[23], guides=_guides_from_json(row[24]), files_removed_at=row[25],
-        extends=_extends(row[26], row[27]),
+        extends=_extends(row[26], row[27]), lease=row[28],
     )
 
 
@@ -573,52 +579,55 @@ class SqliteJobStore:
                     continue
                 await db.execute(
                     "UPDATE jobs SET state='running', worker=?, lease_expires_at=?, attempts=attempts+1, "
-                    "started_at=COALESCE(started_at, ?) WHERE id=?",
+                    "lease=lease+1, started_at=COALESCE(started_at, ?) WHERE id=?",
                     (worker, now + lease, now, job_id),
                 )
                 break
         log.info("job %d claimed by %s (attempt %d)", job_id, worker, attempts + 1)
         return await self.get(job_id)
 
-    async def renew(self, job_id: int, worker: str, lease_seconds: float | None = None) -> bool:
-        """Extend the lease; False when this worker no longer holds the job (it must stop)."""
-        lease = lease_seconds or self.settings.lease_seconds
+    async def renew(self, job_id: int, worker: str, lease_seconds: float | None = None,
+                    lease: int | None = None) -> bool:
+        """Extend the lease; False when this worker's claim (`lease`: its number) no longer holds the job (it
+        must stop)."""
+        seconds = lease_seconds or self.settings.lease_seconds
         async with self._write() as db:
             cursor = await db.execute(
-                "UPDATE jobs SET lease_expires_at=? WHERE id=? AND worker=? AND state='running'",
-                (time.time() + lease, job_id, worker),
+                f"UPDATE jobs SET lease_expires_at=? WHERE {_HELD}",
+                (time.time() + seconds, job_id, worker, lease, lease),
             )
             await db.execute("UPDATE workers SET seen_at=? WHERE name=?", (time.time(), worker))
         return cursor.rowcount == 1
 
-    async def report_progress(self, job_id: int, worker: str, progress: Progress) -> None:
+    async def report_progress(self, job_id: int, worker: str, progress: Progress, lease: int | None = None) -> bool:
+        """Record the progress; False (nothing written) when this claim no longer holds the job."""
         async with self._write() as db:
-            await db.execute(
-                "UPDATE jobs SET progress=? WHERE id=? AND worker=? AND state='running'",
-                (json.dumps(asdict(progress)), job_id, worker),
+            cursor = await db.execute(
+                f"UPDATE jobs SET progress=? WHERE {_HELD}",
+                (json.dumps(asdict(progress)), job_id, worker, lease, lease),
             )
+        return cursor.rowcount == 1
 
-    async def _finish(self, job_id: int, worker: str, state: JobState, **columns) -> bool:
+    async def _finish(self, job_id: int, worker: str, lease: int | None, state: JobState, **columns) -> bool:
         sets = ", ".join(f"{k}=?" for k in columns)
         extra = f", {sets}" if sets else ""
         async with self._write() as db:
             cursor = await db.execute(
-                f"UPDATE jobs SET state=?, finished_at=?, lease_expires_at=NULL{extra} "
-                "WHERE id=? AND worker=? AND state='running'",
-                (state.value, time.time(), *columns.values(), job_id, worker),
+                f"UPDATE jobs SET state=?, finished_at=?, lease_expires_at=NULL{extra} WHERE {_HELD}",
+                (state.value, time.time(), *columns.values(), job_id, worker, lease, lease),
             )
         return cursor.rowcount == 1
 
-    async def complete(self, job_id: int, worker: str, video: str, fitted: dict[int, str]) -> bool:
+    async def complete(self, job_id: int, worker: str, video: str, fitted: dict[int, str],
+                       lease: int | None = None) -> bool:
         """Mark the job done; False if this worker no longer holds it, or if a cancel came in after its
         last step: the person was told it would stop, so it ends cancelled and no video is sent."""
         result = json.dumps({"video": video, "fitted": {str(k): v for k, v in fitted.items()}})
         async with self._write() as db:
             cursor = await db.execute(
                 "UPDATE jobs SET state=CASE WHEN cancel_requested THEN 'cancelled' ELSE 'done' END, finished_at=?, "
-                "lease_expires_at=NULL, result=CASE WHEN cancel_requested THEN NULL ELSE ? END "
-                "WHERE id=? AND worker=? AND state='running'",
-                (time.time(), result, job_id, worker),
+                f"lease_expires_at=NULL, result=CASE WHEN cancel_requested THEN NULL ELSE ? END WHERE {_HELD}",
+                (time.time(), result, job_id, worker, lease, lease),
             )
             if cursor.rowcount != 1:
                 return False
@@ -629,21 +638,21 @@ class SqliteJobStore:
         log.info("job %d done by %s", job_id, worker)
         return True
 
-    async def fail(self, job_id: int, worker: str, error: str) -> bool:
+    async def fail(self, job_id: int, worker: str, error: str, lease: int | None = None) -> bool:
         log.warning("job %d failed on %s: %s", job_id, worker, error)
-        return await self._finish(job_id, worker, JobState.FAILED, error=error[:2000])
+        return await self._finish(job_id, worker, lease, JobState.FAILED, error=error[:2000])
 
-    async def mark_cancelled(self, job_id: int, worker: str) -> bool:
-        return await self._finish(job_id, worker, JobState.CANCELLED)
+    async def mark_cancelled(self, job_id: int, worker: str, lease: int | None = None) -> bool:
+        return await self._finish(job_id, worker, lease, JobState.CANCELLED)
 
-    async def release(self, job_id: int, worker: str) -> bool:
+    async def release(self, job_id: int, worker: str, lease: int | None = None) -> bool:
         """Give a job back to the queue on a clean shutdown; it resumes from its checkpoint and the
         attempt does not count against it."""
         async with self._write() as db:
             cursor = await db.execute(
                 "UPDATE jobs SET state='queued', worker=NULL, lease_expires_at=NULL, attempts=MAX(attempts-1, 0) "
-                "WHERE id=? AND worker=? AND state='running'",
-                (job_id, worker),
+                f"WHERE {_HELD}",
+                (job_id, worker, lease, lease),
             )
         return cursor.rowcount == 1
 

@@ -256,7 +256,7 @@ async def test_an_extension_is_stored_estimated_and_keeps_its_source(open_pg):
 
 async def test_the_schema_mirrors_sqlite_migration_for_migration(open_pg, tmp_path):
     """A migration added to storage/schema.py without its PostgreSQL twin in storage/postgres_schema.py fails
-    here: same version count, same tables, same columns (PostgreSQL adds only jobs.lease, the fencing token)."""
+    here: same version count, same tables, same columns."""
     assert len(POSTGRES_MIGRATIONS) == len(SQLITE_MIGRATIONS)
     pg = await open_pg()
     sqlite_store = await SqliteJobStore.open(Settings(data_dir=tmp_path / "sqlite"))
@@ -270,7 +270,7 @@ async def test_the_schema_mirrors_sqlite_migration_for_migration(open_pg, tmp_pa
             sqlite_columns = {row[1] for row in await sqlite_store._all(f"PRAGMA table_info({table})")}
             pg_columns = {name for (name,) in await pg._all(
                 "SELECT column_name FROM information_schema.columns WHERE table_name=%s", (table,))}
-            assert pg_columns == sqlite_columns | ({"lease"} if table == "jobs" else set()), table
+            assert pg_columns == sqlite_columns, table
         assert await pg._one("SELECT version FROM schema_version") == (len(POSTGRES_MIGRATIONS),)
     finally:
         await sqlite_store.close()
