@@ -37,6 +37,8 @@ def parse_extension(text: str) -> Request:
     request = parse_caption(text)
     if request.variant or request.end or request.keyframe_at or request.loop or request.end_strength is not None:
         raise InputError(texts.EXTEND_OPTIONS)
+    if request.loras:
+        raise InputError(texts.EXTEND_LORAS)
     if seconds is not None and request.seconds is None:
         request = dataclasses.replace(request, seconds=seconds)
     return request
@@ -60,6 +62,7 @@ def extension_job(base: NewJob, request: Request, settings: Settings, extends: E
         upload_limits=base.params.upload_limits, teacache=FAST_TEACACHE if request.fast else 0.0,
         negative_prompt=request.negative, cfg=request.cfg if request.cfg is not None else 1.0,
         cfg_rescale=request.cfg_rescale if request.cfg_rescale is not None else 0.0,
+        loras=kept.loras,  # a job's LoRAs (its character, its style) go on into its continuation
     )
     return dataclasses.replace(base, prompt=prompt, params=params, extends=extends)
 

@@ -1,5 +1,6 @@
 """Prompt options typed after a caption: `a cat dances --seconds 10 --seed 42 --f1 --steps 20`, and the ones
-that direct the motion: `--end`, `--at 3s`, `--end-strength 0.8`, `--loop`, `--negative "..."`, `--cfg 3`."""
+that direct the motion: `--end`, `--at 3s`, `--end-strength 0.8`, `--loop`, `--negative "..."`, `--cfg 3`;
+and LoRAs: `--lora name:0.8` (repeatable, up to 3)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import shlex
 from dataclasses import dataclass
 
 from storage.inputs import InputError
-from storage.jobs import GuidePictures, JobParams
+from storage.jobs import GuidePictures, JobLora, JobParams
 from storage.limits import MAX_KEYFRAMES
 from storage.settings import Settings
 
@@ -32,6 +33,7 @@ class Request:
     end: bool = False  # the last picture of an album is the end picture
     end_strength: float | None = None
     keyframe_at: tuple[float, ...] = ()  # seconds of each keyframe picture, in the album's order
+    loras: tuple[tuple[str, float], ...] = ()  # (name, strength) as typed; bot/loras.py checks them against LORA_DIR
 
 
 def parse_caption(text: str) -> Request:
@@ -63,15 +65,18 @@ def parse_caption(text: str) -> Request:
 
 
 OPTIONS_HELP = ("--seconds N, --seed N, --steps N, --f1, --fast, --end, --at Ns, --end-strength X, --loop, "
-                "--negative \"...\", --cfg N, --cfg-rescale X.")
+                "--negative \"...\", --cfg N, --cfg-rescale X, --lora NAME:STRENGTH.")
 _FLAGS = {"--f1": {"variant": "f1"}, "--original": {"variant": "original"}, "--fast": {"fast": True},
           "--loop": {"loop": True}, "--end": {"end": True}}
 _VALUED = ("--seconds", "--seed", "--steps", "--variant", "--negative", "--cfg", "--cfg-rescale", "--end-strength",
-           "--at")
+           "--at", "--lora")
 
 
 def _read_value(option: str, raw: str, values: dict) -> None:
     """One valued option into `values`, or an InputError that says what it takes."""
+    if option == "--lora":  # `--lora style:0.8`, repeated; checked against LORA_DIR by bot/loras.py
+        values["loras"] = (*values.get("loras", ()), parse_lora(raw))
+        return
     try:
         if option in ("--seconds", "--cfg", "--cfg-rescale", "--end-strength"):
             values[option[2:].replace("-", "_")] = float(raw)
@@ -87,6 +92,18 @@ def _read_value(option: str, raw: str, values: dict) -> None:
     except ValueError:
         what = "seconds, e.g. --at 3s" if option == "--at" else "a number"
         raise InputError(f"{option} takes {what}, not {raw!r}.") from None
+
+
+def parse_lora(raw: str) -> tuple[str, float]:
+    """`name:0.8` or `name` (strength 1); an InputError for a strength that is not a number."""
+    name, sep, strength = raw.strip().rpartition(":")
+    if not sep:
+        return raw.strip(), 1.0
+    try:
+        return name.strip(), float(strength.replace(",", "."))
+    except ValueError:
+        raise InputError(f"--lora takes NAME or NAME:STRENGTH, e.g. --lora {name.strip()[:40] or 'style'}:0.8, "
+                         f"not {raw[:80]!r}.") from None
 
 
 def parse_seconds(raw: str) -> float:
@@ -125,8 +142,10 @@ def new_seed() -> int:
     return random.SystemRandom().randrange(0, 2**31)
 
 
-def job_params(request: Request, settings: Settings, upload_limit: int, seed: int | None = None) -> JobParams:
-    """The job's parameters: what the person asked for, the configured defaults for the rest."""
+def job_params(request: Request, settings: Settings, upload_limit: int, seed: int | None = None,
+               loras: tuple[JobLora, ...] = ()) -> JobParams:
+    """The job's parameters: what the person asked for, the configured defaults for the rest; `loras` are
+    request.loras once checked (bot/loras.py)."""
     if seed is None:
         seed = request.seed if request.seed is not None else new_seed()
     return JobParams(
@@ -142,4 +161,5 @@ def job_params(request: Request, settings: Settings, upload_limit: int, seed: in
         cfg_rescale=request.cfg_rescale if request.cfg_rescale is not None else 0.0,
         end_strength=request.end_strength if request.end_strength is not None else 1.0,
         loop=request.loop,
+        loras=loras,
     )

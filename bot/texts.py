@@ -53,6 +53,7 @@ def settings_line(job: Job) -> str:
         parts.append(f"cfg {p.cfg:g}" + (f" (rescale {p.cfg_rescale:g})" if p.cfg_rescale else ""))
     if p.negative_prompt:
         parts.append(f'negative "{p.negative_prompt[:100]}"')
+    parts += [f"LoRA {lora.name} {lora.strength:g}" for lora in p.loras]
     return ", ".join(parts)
 
 
@@ -81,7 +82,8 @@ def help_text(values: Limits, example: str, discord: bool = False) -> str:
         "/queue shows your jobs, /cancel N cancels one. "
         + ("Apps > Video info on a video" if discord else "/info in reply to a video")
         + " shows the settings it was made with.\n"
-        + (EXTEND_HELP_DISCORD if discord else EXTEND_HELP_TELEGRAM)
+        + (EXTEND_HELP_DISCORD if discord else EXTEND_HELP_TELEGRAM) + "\n"
+        + (LORA_HELP_DISCORD if discord else LORA_HELP_TELEGRAM)
     )
 
 
@@ -176,3 +178,26 @@ EXTEND_SECONDS = "Seconds takes a number, not {raw!r}."
 
 def video_too_big(size: int, limit: int) -> str:
     return f"The video is {size / 1e6:.1f} MB; I can extend videos of up to {limit / 1e6:g} MB."
+
+
+# ----- LoRAs ----------------------------------------------------------------------------------------------
+
+LORA_HELP_DISCORD = "LoRAs: /animate ... lora1:<name> strength1:0.8 (up to 3; the names complete as you type)."
+LORA_HELP_TELEGRAM = "LoRAs: a cat --lora name:0.8 (up to 3, each with its strength; default 1)."
+EXTEND_LORAS = "An extension keeps the LoRAs of the video it continues; --lora is for new videos."
+LORA_STRENGTH_ALONE = "strength{number} goes with lora{number}: pick the LoRA it is for."
+NO_LORAS = "No LoRA files in {folder}. Put HunyuanVideo LoRAs there as NAME.safetensors."
+LORA_CHECK_FAILED = "The LoRA check could not run: {why}"
+ADMIN_USAGE_TELEGRAM = "Usage: /admin loras (the LoRA files and whether each loads)."
+
+
+def lora_listing(folder, reports: list[dict]) -> str:
+    """One line per file of `python -m engine.lora_check`: usable with the linears it changes, or refused."""
+    lines = [f"LoRAs in {folder}:"]
+    for report in reports:
+        if report["ok"]:
+            lines.append(f"{report['name']}: ok, {report['matched']} LoRA modules on {report['linears']} linears "
+                         f"(sha256 {report['sha256'][:12]})")
+        else:
+            lines.append(f"{report['name']}: refused: {report['problem']}")
+    return "\n".join(lines)

@@ -18,13 +18,11 @@ from torch import nn
 
 from engine.lora_apply import applied, match_lora, put_on, take_off
 from engine.lora_formats import LoraError, LoraFile, read_lora_file
+from storage.lora_catalog import MAX_LORAS, MAX_STRENGTH, SUFFIX  # one limit for the chats and the engine
 
 __all__ = ["MAX_LORAS", "LoraChoice", "LoraError", "LoraReport", "check_lora", "choices_problem", "list_loras",
            "resolve_lora", "use_loras"]
 
-MAX_LORAS = 3
-MAX_STRENGTH = 4.0  # either sign; past about 2 most LoRAs only break the picture
-SUFFIX = ".safetensors"
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from storage.jobs import Job, Progress
 from storage.log_setup import configure_logging
 from storage.settings import Settings, SettingsError, get_settings
 from storage.store import EXIT_CANNOT_START, JobStore, open_store
+from storage.wakeups import wait_for_work
 
 log = logging.getLogger("engine.worker")
 
@@ -190,8 +191,8 @@ class Worker:
                 pause = min(pause * 2, NOT_READY_PAUSE_MAX)
                 continue
             job = await self.store.claim(self.name)
-            if job is None:
-                await asyncio.sleep(IDLE_POLL_SECONDS)
+            if job is None:  # PostgreSQL wakes this at once when a job is queued; SQLite polls
+                await wait_for_work(self.store, IDLE_POLL_SECONDS)
                 continue
             if await self.process(job):
                 done, pause = done + 1, NOT_READY_PAUSE_FIRST  # a fault that comes back keeps growing the pause
@@ -298,6 +299,7 @@ class Worker:
         from engine.extend_job import run_extension
         from engine.made_with import made_with
         from engine.render import Callbacks, RenderRequest, render
+        from storage.lora_catalog import render_loras
         from storage.uploaded_videos import VideoLimits
 
         loop = asyncio.get_running_loop()
@@ -337,7 +339,8 @@ class Worker:
                                     steps=p.steps, resolution=p.resolution, crf=self.settings.video_crf,
                                     teacache=p.teacache or self.settings.engine_teacache, cfg=p.cfg,
                                     cfg_rescale=p.cfg_rescale, negative_prompt=p.negative_prompt,
-                                    end_strength=p.end_strength, loop=p.loop)
+                                    end_strength=p.end_strength, loop=p.loop,
+                                    loras=render_loras(p.loras, self.settings.lora_dir))  # hashes checked there
             callbacks = Callbacks(on_step, on_section, run.cancel.is_set, self.stopping.is_set)
             if job.extends is not None:  # the same callbacks, checkpoints and finishing as a render
                 return run_extension(models, self.files, job, request, callbacks,

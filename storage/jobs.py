@@ -19,6 +19,16 @@ class JobState(str, Enum):
 
 
 @dataclass(frozen=True)
+class JobLora:
+    """A LoRA a job asked for: its file's name in LORA_DIR (without .safetensors), the file's sha256 when the job
+    was queued (the worker refuses a file that changed since, so a re-roll is exact) and its strength."""
+
+    name: str
+    sha256: str
+    strength: float = 1.0
+
+
+@dataclass(frozen=True)
 class JobParams:
     seconds: float = 5.0
     variant: str = "original"
@@ -33,6 +43,12 @@ class JobParams:
     cfg_rescale: float = 0.0
     end_strength: float = 1.0  # how strongly an end picture pulls
     loop: bool = False  # the video ends on its own start picture
+    loras: tuple[JobLora, ...] = ()  # up to 3 (storage/lora_catalog.py); a row from before them reads back none
+
+    def __post_init__(self):
+        # Params come back from JSON as lists of dicts.
+        object.__setattr__(self, "loras", tuple(lora if isinstance(lora, JobLora) else JobLora(**lora)
+                                                for lora in self.loras))
 
     @property
     def sections(self) -> int:
