@@ -25,13 +25,14 @@ from telegram.ext import (
 
 from bot import texts
 from bot.albums import AlbumCollector
+from bot.loras import chosen_loras, lora_listing
 from bot.options import Request, album_guides, job_params, new_seed, parse_caption
 from bot.telegram_extend import TelegramExtensions
 from bot.video_info import is_video_name, video_info
 from bot.watcher import Frontend, Undeliverable, Watcher
 from storage.files import JobFiles
 from storage.inputs import InputError
-from storage.jobs import GuidePictures, Job, JobParams, JobPictures, JobState, NewJob, parse_job_id
+from storage.jobs import GuidePictures, Job, JobLora, JobParams, JobPictures, JobState, NewJob, parse_job_id
 from storage.settings import Settings
 from storage.store import JobStore
 
@@ -90,6 +91,7 @@ class TelegramBot:
         app.add_handler(CommandHandler("setlimit", self.on_setlimit))
         app.add_handler(CommandHandler("animate", self.on_animate_command))
         app.add_handler(CommandHandler("info", self.on_info))
+        app.add_handler(CommandHandler("admin", self.on_admin))
         self.albums = AlbumCollector(self.on_album)
         app.add_handler(MessageHandler(_InAlbum(), self.on_album_part))
         self.files = JobFiles(settings.data_dir)
@@ -196,7 +198,7 @@ class TelegramBot:
             if not request.prompt:
                 raise InputError("The prompt is empty.\n" + EXAMPLE)
             guides = album_guides(request, len(sources))
-            job = self._new_job(reply_to, user, request, guides)
+            job = self._new_job(reply_to, user, request, guides, await chosen_loras(request, self.settings))
             await self.store.check_request(job)  # before a byte is downloaded
             pictures = await self._download_pictures(sources, guides)
             enqueued = await self.store.enqueue(job, pictures)
@@ -225,8 +227,9 @@ class TelegramBot:
             return configured or None
         return CLOUD_DOWNLOAD_LIMIT if CLOUD_API_HOST in self.settings.telegram_api_url else None
 
-    def _new_job(self, message: Message, user, request: Request, guides: GuidePictures) -> NewJob:
-        params = job_params(request, self.settings, self.settings.telegram_upload_limit)
+    def _new_job(self, message: Message, user, request: Request, guides: GuidePictures,
+                 loras: tuple[JobLora, ...] = ()) -> NewJob:
+        params = job_params(request, self.settings, self.settings.telegram_upload_limit, loras=loras)
         return NewJob(
             platform=PLATFORM, chat_id=str(message.chat_id), user_id=str(user.id), prompt=request.prompt,
             params=params, reply_to=str(message.message_id), user_name=user.username or user.full_name,
@@ -315,6 +318,16 @@ class TelegramBot:
             await update.effective_message.reply_text(str(error))
             return
         await update.effective_message.reply_text("Limit changed.\n" + texts.limits(limits))
+
+    async def on_admin(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """`/admin loras`: the LoRA files and whether each loads (a check of some seconds, off the loop)."""
+        if not await self._require_admin(update):
+            return
+        if [word.lower() for word in context.args or []] != ["loras"]:
+            await update.effective_message.reply_text(texts.ADMIN_USAGE_TELEGRAM)
+            return
+        listing = await lora_listing(self.settings)
+        await update.effective_message.reply_text(listing[:4096])
 
     async def on_button(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         query = update.callback_query
