@@ -19,8 +19,11 @@ from dataclasses import dataclass
 from bot import texts
 from storage.jobs import Job
 from storage.store import JobStore
+from storage.wakeups import wait_for_changes
 
 log = logging.getLogger(__name__)
+
+MIN_TICK_SECONDS = 0.2
 
 
 class Undeliverable(Exception):
@@ -131,9 +134,24 @@ class Watcher:
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            ticked = time.monotonic()
             try:
                 await self.tick()
             except Exception:
                 log.exception("watcher tick failed")
+            await self._wait(stop, ticked)
+
+    async def _wait(self, stop: asyncio.Event, ticked: float) -> None:
+        """Until a job changed (at once on PostgreSQL, every `poll` seconds on SQLite) or `stop`; ticks stay
+        MIN_TICK_SECONDS apart, so a busy queue's stream of step notifications does not become a stream of queries."""
+        changed = asyncio.ensure_future(wait_for_changes(self.store, self.poll))
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({changed, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in (changed, stopped):
+                waiting.cancel()
+        rest = MIN_TICK_SECONDS - (time.monotonic() - ticked)
+        if rest > 0 and not stop.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self.poll)
+                await asyncio.wait_for(stop.wait(), timeout=rest)

@@ -43,6 +43,7 @@ from storage.limits import LIMIT_NAMES, VARIANTS, Limits, parse_limit
 from storage.schema import MIGRATIONS
 from storage.settings import Settings
 from storage.uploaded_videos import VideoLimits, check_video_bytes
+from storage.wakeups import poll
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +183,15 @@ class SqliteJobStore:
 
     async def _all(self, sql: str, args=()) -> list[tuple]:
         return list(await (await self.db.execute(sql, args)).fetchall())
+
+    # ----- waiting for changes --------------------------------------------------------------------
+
+    async def wait_for_work(self, timeout: float) -> bool:
+        """Other processes' writes to the file are not heard of here: waits `timeout` (the poll interval)."""
+        return await poll(timeout)
+
+    async def wait_for_changes(self, timeout: float) -> bool:
+        return await poll(timeout)
 
     # ----- limits ---------------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ EXIT_CANNOT_START = 3
 
 
 class JobStore(Protocol):
-    """Implemented by SqliteJobStore; a PostgreSQL store would implement the same methods."""
+    """Implemented by SqliteJobStore (storage/sqlite_store.py) and PostgresJobStore (storage/postgres_store.py)."""
 
     async def check_request(self, job: NewJob) -> None: ...
     async def enqueue(self, job: NewJob, pictures: bytes | JobPictures) -> Enqueued: ...
@@ -55,10 +55,21 @@ class JobStore(Protocol):
     async def worker_status(self) -> WorkerStatus: ...
     async def worker_problems(self) -> list[tuple[str, str, float]]: ...
     async def claim_notice(self, key: str) -> bool: ...
+    # Until a job may be claimable / any job changed (True), or `timeout` seconds (False). PostgreSQL returns at
+    # once on a NOTIFY; SQLite waits the timeout out (storage/wakeups.py). Look at the queue after either.
+    async def wait_for_work(self, timeout: float) -> bool: ...
+    async def wait_for_changes(self, timeout: float) -> bool: ...
     async def close(self) -> None: ...
 
 
 async def open_store(settings: Settings) -> JobStore:
+    """The rows' store (see _open_rows), with the job files kept in the bucket too when STORAGE_URL is set."""
+    from storage.synced_store import with_object_storage
+
+    return with_object_storage(await _open_rows(settings), settings)
+
+
+async def _open_rows(settings: Settings) -> JobStore:
     """SQLite under the data directory unless DATABASE_URL names another sqlite file or a PostgreSQL server."""
     from storage.postgres_connect import is_postgres_url, safe_url
     from storage.sqlite_store import SqliteJobStore
