@@ -37,13 +37,15 @@ from bot.discord_views import (
     reroll_view,
 )
 from bot.downloads import download_capped
+from bot.loras import chosen_loras, lora_listing, lora_slots
 from bot.options import Request, job_params, new_seed, parse_caption
 from bot.video_info import NO_VIDEO, is_video_name, video_info
 from bot.watcher import Frontend, Undeliverable, Watcher
 from storage.files import JobFiles
 from storage.inputs import InputError
-from storage.jobs import Enqueued, GuidePictures, Job, JobParams, JobPictures, JobState, NewJob
+from storage.jobs import Enqueued, GuidePictures, Job, JobLora, JobParams, JobPictures, JobState, NewJob
 from storage.limits import LIMIT_NAMES, Limits
+from storage.lora_catalog import matching_names
 from storage.settings import Settings
 from storage.store import JobStore
 
@@ -199,6 +201,9 @@ class DiscordBot:
             end_strength="How strongly the end picture pulls, above 0 up to 1 (default 1)",
             negative="What to keep out of the video (needs cfg above 1)",
             cfg="Real CFG, 1 (off) to 32; above 1 doubles the render time", loop="End on the start picture",
+            lora1="A LoRA (style, character) from the bot's folder", strength1="lora1's strength (default 1)",
+            lora2="A second LoRA", strength2="lora2's strength (default 1)",
+            lora3="A third LoRA", strength3="lora3's strength (default 1)",
         )
         async def animate(interaction: discord.Interaction, image: discord.Attachment, prompt: str,
                           seconds: app_commands.Range[float, 1, 120] | None = None,
@@ -206,11 +211,22 @@ class DiscordBot:
                           seed: app_commands.Range[int, 0, 2**53 - 1] | None = None,
                           steps: app_commands.Range[int, 1, 100] | None = None, fast: bool = False,
                           end_image: discord.Attachment | None = None, end_strength: float | None = None,
-                          negative: str | None = None, cfg: float | None = None, loop: bool = False) -> None:
+                          negative: str | None = None, cfg: float | None = None, loop: bool = False,
+                          lora1: str | None = None, strength1: float | None = None, lora2: str | None = None,
+                          strength2: float | None = None, lora3: str | None = None,
+                          strength3: float | None = None) -> None:
+            try:
+                loras = lora_slots([(lora1, strength1), (lora2, strength2), (lora3, strength3)])
+            except InputError as error:
+                await interaction.response.send_message(str(error), ephemeral=True)
+                return
             request = Request(prompt=prompt.strip(), seconds=seconds, seed=seed, steps=steps, variant=variant,
                               fast=fast, negative=(negative or "").strip(), cfg=cfg, loop=loop,
-                              end_strength=end_strength)
+                              end_strength=end_strength, loras=loras)
             await self.submit_attachments(interaction, request, image, end_image)
+
+        for option in ("lora1", "lora2", "lora3"):
+            animate.autocomplete(option)(self.complete_lora)
 
         @tree.command(name="animate_keyframes", description="Animate a picture through keyframes at given seconds")
         @app_commands.describe(
@@ -292,6 +308,14 @@ class DiscordBot:
                 return
             await interaction.response.send_message("Limit changed.\n" + texts.limits(limits), ephemeral=True)
 
+        @admin.command(name="loras", description="The LoRA files and whether each loads (the bot's own admins)")
+        async def show_loras(interaction: discord.Interaction) -> None:
+            if not self.is_admin(interaction):  # the files are the server's, shared by every guild
+                await interaction.response.send_message("Only the bot's admins can do that.", ephemeral=True)
+                return
+            await interaction.response.defer(ephemeral=True, thinking=True)  # the check takes some seconds
+            await interaction.followup.send((await lora_listing(self.settings))[:2000], ephemeral=True)
+
         tree.add_command(admin)
         self.extensions.add_command(tree)
 
@@ -339,9 +363,15 @@ class DiscordBot:
             guides=guides or GuidePictures(),
         )
 
-    def _params(self, interaction: discord.Interaction, request: Request) -> JobParams:
+    def _params(self, interaction: discord.Interaction, request: Request, loras: tuple[JobLora, ...] = ()
+                ) -> JobParams:
         upload_limit = getattr(interaction, "filesize_limit", None) or DEFAULT_UPLOAD_LIMIT
-        return job_params(request, self.settings, upload_limit)
+        return job_params(request, self.settings, upload_limit, loras=loras)
+
+    async def complete_lora(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        """The LoRA names in LORA_DIR that fit what was typed (Discord shows up to 25)."""
+        names = await asyncio.to_thread(matching_names, self.settings.lora_dir, current)
+        return [app_commands.Choice(name=name[:100], value=name[:100]) for name in names]
 
     async def submit_attachments(self, interaction: discord.Interaction, request: Request,
                                  image: discord.Attachment, end: discord.Attachment | None = None,
@@ -364,7 +394,12 @@ class DiscordBot:
             pictures = [await get(picture) for _, picture in keyframes]
             return JobPictures(await get(image), await get(end) if end else None, tuple(pictures))
 
-        job = self._new_job(interaction, request.prompt, self._params(interaction, request), guides)
+        try:
+            loras = await chosen_loras(request, self.settings)  # hashes kept: a file seen before is not read again
+        except InputError as error:
+            await interaction.response.send_message(str(error), ephemeral=True)
+            return
+        job = self._new_job(interaction, request.prompt, self._params(interaction, request, loras), guides)
         await self._queue(interaction, job, fetch, check)
 
     async def _queue(self, interaction: discord.Interaction, job: NewJob,
