@@ -37,7 +37,7 @@ from bot.discord_views import (
     reroll_view,
 )
 from bot.downloads import download_capped
-from bot.loras import chosen_loras, lora_listing, lora_slots
+from bot.loras import chosen_loras, lora_listing, lora_slots, warm_hashes
 from bot.options import Request, job_params, new_seed, parse_caption
 from bot.video_info import NO_VIDEO, is_video_name, video_info
 from bot.watcher import Frontend, Undeliverable, Watcher
@@ -371,6 +371,7 @@ class DiscordBot:
     async def complete_lora(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
         """The LoRA names in LORA_DIR that fit what was typed (Discord shows up to 25)."""
         names = await asyncio.to_thread(matching_names, self.settings.lora_dir, current)
+        asyncio.get_running_loop().run_in_executor(None, warm_hashes, self.settings.lora_dir, names[:3])
         return [app_commands.Choice(name=name[:100], value=name[:100]) for name in names]
 
     async def submit_attachments(self, interaction: discord.Interaction, request: Request,

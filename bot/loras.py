@@ -6,6 +6,7 @@ LORA_DIR (storage/lora_catalog.py), the fit to the transformer by `python -m eng
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sys
@@ -14,7 +15,7 @@ from bot import texts
 from bot.options import Request
 from storage.inputs import InputError
 from storage.jobs import JobLora
-from storage.lora_catalog import choose_loras, lora_names
+from storage.lora_catalog import choose_loras, file_sha256, lora_names, lora_path
 from storage.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -61,3 +62,10 @@ def lora_slots(slots: list[tuple[str | None, float | None]]) -> tuple[tuple[str,
             continue
         picks.append((name.strip(), 1.0 if strength is None else strength))
     return tuple(picks)
+
+
+def warm_hashes(lora_dir, names: list[str]) -> None:
+    """Hash the files a person is being offered, so that the pick is checked within Discord's 3 seconds."""
+    for name in names:
+        with contextlib.suppress(OSError, InputError):
+            file_sha256(lora_path(lora_dir, name))

@@ -146,3 +146,13 @@ async def test_rerolls_and_extensions_keep_the_loras(stores, tmp_path, lora_dir)
     assert uploaded.params.loras == ()
     with pytest.raises(InputError, match="keeps the LoRAs"):
         parse_extension("5 the cat jumps --lora style")
+
+
+def test_the_chat_side_of_loras_needs_no_engine():
+    """The chats check picks and run /admin loras without importing torch (bot/ never does)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, bot.loras, bot.discord_frontend, bot.telegram_frontend, storage.lora_catalog; "
+            "sys.exit('torch' in sys.modules or 'engine' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1]).returncode == 0
