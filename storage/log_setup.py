@@ -20,7 +20,8 @@ def secrets_of(settings) -> list[str]:
     """Every secret the settings (and the environment) hold, and the parts that can appear alone."""
     found = []
     for token in (getattr(settings, "discord_token", None), getattr(settings, "telegram_token", None),
-                  os.environ.get("HF_TOKEN")):
+                  os.environ.get("HF_TOKEN"), getattr(settings, "storage_secret_access_key", None),
+                  os.environ.get("AWS_SECRET_ACCESS_KEY")):
         if token:
             found.append(token)
             found.extend(part for part in token.split(":")[1:] if len(part) >= 8)  # Telegram's id:secret

@@ -1,7 +1,8 @@
 """RESULT_RETENTION_DAYS: deleting the folders of finished, delivered jobs once they are old enough.
 
 A job's folder (its pictures, the work folder with checkpoints, latents, segments, previews and the
-continuation.pt an Extend starts from, the video and its upload copies) is the disk's main tenant. The row
+continuation.pt an Extend starts from, the video and its upload copies) is the disk's main tenant; with
+STORAGE_URL its copies in the bucket go too. The row
 stays: the history and /info still find the job, and `files_removed_at` says its files are gone, so what
 reads them later (a re-roll, /info's "Animate again") answers that they are no longer stored.
 """
@@ -13,6 +14,7 @@ import logging
 import time
 
 from storage.files import JobFiles
+from storage.object_store import ObjectStoreError
 from storage.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -28,13 +30,16 @@ async def remove_expired(store: JobStore, files: JobFiles, retention_days: float
     if retention_days <= 0:
         return []
     finished_before = (time.time() if now is None else now) - retention_days * DAY_SECONDS
+    job_sync = getattr(store, "job_sync", None)  # STORAGE_URL: storage/synced_store.py's SyncedJobStore
     removed = []
     for job_id in await store.expired_jobs(finished_before):
         try:
             await asyncio.to_thread(files.remove_job, job_id)
-        except OSError as error:
+            if job_sync is not None:  # its copies in the bucket go with it
+                await asyncio.to_thread(job_sync.delete_job, job_id)
+        except (OSError, ObjectStoreError) as error:
             log.warning("job %d: could not delete its folder %s (%s); trying again later",
-                        job_id, files.job_dir(job_id), error.strerror or error)
+                        job_id, files.job_dir(job_id), getattr(error, "strerror", None) or error)
             continue
         removed.append(job_id)
     await store.mark_files_removed(removed)

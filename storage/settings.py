@@ -22,9 +22,9 @@ log = logging.getLogger(__name__)
 MEMORY_MODES = ("auto", "high", "low")
 ATTENTION_KERNELS = ("auto", "sdpa", "cudnn", "flash", "efficient", "fa3", "cudnn-fe", "cudnn-fp8")
 DEVICE_NAME = re.compile(r"cpu|cuda(:\d+)?|auto")  # what engine.models.resolve_device takes (fullmatch)
-SECRETS = ("discord_token", "telegram_token", "database_url")  # never echoed in an error
+SECRETS = ("discord_token", "telegram_token", "database_url", "storage_secret_access_key")  # never echoed in an error
 # A key in .env that starts like ours but is none of them is most likely a typo (it would be ignored).
-OUR_PREFIXES = ("MAX_", "ENGINE_", "DISCORD_", "TELEGRAM_", "DEFAULT_", "VIDEO_", "FRAMEPACK_", "LORA_")
+OUR_PREFIXES = ("MAX_", "ENGINE_", "DISCORD_", "TELEGRAM_", "DEFAULT_", "VIDEO_", "FRAMEPACK_", "LORA_", "STORAGE_")
 MIN_LEASE_SECONDS = 2.0  # a worker renews every quarter lease; the worker tests run with 2 s
 # Under a quarter of an hour a job's files could go before its person has even opened the video; 0 keeps them.
 RETENTION_DAYS_RANGE = (0.01, 3_650.0)
@@ -37,6 +37,13 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(Path("data"), description="Jobs, images, checkpoints and videos live here.")
     database_url: str | None = None  # default: sqlite:///<data_dir>/framepack.db; or postgresql://...
+    # Job files in an S3-compatible bucket as well as under data_dir (storage/object_store.py): s3://bucket/prefix,
+    # or file:///shared/folder. Unset: data_dir alone. Credentials: the STORAGE_ ones, else AWS_* / the instance's.
+    storage_url: str | None = None
+    storage_endpoint_url: str | None = None  # MinIO, R2, Ceph: http(s)://host:port; unset: AWS
+    storage_region: str | None = None
+    storage_access_key_id: str | None = None
+    storage_secret_access_key: str | None = Field(None, repr=False)
 
     # Model weights: a local folder laid out like the Hugging Face repos, or the HF cache when unset.
     framepack_models_dir: Path | None = None
@@ -166,6 +173,14 @@ class Settings(BaseSettings):
                              "(or leave it unset)")
         if info.field_name != "database_url" and any(c.isspace() for c in value):
             raise ValueError("has a space in it; paste the token alone")
+        return value
+
+    @field_validator("storage_url")
+    @classmethod
+    def _a_storage_url(cls, value: str | None) -> str | None:
+        value = (value or "").strip() or None
+        if value is not None and not value.startswith(("s3://", "file://")):
+            raise ValueError("use s3://bucket/prefix or file:///path/to/folder (or leave it unset)")
         return value
 
     @field_validator("engine_device")

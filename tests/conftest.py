@@ -15,6 +15,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["ENGINE_WARM_UP"] = "false"
 
 from postgres_server import postgres_server, postgres_url  # noqa: E402, F401  (fixtures)
+from s3_server import s3_endpoint, s3_settings  # noqa: E402, F401  (fixtures)
 from tiny_models import build_tiny_models  # noqa: E402
 
 from engine.models import load_models  # noqa: E402
