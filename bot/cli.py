@@ -8,6 +8,7 @@ import os
 import sys
 
 ENGINE_COMMANDS = ("animate", "download", "doctor")
+ROLES = ("serve", "worker", "frontends")  # bot/serve.py's ROLES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,12 +20,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="framepack-bot", description="Animate pictures with FramePack.")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the chat bot(s) and one engine worker per GPU")
+    commands.add_parser("worker", help="a GPU host of several: one engine worker per GPU, no chat frontends")
+    commands.add_parser("frontends", help="a host without a GPU: the chat frontends and their deliveries only")
     commands.add_parser("animate", help="render one video locally (framepack-bot animate --help)")
     commands.add_parser("download", help="fetch the model weights (framepack-bot download --help)")
     commands.add_parser("doctor", help="check this machine: GPUs, memory, weights, the memory plan, the speed")
     args = parser.parse_args(argv)
 
-    if args.command == "serve":
+    if args.command in ROLES:
         from bot.serve import serve
         from storage.log_setup import configure_logging
         from storage.settings import SettingsError, get_settings
@@ -35,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
             print(error, file=sys.stderr)
             return 2
         configure_logging(settings)
-        return asyncio.run(serve(settings))
+        return asyncio.run(serve(settings, args.command))
     return 2
 
 

@@ -1,5 +1,10 @@
 """`framepack-bot serve`: the chat frontends in this process, one engine worker process per GPU.
 
+On several machines the two halves run apart (ROLES): `framepack-bot worker` on each GPU host (workers only,
+named after the host so that hosts never share a name), `framepack-bot frontends` on a host without a GPU (the
+chat frontends, their deliveries and the retention cleanup; neither torch nor the engine is imported). Both
+share the queue through DATABASE_URL=postgresql://...
+
 Workers are started as `python -m engine.worker` with their own CUDA_VISIBLE_DEVICES; this process
 never imports the engine. A worker or a frontend that dies (a refused token, an unreachable API, a
 failed command sync) is logged with its reason and restarted after a growing pause; the others carry
@@ -14,6 +19,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -32,6 +38,8 @@ FRONTEND_TOKENS = {"discord": "discord_token", "telegram": "telegram_token"}
 AVAILABLE_FRONTENDS = {"discord": "bot.discord_frontend", "telegram": "bot.telegram_frontend"}
 BACKOFF_START, BACKOFF_MAX, STABLE_SECONDS = 1.0, 60.0, 300.0
 CLEANUP_INTERVAL_SECONDS = 3600.0  # RESULT_RETENTION_DAYS is in days: hourly keeps the disk within an hour of it
+# role -> (runs the workers, runs the frontends)
+ROLES = {"serve": (True, True), "worker": (True, False), "frontends": (False, True)}
 
 
 @dataclass(frozen=True)
@@ -56,14 +64,16 @@ def visible_gpus() -> list[str]:
     return [line.strip() for line in out.stdout.splitlines() if line.strip().isdigit()]
 
 
-def worker_slots(settings: Settings) -> list[WorkerSlot]:
+def worker_slots(settings: Settings, host: str = "") -> list[WorkerSlot]:
+    """One slot per GPU (or ENGINE_WORKERS on the CPU), named `{host}-gpu0`...; without `host`, plain `gpu0`."""
     base = {**os.environ}
+    prefix = f"{host}-" if host else ""
     if (settings.engine_device or "").startswith("cpu"):
         base["CUDA_VISIBLE_DEVICES"] = ""
-        return [WorkerSlot(f"cpu{i}", base) for i in range(settings.engine_workers)]
+        return [WorkerSlot(f"{prefix}cpu{i}", base) for i in range(settings.engine_workers)]
     listed = [g.strip() for g in (settings.engine_gpus or "").split(",") if g.strip()]
     gpus = listed or visible_gpus()
-    return [WorkerSlot(f"gpu{g}", {**base, "CUDA_VISIBLE_DEVICES": g}) for g in gpus]
+    return [WorkerSlot(f"{prefix}gpu{g}", {**base, "CUDA_VISIBLE_DEVICES": g}) for g in gpus]
 
 
 class WorkerProcess:
@@ -168,8 +178,11 @@ def _frontends(settings: Settings) -> list[str]:
     return names
 
 
-async def serve(settings: Settings) -> int:
+async def serve(settings: Settings, role: str = "serve") -> int:
+    """Run `role` (ROLES) until SIGTERM or Ctrl-C."""
     from storage.sqlite_store import StorageNotWritable
+
+    runs_workers, runs_frontends = ROLES[role]
 
     try:
         store = await open_store(settings)  # creates or migrates the database before anything starts
@@ -181,21 +194,22 @@ async def serve(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    slots = worker_slots(settings)
-    if not slots:
+    slots = worker_slots(settings, socket.gethostname() if role == "worker" else "") if runs_workers else []
+    if runs_workers and not slots:
         log.error(
             "No GPU found for the engine workers (nvidia-smi shows none). Set ENGINE_GPUS, or ENGINE_DEVICE=cpu "
             "to render on the CPU (very slow with the full model). Queued jobs wait until a worker runs."
         )
     workers = [WorkerProcess(slot, settings.shutdown_grace_seconds) for slot in slots]
     tasks = [asyncio.create_task(w.run(stop)) for w in workers]
-    tasks.append(asyncio.create_task(clean_up_periodically(settings, store, stop)))
-    frontends = _frontends(settings)
+    frontends = _frontends(settings) if runs_frontends else []
+    if runs_frontends:  # the host that delivers the files also deletes them once they expire
+        tasks.append(asyncio.create_task(clean_up_periodically(settings, store, stop)))
     for name in frontends:
         module = __import__(AVAILABLE_FRONTENDS[name], fromlist=["run"])
         tasks.append(asyncio.create_task(supervise(name, lambda m=module: m.run(settings, store, stop), stop)))
-    log.info("serving with %d worker(s) and frontends: %s; data in %s", len(workers),
-             ", ".join(frontends) or "none", settings.data_dir)
+    log.info("%s: %d worker(s) (%s) and frontends: %s; data in %s", role, len(workers),
+             ", ".join(w.slot.name for w in workers) or "none", ", ".join(frontends) or "none", settings.data_dir)
 
     await stop.wait()
     log.info("shutting down: workers finish their current step and save")

@@ -12,6 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -24,6 +27,8 @@ from storage.wakeups import wait_for_changes
 log = logging.getLogger(__name__)
 
 MIN_TICK_SECONDS = 0.2
+# A frontend process holds a delivery this long, renewed while it posts; a process that died holds it no longer.
+DELIVERY_CLAIM_SECONDS = 60.0
 
 
 class Undeliverable(Exception):
@@ -53,11 +58,18 @@ def _reason(error: Exception) -> str:
     return text.splitlines()[0][:300]
 
 
+def process_name() -> str:
+    """This frontend process among all those of the bot (several hosts, restarts): whose delivery claims are whose."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
 class Watcher:
-    def __init__(self, store: JobStore, frontend: Frontend, poll_seconds: float = 1.0):
+    def __init__(self, store: JobStore, frontend: Frontend, poll_seconds: float = 1.0, process: str | None = None):
         self.store = store
         self.frontend = frontend
         self.poll = poll_seconds
+        self.process = process or process_name()
+        self.stopping = asyncio.Event()  # set by run()'s `stop`: a batch of deliveries ends after the current one
         self.shown: dict[int, tuple[str, str | None]] = {}
         self.last_edit: dict[str, float] = {}  # per chat: platforms rate-limit edits per chat
 
@@ -99,14 +111,41 @@ class Watcher:
             self.last_edit[job.chat_id] = time.monotonic()
 
     async def _deliver(self) -> None:
+        """Post each finished job once, whichever of the bot's frontend processes gets there first: a job is
+        claimed before it is posted and marked delivered after. A process that dies between the platform
+        accepting the post and the mark leaves the one case of a second post (by another process, once the claim
+        ran out): one job per dead process, in a window of one HTTP answer and one UPDATE."""
         for job in await self.store.undelivered(self.frontend.platform):
+            if self.stopping.is_set():
+                return
+            if not await self.store.claim_delivery(job.id, self.process, DELIVERY_CLAIM_SECONDS):
+                continue  # another process is delivering it, or has delivered it since the list was read
             try:
-                await self.frontend.deliver(job)
+                async with self._claim_kept(job):
+                    await self.frontend.deliver(job)
             except Exception as error:
                 await self._delivery_failed(job, error)
                 continue
             await self.store.mark_delivered(job.id)
             self.shown.pop(job.id, None)
+
+    @contextlib.asynccontextmanager
+    async def _claim_kept(self, job: Job):
+        """The delivery claim renewed while the body posts: an upload that waits out flood control is not
+        mistaken for a dead process's."""
+        async def keep() -> None:
+            while True:
+                await asyncio.sleep(DELIVERY_CLAIM_SECONDS / 3)
+                if not await self.store.claim_delivery(job.id, self.process, DELIVERY_CLAIM_SECONDS):
+                    log.warning("job %d: the delivery claim was lost while posting", job.id)
+
+        keeping = asyncio.ensure_future(keep())
+        try:
+            yield
+        finally:
+            keeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeping
 
     async def _delivery_failed(self, job: Job, error: Exception) -> None:
         reason = _reason(error)
@@ -133,6 +172,7 @@ class Watcher:
                 log.warning("could not tell the admins about worker %s (%s)", worker, _reason(error))
 
     async def run(self, stop: asyncio.Event) -> None:
+        self.stopping = stop
         while not stop.is_set():
             ticked = time.monotonic()
             try:

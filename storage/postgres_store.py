@@ -281,28 +281,43 @@ class PostgresJobStore(WorkerSide):
         failed for a passing reason waits out its pause first."""
         rows = await self._all(
             f"SELECT {_JOB_COLUMNS} FROM jobs WHERE platform=%s AND NOT delivered AND state IN {FINISHED} "
-            f"AND (next_delivery_at IS NULL OR next_delivery_at <= {NOW}) ORDER BY id",
+            f"AND (next_delivery_at IS NULL OR next_delivery_at <= {NOW}) "
+            f"AND (delivery_claim_expires_at IS NULL OR delivery_claim_expires_at < {NOW}) ORDER BY id",
             (platform,),
         )
         return [_job_from_row(r) for r in rows]
 
+    async def claim_delivery(self, job_id: int, process: str, seconds: float) -> bool:
+        """Take the job's delivery for `seconds` (again: keep it) before posting; False when it was delivered
+        meanwhile or another frontend process holds it. The UPDATE's row lock settles two claims at once."""
+        async with self._write() as conn:
+            cursor = await conn.execute(
+                f"UPDATE jobs SET delivery_claimed_by=%s, delivery_claim_expires_at={NOW} + %s WHERE id=%s "
+                f"AND NOT delivered AND state IN {FINISHED} AND (delivery_claimed_by IS NULL "
+                f"OR delivery_claimed_by=%s OR delivery_claim_expires_at < {NOW})",
+                (process, seconds, job_id, process),
+            )
+            return cursor.rowcount == 1
+
     async def mark_delivered(self, job_id: int) -> None:
         async with self._write() as conn:
-            await conn.execute("UPDATE jobs SET delivered=TRUE WHERE id=%s", (job_id,))
+            await conn.execute("UPDATE jobs SET delivered=TRUE, delivery_claimed_by=NULL, "
+                               "delivery_claim_expires_at=NULL WHERE id=%s", (job_id,))
 
     async def delivery_failed(self, job_id: int, reason: str, permanent: bool) -> float | None:
         """Record a failed delivery. Permanent: never tried again, the reason kept. Otherwise tried again after
         a pause that doubles each time; returns it."""
         async with self._write() as conn:
             if permanent:
-                await conn.execute("UPDATE jobs SET delivered=TRUE, delivery_error=%s WHERE id=%s",
-                                   (reason[:500], job_id))
+                await conn.execute("UPDATE jobs SET delivered=TRUE, delivery_error=%s, delivery_claimed_by=NULL, "
+                                   "delivery_claim_expires_at=NULL WHERE id=%s", (reason[:500], job_id))
                 return None
             (attempts,) = await (await conn.execute(
                 "SELECT delivery_attempts FROM jobs WHERE id=%s FOR UPDATE", (job_id,))).fetchone()
             pause = min(DELIVERY_RETRY_FIRST * 2**attempts, DELIVERY_RETRY_MAX)
             await conn.execute(
-                f"UPDATE jobs SET delivery_attempts=delivery_attempts+1, next_delivery_at={NOW} + %s WHERE id=%s",
+                f"UPDATE jobs SET delivery_attempts=delivery_attempts+1, next_delivery_at={NOW} + %s, "
+                "delivery_claimed_by=NULL, delivery_claim_expires_at=NULL WHERE id=%s",
                 (pause, job_id),
             )
             return pause

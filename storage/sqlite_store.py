@@ -370,26 +370,42 @@ class SqliteJobStore:
         rows = await self._all(
             f"SELECT {_JOB_COLUMNS} FROM jobs WHERE platform=? AND delivered=0 "
             "AND state IN ('done', 'failed', 'cancelled') AND (next_delivery_at IS NULL OR next_delivery_at <= ?) "
-            "ORDER BY id",
-            (platform, time.time()),
+            "AND (delivery_claim_expires_at IS NULL OR delivery_claim_expires_at < ?) ORDER BY id",
+            (platform, time.time(), time.time()),
         )
         return [_job_from_row(r) for r in rows]
 
+    async def claim_delivery(self, job_id: int, process: str, seconds: float) -> bool:
+        """Take the job's delivery for `seconds` (again: keep it) before posting; False when it was delivered
+        meanwhile or another frontend process holds it. Several processes of one bot post each video once."""
+        now = time.time()
+        async with self._write() as db:
+            cursor = await db.execute(
+                "UPDATE jobs SET delivery_claimed_by=?, delivery_claim_expires_at=? WHERE id=? AND delivered=0 "
+                "AND state IN ('done', 'failed', 'cancelled') AND (delivery_claimed_by IS NULL "
+                "OR delivery_claimed_by=? OR delivery_claim_expires_at < ?)",
+                (process, now + seconds, job_id, process, now),
+            )
+        return cursor.rowcount == 1
+
     async def mark_delivered(self, job_id: int) -> None:
         async with self._write() as db:
-            await db.execute("UPDATE jobs SET delivered=1 WHERE id=?", (job_id,))
+            await db.execute("UPDATE jobs SET delivered=1, delivery_claimed_by=NULL, delivery_claim_expires_at=NULL "
+                             "WHERE id=?", (job_id,))
 
     async def delivery_failed(self, job_id: int, reason: str, permanent: bool) -> float | None:
         """Record a failed delivery. Permanent (the person blocked the bot, the file is gone): never tried
         again, the reason kept. Otherwise tried again after a pause that doubles each time; returns it."""
         async with self._write() as db:
             if permanent:
-                await db.execute("UPDATE jobs SET delivered=1, delivery_error=? WHERE id=?", (reason[:500], job_id))
+                await db.execute("UPDATE jobs SET delivered=1, delivery_error=?, delivery_claimed_by=NULL, "
+                                 "delivery_claim_expires_at=NULL WHERE id=?", (reason[:500], job_id))
                 return None
             (attempts,) = await self._one("SELECT delivery_attempts FROM jobs WHERE id=?", (job_id,))
             pause = min(DELIVERY_RETRY_FIRST * 2**attempts, DELIVERY_RETRY_MAX)
-            await db.execute(
-                "UPDATE jobs SET delivery_attempts=delivery_attempts+1, next_delivery_at=? WHERE id=?",
+            await db.execute(  # the claim goes: the next try may come from any frontend process
+                "UPDATE jobs SET delivery_attempts=delivery_attempts+1, next_delivery_at=?, delivery_claimed_by=NULL, "
+                "delivery_claim_expires_at=NULL WHERE id=?",
                 (time.time() + pause, job_id),
             )
             return pause
