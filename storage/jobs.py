@@ -152,6 +152,7 @@ class Job:
     # when the retention cleanup deleted its folder (pictures, work folder, video); None: not deleted
     files_removed_at: float | None = None
     extends: Extends | None = None  # an extension job's source; None (and every row before them): a plain job
+    lease: int = 0  # the number of the claim that returned it: the worker's writes carry it (fencing)
 
     def video_for_limit(self, limit: int) -> str | None:
         """The largest copy that fits `limit` bytes (the original if no copy was asked for)."""
@@ -168,7 +169,6 @@ class Enqueued:
     eta_seconds: float
 
 
-    lease: int = 0  # the number of the claim that returned it: the worker's writes carry it (fencing)
 class QueueFull(Exception):
     """The person has as many jobs waiting as the limit allows."""
 
