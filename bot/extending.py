@@ -10,8 +10,9 @@ from bot import texts
 from bot.options import FAST_TEACACHE, Request, new_seed, parse_caption
 from storage.direction_rules import parse_timed_prompt
 from storage.inputs import InputError
-from storage.jobs import Extends, Job, JobParams, NewJob
+from storage.jobs import MAX_JOB_ID, Extends, Job, JobParams, NewJob
 from storage.settings import Settings
+from storage.video_metadata import NotAnMp4, read_made_with
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".webm")
 _LEADING_SECONDS = re.compile(r"^\s*(\d+(?:[.,]\d+)?)\s*s?(?:\s+|$)", re.IGNORECASE)
@@ -49,7 +50,7 @@ def extension_job(base: NewJob, request: Request, settings: Settings, extends: E
     """`base` (who asks, in which chat, the upload limit) made into an extension of `extends`. A finished job's
     own prompt, seed and steps are the defaults: the same seed continues its noise stream, so an F1 video
     extended that way is the longer render. A video a person sent needs a prompt."""
-    prompt = request.prompt or (_plain_prompt(source) if source is not None else "")
+    prompt = request.prompt or (plain_prompt(source) if source is not None else "")
     if not prompt:
         raise InputError(texts.EXTEND_NEEDS_PROMPT)
     # A finished job's own seed, steps and size by default; a video a person sent gets a new seed.
@@ -67,13 +68,29 @@ def extension_job(base: NewJob, request: Request, settings: Settings, extends: E
     return dataclasses.replace(base, prompt=prompt, params=params, extends=extends)
 
 
+async def job_of_video(data: bytes, store, platform: str) -> Job | None:
+    """The finished job of this bot a sent video says it is (its metadata: job number, prompt and seed all
+    matching the stored job), so that a forwarded video continues from the job's kept latents, exactly, instead
+    of from a re-encode of its frames; None for any other video."""
+    try:
+        made = read_made_with(data)
+    except (NotAnMp4, ValueError):
+        return None
+    if made is None or made.job_id is None or not 1 <= made.job_id <= MAX_JOB_ID:
+        return None
+    job = await store.get(made.job_id)
+    if job is None or job.platform != platform or job.prompt != made.prompt or job.params.seed != made.seed:
+        return None
+    return job
+
+
 def rerolled_extension(base: NewJob, old: Job) -> NewJob:
     """The same extension with a new seed, for whoever clicked Re-roll on its video."""
     params = dataclasses.replace(old.params, seed=new_seed(), upload_limits=base.params.upload_limits)
     return dataclasses.replace(base, prompt=old.prompt, params=params, extends=old.extends)
 
 
-def _plain_prompt(source: Job) -> str:
+def plain_prompt(source: Job) -> str:
     """The source's prompt; of a timed one, its last part (what was happening when the video ended)."""
     try:
         timed = parse_timed_prompt(source.prompt, source.params.seconds)

@@ -5,6 +5,7 @@ delivery like any other."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import TYPE_CHECKING
 
@@ -13,7 +14,7 @@ from telegram.constants import ChatType
 from telegram.ext import Application, CommandHandler, ContextTypes, MessageHandler, filters
 
 from bot import texts
-from bot.extending import extension_job, is_video, parse_extension, rerolled_extension
+from bot.extending import extension_job, is_video, job_of_video, parse_extension, plain_prompt, rerolled_extension
 from bot.options import Request
 from storage.inputs import InputError
 from storage.jobs import Extends, GuidePictures, Job, NewJob, parse_job_id
@@ -104,18 +105,33 @@ class TelegramExtensions:
         await self._queue(message, job)
 
     async def _extend_video(self, message: Message, video, text: str) -> None:
-        """Refused from what Telegram declares before getFile; the bytes are checked at enqueue."""
+        """Refused from what Telegram declares before getFile; the bytes are checked at enqueue. A video this
+        bot made (forwarded, or its Extend button lost) continues from its job's kept latents when the person
+        may extend that job, else from its frames like any video."""
         try:
             if video is None:
                 raise InputError(texts.NOT_A_VIDEO)
-            job = extension_job(self._base(message, message.from_user), parse_extension(text), self.bot.settings,
-                                Extends(video_name=(getattr(video, "file_name", None) or "video.mp4")[:200]))
-            await self.bot.store.check_request(job)  # before a byte is downloaded
+            request = parse_extension(text)
+            job = None
+            if request.prompt:  # a video sent without a prompt may still be one of ours: look inside first
+                job = self._video_extension(message, request, video)
+                await self.bot.store.check_request(job)  # before a byte is downloaded
             data = await self._download(video)
+            source = await job_of_video(data, self.bot.store, PLATFORM)
+            if source is not None and await self._queue(message, await self._job_extension(
+                    message, message.from_user, source.id, request), answer=False) is None:
+                return
+            if source is not None and not request.prompt:  # its own prompt, as a job extension would take
+                request = dataclasses.replace(request, prompt=plain_prompt(source))
+            job = job or self._video_extension(message, request, video)
         except texts.REFUSED as error:
             await message.reply_text(str(error))
             return
         await self._queue(message, job, data)
+
+    def _video_extension(self, message: Message, request: Request, video) -> NewJob:
+        return extension_job(self._base(message, message.from_user), request, self.bot.settings,
+                             Extends(video_name=(getattr(video, "file_name", None) or "video.mp4")[:200]))
 
     async def _job_extension(self, message: Message, user, job_id: int, request: Request) -> NewJob:
         source = await self.bot.store.get(job_id)

@@ -180,3 +180,28 @@ def test_an_extension_reply_reads_its_seconds_first_or_as_an_option(text):
 
     request = parse_extension(text)
     assert (request.seconds, request.prompt) == (5.0, "the cat jumps")
+
+
+async def test_a_video_the_bot_made_sent_back_continues_from_its_job(telegram):  # noqa: F811
+    """Forwarded, or its Extend button lost: the video's metadata names its job, so the owner's /extend continues
+    from the kept latents (exactly); someone in another chat may not extend that job, so their copy is extended
+    from its frames, with the job's prompt as the default."""
+    fake, store = telegram.fake, telegram.store
+    telegram.start_worker()
+    fake.send_photo(OWNER, OWNER, picture_bytes(), caption="a cat waves --f1 --seconds 1.2 --seed 77")
+    delivered = (await fake.wait_for("sendVideo", timeout=120))["_files"]["video"]
+    await wait_for(lambda: _done(store, 1), timeout=60)
+
+    _send_video(fake, OWNER, OWNER, delivered, caption="/extend 1.2", name="cat.mp4")
+    await _replied(fake, OWNER, "Job 2 is")
+    job = await store.get(2)
+    assert job.extends == Extends(1, None) and (job.prompt, job.params.seed) == ("a cat waves", 77)
+    assert not store.files.source_video_path(2).exists()  # nothing re-encoded: the kept latents are the source
+
+    _send_video(fake, STRANGER, STRANGER, delivered, caption="/extend 1.2", name="cat.mp4")
+    await _replied(fake, STRANGER, "Job 3 is")
+    job = await store.get(3)
+    assert job.extends == Extends(None, "cat.mp4") and job.prompt == "a cat waves"
+    assert store.files.source_video_path(3).read_bytes() == delivered
+    for job_id, user in ((2, OWNER), (3, STRANGER)):
+        await store.cancel(job_id, "telegram", str(user))
