@@ -23,6 +23,13 @@ from storage.settings import Settings  # noqa: E402
 from storage.sqlite_store import SqliteJobStore  # noqa: E402
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request) -> str | None:
+    """A test taking this runs on both backends: None (SQLite under the data folder), then a new, empty PostgreSQL
+    database (tests/postgres_server.py)."""
+    return None if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+
+
 @pytest.fixture(scope="session")
 def tiny_models_dir(tmp_path_factory) -> Path:
     return build_tiny_models(tmp_path_factory.mktemp("models"))

@@ -9,7 +9,6 @@ import collections
 
 from fake_telegram import FakeTelegram
 from helpers import picture_bytes, video_with_settings, wait_for, worker_settings
-from test_storage import database_url  # noqa: F401  (fixture: SQLite, then a fresh PostgreSQL database)
 
 from bot.telegram_frontend import TelegramBot
 from storage.jobs import JobParams, NewJob

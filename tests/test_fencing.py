@@ -6,9 +6,31 @@ from __future__ import annotations
 
 import asyncio
 
-from test_storage import PNG, _job, database_url, open_stores, store  # noqa: F401  (fixtures)
+import pytest
+from test_storage import PNG, _job
 
 from storage.jobs import JobState, Progress
+from storage.settings import Settings
+from storage.store import open_store
+
+
+@pytest.fixture()
+async def open_stores(tmp_path, database_url):
+    """Opens stores (as separate processes would) on the test's backend; closes them all."""
+    opened = []
+
+    async def open_one():
+        opened.append(await open_store(Settings(data_dir=tmp_path / "data", database_url=database_url)))
+        return opened[-1]
+
+    yield open_one
+    for store in opened:
+        await store.close()
+
+
+@pytest.fixture()
+async def store(open_stores):
+    return await open_stores()
 
 
 async def _taken_over(store, worker: str = "gpu0"):
