@@ -293,6 +293,12 @@ class DiscordBot:
             else:
                 await interaction.response.send_message("Only the bot's admins can do that.", ephemeral=True)
 
+        @admin.command(name="workers", description="Each worker's host, GPU, memory plan, speed and job")
+        async def show_workers(interaction: discord.Interaction) -> None:
+            text = texts.workers_list(await self.store.workers()) if self.is_admin(interaction) else \
+                "Only the bot's admins can do that."
+            await interaction.response.send_message(text[:2000], ephemeral=True)
+
         @admin.command(name="set-limit", description="Change a limit for everyone (the bot's own admins)")
         @app_commands.describe(name="Which limit", value="The new value, e.g. 30 or original,f1")
         @app_commands.choices(name=[app_commands.Choice(name=n, value=n) for n in LIMIT_NAMES])

@@ -323,6 +323,9 @@ class TelegramBot:
         """`/admin loras`: the LoRA files and whether each loads (a check of some seconds, off the loop)."""
         if not await self._require_admin(update):
             return
+        if [word.lower() for word in context.args or []] == ["workers"]:
+            await update.effective_message.reply_text(texts.workers_list(await self.store.workers())[:4096])
+            return
         if [word.lower() for word in context.args or []] != ["loras"]:
             await update.effective_message.reply_text(texts.ADMIN_USAGE_TELEGRAM)
             return

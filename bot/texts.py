@@ -188,7 +188,8 @@ EXTEND_LORAS = "An extension keeps the LoRAs of the video it continues; --lora i
 LORA_STRENGTH_ALONE = "strength{number} goes with lora{number}: pick the LoRA it is for."
 NO_LORAS = "No LoRA files in {folder}. Put HunyuanVideo LoRAs there as NAME.safetensors."
 LORA_CHECK_FAILED = "The LoRA check could not run: {why}"
-ADMIN_USAGE_TELEGRAM = "Usage: /admin loras (the LoRA files and whether each loads)."
+ADMIN_USAGE_TELEGRAM = ("Usage: /admin loras (the LoRA files and whether each loads), /admin workers (each worker's "
+                        "host, GPU, plan, speed and job).")
 
 
 def lora_listing(folder, reports: list[dict]) -> str:
@@ -200,4 +201,18 @@ def lora_listing(folder, reports: list[dict]) -> str:
                          f"(sha256 {report['sha256'][:12]})")
         else:
             lines.append(f"{report['name']}: refused: {report['problem']}")
+    return "\n".join(lines)
+
+
+def workers_list(workers) -> str:
+    """/admin workers: one line per live worker (storage/worker_info.py's WorkerInfo)."""
+    if not workers:
+        return "No worker is running: queued jobs wait until one starts."
+    lines = []
+    for w in workers:
+        where = " · ".join(part for part in (w.host, w.gpu, f"plan {w.plan}" if w.plan else None) if part)
+        speed = f"{w.seconds_per_step:.2f} s/step" if w.seconds_per_step else "no speed yet"
+        doing = (f"job #{w.job_id}" if w.job_id else "starting up" if w.starting else
+                 f"cannot render: {w.problem}" if w.problem else "idle")
+        lines.append(f"{w.name}: {where or 'where unknown'}; {speed}; {doing}")
     return "\n".join(lines)

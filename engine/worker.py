@@ -52,6 +52,15 @@ class WorkerFault(Exception):
     The message is for the log and the admins: no secrets, no stack."""
 
 
+def _device_name(device) -> str:
+    """The name of a CUDA device ("NVIDIA H200"), else the device kind ("cpu")."""
+    if device.type == "cuda":
+        import torch
+
+        return torch.cuda.get_device_name(device)
+    return device.type
+
+
 def disk_trouble(error: BaseException, data_dir: Path | None = None) -> bool:
     """A full disk (or quota) anywhere in the error's chain. ffmpeg dying of ENOSPC reaches Python as a broken
     pipe with ffmpeg's own text, so that text and the data folder's free space count too."""
@@ -156,6 +165,7 @@ class Worker:
         self.checked_at = -float("inf")  # when the device and the weights were last found in place
         self.warmed = not settings.engine_warm_up  # warmed up: compiled and tuned, ready for the first claim
         self.finishing: set[asyncio.Task] = set()  # rendered jobs getting their upload copies, off the GPU's path
+        self.described: tuple | None = None  # (host, GPU, plan) last told to the store
         from engine.warmup import use_compile_cache
 
         use_compile_cache(settings.compile_cache_dir)  # before anything compiles: kernels kept across restarts
@@ -190,12 +200,24 @@ class Worker:
                 await self._pause(pause)
                 pause = min(pause * 2, NOT_READY_PAUSE_MAX)
                 continue
+            await self._describe()
             job = await self.store.claim(self.name)
             if job is None:  # PostgreSQL wakes this at once when a job is queued; SQLite polls
                 await wait_for_work(self.store, IDLE_POLL_SECONDS)
                 continue
             if await self.process(job):
                 done, pause = done + 1, NOT_READY_PAUSE_FIRST  # a fault that comes back keeps growing the pause
+            await self._describe()  # the first job's models bring the GPU and the plan
+
+    async def _describe(self) -> None:
+        """Host, GPU and memory plan for /admin workers, told again when they change (the plan comes with the
+        first job's models)."""
+        device = self.models.device
+        gpu = None if device is None else _device_name(device)
+        about = (socket.gethostname(), gpu, self.models.plan.name if self.models.plan else None)
+        if about != self.described:
+            self.described = about
+            await self.store.describe_worker(self.name, *about)
 
     async def readiness(self) -> str | None:
         """None when this worker can render, else why not (logged when it changes)."""

@@ -18,6 +18,7 @@ from storage.postgres_notify import JOBS_CHANNEL, WORK_CHANNEL
 from storage.postgres_queries import NOW, PooledQueries
 from storage.settings import Settings
 from storage.sqlite_store import _JOB_COLUMNS, MAX_ATTEMPTS, _job_from_row
+from storage.worker_info import WORKERS_SQL, WorkerInfo, worker_info
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,21 @@ class WorkerSide(PooledQueries):
         ready = sum(1 for _, problem, _, starting in rows if not problem and not starting)
         starting = sum(1 for _, problem, _, starting in rows if not problem and starting)
         return WorkerStatus(alive=len(rows), ready=ready, problems=problems, starting=starting)
+
+    async def describe_worker(self, worker: str, host: str, gpu: str | None, plan: str | None) -> None:
+        """Where the worker runs and its memory plan, for /admin workers."""
+        async with self._write() as conn:
+            await conn.execute(
+                f"INSERT INTO workers (name, seen_at, host, gpu, plan) VALUES (%s, {NOW}, %s, %s, %s) "
+                "ON CONFLICT (name) DO UPDATE SET seen_at=excluded.seen_at, host=excluded.host, gpu=excluded.gpu, "
+                "plan=excluded.plan",
+                (worker, host, gpu, plan),
+            )
+
+    async def workers(self) -> list[WorkerInfo]:
+        """Every live worker (seen within two leases): host, GPU, plan, seconds per step, current job."""
+        rows = await self._all(WORKERS_SQL.format(since=f"{NOW} - %s"), (2 * self.settings.lease_seconds,))
+        return [worker_info(row) for row in rows]
 
     async def worker_problems(self) -> list[tuple[str, str, float]]:
         """(worker, problem, since) of every live worker that cannot render now."""

@@ -44,6 +44,7 @@ from storage.schema import MIGRATIONS
 from storage.settings import Settings
 from storage.uploaded_videos import VideoLimits, check_video_bytes
 from storage.wakeups import poll
+from storage.worker_info import WORKERS_SQL, WorkerInfo, worker_info
 
 log = logging.getLogger(__name__)
 
@@ -539,6 +540,20 @@ class SqliteJobStore:
         ready = sum(1 for _, problem, _, starting in rows if not problem and not starting)
         starting = sum(1 for _, problem, _, starting in rows if not problem and starting)
         return WorkerStatus(alive=len(rows), ready=ready, problems=problems, starting=starting)
+
+    async def describe_worker(self, worker: str, host: str, gpu: str | None, plan: str | None) -> None:
+        """Where the worker runs and its memory plan, for /admin workers."""
+        async with self._write() as db:
+            await db.execute(
+                "INSERT INTO workers (name, seen_at, host, gpu, plan) VALUES (?, ?, ?, ?, ?) ON CONFLICT(name) DO "
+                "UPDATE SET seen_at=excluded.seen_at, host=excluded.host, gpu=excluded.gpu, plan=excluded.plan",
+                (worker, time.time(), host, gpu, plan),
+            )
+
+    async def workers(self) -> list[WorkerInfo]:
+        """Every live worker (seen within two leases): host, GPU, plan, seconds per step, current job."""
+        since = time.time() - 2 * self.settings.lease_seconds
+        return [worker_info(row) for row in await self._all(WORKERS_SQL.format(since="?"), (since,))]
 
     async def worker_problems(self) -> list[tuple[str, str, float]]:
         """(worker, problem, since) of every live worker that cannot render now."""

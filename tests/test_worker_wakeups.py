@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 
 from helpers import job_finished, picture_bytes, wait_for, worker_settings
@@ -43,6 +44,9 @@ async def test_an_idle_worker_claims_a_new_job_well_under_its_poll_interval(tmp_
         assert waited < 2.0 and idle_claims == [True, False]
         await asyncio.wait_for(running, timeout=120)
         assert (await wait_for(lambda: job_finished(frontend_store, job_id))).state is JobState.DONE
+        (described,) = await frontend_store.workers()  # for /admin workers
+        assert (described.name, described.host, described.gpu) == ("w1", socket.gethostname(), "cpu")
+        assert described.plan and described.seconds_per_step > 0
     finally:
         await worker_store.close()
         await frontend_store.close()
