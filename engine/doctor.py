@@ -1,5 +1,6 @@
 """`framepack-bot doctor`: can the bot run on this machine, with which memory plan, how fast, and what would
-make it faster. Exit code 0 when it can run here, 1 with the reasons when it cannot.
+make it faster; can it reach its database and bucket. Exit code 0 when it can run here, 1 with the reasons
+when it cannot.
 
 Speeds are measured figures (benchmarks/results), for the GPUs they were measured on; for another GPU the
 doctor says it has no figure rather than guessing one.
@@ -162,6 +163,21 @@ def _speed(report: Report, device: torch.device | None, plan: MemoryPlan | None)
                f"video at 25 steps{note}")
 
 
+def _storage(report: Report, settings) -> None:
+    """The database and the bucket this host's settings name (storage/reachability.py), when a worker or a
+    frontends process would need them."""
+    from storage.reachability import check_bucket, check_database
+
+    for label, check in (("database", check_database(settings)), ("bucket", check_bucket(settings))):
+        if check is None:
+            report.say(f"{label}: none (job files in the data folder alone)")
+        elif check.ok:
+            report.say(f"{label}: {check.message}")
+        else:
+            report.say(f"{label}: unreachable")
+            report.problems.append(check.message)
+
+
 def diagnose(settings) -> Report:
     """Everything the doctor looks at; `problems` say why the bot cannot run here."""
     report = Report()
@@ -177,4 +193,5 @@ def diagnose(settings) -> Report:
     _speed(report, device, plan)
     if not os.access(nearest_existing(settings.data_dir), os.W_OK):
         report.problems.append(f"the data folder {settings.data_dir} cannot be written")
+    _storage(report, settings)
     return report
