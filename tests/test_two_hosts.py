@@ -1,6 +1,6 @@
-"""Two worker "hosts" sharing only the database file and the bucket (STORAGE_URL on a real S3 API server): one is
-killed with SIGKILL mid-job, the other resumes from the bucket's checkpoint and makes the uninterrupted video; a
-frontend on a third host delivers it from the bucket."""
+"""Two worker "hosts" sharing only the database (one SQLite file, or a PostgreSQL server) and the bucket
+(STORAGE_URL on a real S3 API server): one is killed with SIGKILL mid-job, the other resumes from the bucket's
+checkpoint and makes the uninterrupted video; a frontend on a third host delivers it from the bucket."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from helpers import picture_bytes, reference_video, video_frames, wait_for, worker_env, worker_settings
 from s3_server import SECRET_KEY, storage_env
 
@@ -26,8 +27,11 @@ def _start_host(tmp_path: Path, models_dir: Path, host: str, name: str, database
                             stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
 
-async def test_kill_9_on_one_host_and_another_host_resumes_from_the_bucket(tmp_path, tiny_models_dir, s3_settings):
-    database = f"sqlite:///{tmp_path / 'shared.db'}"
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_kill_9_on_one_host_and_another_host_resumes_from_the_bucket(tmp_path, tiny_models_dir, s3_settings,
+                                                                           backend, request):
+    shared_file = f"sqlite:///{tmp_path / 'shared.db'}"
+    database = shared_file if backend == "sqlite" else request.getfixturevalue("postgres_url")
     frontend = await open_store(Settings(data_dir=tmp_path / "frontend" / "data", database_url=database,
                                          max_queued_per_user=50, **s3_settings))
     other_frontend = await open_store(Settings(data_dir=tmp_path / "other_frontend" / "data",
