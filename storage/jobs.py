@@ -177,6 +177,10 @@ class Unavailable(Exception):
     """The bot cannot take a job right now (its disk is full, say); the message is for the person."""
 
 
+class StorageNotWritable(RuntimeError):
+    """The database or the data folder cannot be written; the message says which and what to do."""
+
+
 @dataclass(frozen=True)
 class WorkerStatus:
     """The render workers as the queue sees them: how many are alive, how many can render, and why not."""

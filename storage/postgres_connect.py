@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 from urllib.parse import urlsplit, urlunsplit
 
+from storage.jobs import StorageNotWritable
 from storage.log_setup import redact
-from storage.sqlite_store import StorageNotWritable
 
 log = logging.getLogger(__name__)
 

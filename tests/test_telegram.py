@@ -345,9 +345,9 @@ async def test_a_user_who_blocked_the_bot_gets_one_try_and_a_record(telegram, ca
 
 
 async def test_a_server_error_is_retried_and_the_video_arrives(telegram, monkeypatch):
-    from storage import sqlite_store
+    from storage import sql_store
 
-    monkeypatch.setattr(sqlite_store, "DELIVERY_RETRY_FIRST", 0.5)
+    monkeypatch.setattr(sql_store, "DELIVERY_RETRY_FIRST", 0.5)
     fake, store = telegram.fake, telegram.store
     fake.server_errors["sendVideo"] = 2
     fake.send_photo(OWNER, OWNER, picture_bytes(), caption="a kite --seconds 1")

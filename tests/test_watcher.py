@@ -5,13 +5,13 @@ from __future__ import annotations
 from helpers import picture_bytes
 
 from bot.watcher import Frontend, Undeliverable, Watcher
-from storage import sqlite_store
+from storage import sql_store
 from storage.jobs import JobParams, NewJob, Progress
 from storage.settings import Settings
 
 
 async def test_edits_are_throttled_per_chat_but_new_previews_go_out_at_once(stores, tmp_path, monkeypatch):
-    monkeypatch.setattr(sqlite_store, "DELIVERY_RETRY_FIRST", 0.0)  # the retry pause has its own test
+    monkeypatch.setattr(sql_store, "DELIVERY_RETRY_FIRST", 0.0)  # the retry pause has its own test
     store = await stores(Settings(data_dir=tmp_path / "d", max_queued_per_user=10))
     ids = [(await store.enqueue(NewJob("telegram", "chat", f"u{i}", "x", JobParams()), picture_bytes())).job_id
            for i in range(2)]
@@ -73,7 +73,7 @@ async def test_a_transient_delivery_failure_is_retried_with_a_growing_pause(stor
     job = await store.get(job_id)
     assert not job.delivered and job.delivery_attempts == 1 and job.delivery_error is None
     pauses = [await store.delivery_failed(job_id, "again", permanent=False) for _ in range(12)]
-    assert pauses[:3] == [10.0, 20.0, 40.0] and pauses[-1] == sqlite_store.DELIVERY_RETRY_MAX
+    assert pauses[:3] == [10.0, 20.0, 40.0] and pauses[-1] == sql_store.DELIVERY_RETRY_MAX
     assert "Traceback" not in caplog.text and caplog.text.count("trying again") == 1
 
 
