@@ -32,6 +32,16 @@ class SyncedJobStore:
     def __getattr__(self, name: str):
         return getattr(self.inner, name)
 
+    @property
+    def settings(self):
+        return self.inner.settings
+
+    @settings.setter
+    def settings(self, value) -> None:
+        # Limits changed on the store (the tests, a settings reload) must reach the rows' store, which reads them;
+        # a plain assignment would land on this wrapper and be ignored.
+        self.inner.settings = value
+
     # ---- frontends --------------------------------------------------------------------------------------
 
     async def enqueue(self, job: NewJob, pictures: bytes | JobPictures) -> Enqueued:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 from pathlib import Path
@@ -15,12 +16,47 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["ENGINE_WARM_UP"] = "false"
 
 from postgres_server import postgres_server, postgres_url  # noqa: E402, F401  (fixtures)
-from s3_server import s3_endpoint, s3_settings  # noqa: E402, F401  (fixtures)
+from s3_server import ACCESS_KEY, SECRET_KEY, e2e_bucket, s3_endpoint, s3_settings  # noqa: E402, F401  (fixtures)
 from tiny_models import build_tiny_models  # noqa: E402
 
 from engine.models import load_models  # noqa: E402
 from storage.settings import Settings  # noqa: E402
-from storage.sqlite_store import SqliteJobStore  # noqa: E402
+from storage.store import JobStore, open_store  # noqa: E402
+
+# FRAMEPACK_TEST_BACKEND=postgres-s3 runs the end-to-end tests (chats, workers, serve) on the session's PostgreSQL
+# server and moto's S3 server instead of SQLite and the data folder alone: see backend_under_test below.
+TEST_BACKEND = os.environ.get("FRAMEPACK_TEST_BACKEND", "sqlite")
+if TEST_BACKEND not in ("sqlite", "postgres-s3"):
+    raise pytest.UsageError(f"FRAMEPACK_TEST_BACKEND={TEST_BACKEND!r}: use sqlite (the default) or postgres-s3")
+_prefixes = itertools.count(1)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "sqlite_only(why): the test is about SQLite or the data folder itself, so "
+                                       "FRAMEPACK_TEST_BACKEND=postgres-s3 skips it")
+    config.addinivalue_line("markers", "scale: issue 18's scale figures on a real server (part of the default run, "
+                                       "under 30 s; -m scale alone runs them)")
+
+
+@pytest.fixture(autouse=True)
+def backend_under_test(request, monkeypatch) -> str:
+    """Under FRAMEPACK_TEST_BACKEND=postgres-s3, every Settings the test builds (helpers.worker_settings, the
+    `stores` fixture) and every process it starts (helpers.worker_env copies the environment) uses a new database
+    on the session's PostgreSQL server and a new prefix in the session's bucket, through the environment:
+    DATABASE_URL and STORAGE_*. A test that passes database_url= or storage_url= itself keeps its own."""
+    if TEST_BACKEND == "sqlite":
+        return TEST_BACKEND
+    marker = request.node.get_closest_marker("sqlite_only")
+    if marker is not None:
+        pytest.skip(f"SQLite only: {marker.args[0] if marker.args else 'about SQLite itself'}")
+    bucket = request.getfixturevalue("e2e_bucket")
+    env = {"DATABASE_URL": request.getfixturevalue("postgres_url"),
+           "STORAGE_URL": f"s3://{bucket}/test-{os.getpid()}-{next(_prefixes)}",
+           "STORAGE_ENDPOINT_URL": request.getfixturevalue("s3_endpoint"), "STORAGE_REGION": "us-east-1",
+           "STORAGE_ACCESS_KEY_ID": ACCESS_KEY, "STORAGE_SECRET_ACCESS_KEY": SECRET_KEY}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return TEST_BACKEND
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -68,10 +104,10 @@ async def stores():
     """Opens stores for a test and always closes them: an open aiosqlite thread would hang pytest's exit."""
     opened = []
 
-    async def open_store(settings: Settings) -> SqliteJobStore:
-        opened.append(await SqliteJobStore.open(settings))
+    async def open_for_test(settings: Settings) -> JobStore:
+        opened.append(await open_store(settings))  # SQLite, or what FRAMEPACK_TEST_BACKEND chose (DATABASE_URL...)
         return opened[-1]
 
-    yield open_store
+    yield open_for_test
     for store in opened:
         await store.close()

@@ -36,6 +36,16 @@ def worker_settings(tmp_path: Path, models_dir: Path, **changes) -> Settings:
     return Settings(**{**base, **changes})
 
 
+def damage_input(store, job_id: int, data: bytes = b"damaged on disk") -> None:
+    """A queued job's picture replaced by bad bytes, where every host would read it: on disk, and in the bucket
+    too when the store keeps job files there (a worker elsewhere fetches the bucket's copy, which wins)."""
+    path = store.files.input_path(job_id)
+    path.write_bytes(data)
+    job_sync = getattr(store, "job_sync", None)
+    if job_sync is not None:
+        job_sync.objects.put_file(job_sync.key(path), path)
+
+
 def worker_env(settings: Settings) -> dict[str, str]:
     return {
         **os.environ,

@@ -36,6 +36,16 @@ def s3_settings(s3_endpoint) -> dict[str, str]:
                 storage_access_key_id=ACCESS_KEY, storage_secret_access_key=SECRET_KEY)
 
 
+@pytest.fixture(scope="session")
+def e2e_bucket(s3_endpoint) -> str:
+    """One bucket for the session's postgres-s3 run; each test gets its own prefix in it."""
+    import boto3
+
+    boto3.client("s3", endpoint_url=s3_endpoint, aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
+                 region_name="us-east-1").create_bucket(Bucket="framepack-e2e")
+    return "framepack-e2e"
+
+
 def storage_env(fields: dict[str, str]) -> dict[str, str]:
     """The same settings as environment variables, for a worker process."""
     return {name.upper(): value for name, value in fields.items()}

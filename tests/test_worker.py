@@ -11,7 +11,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import job_finished, picture_bytes, reference_video, video_frames, wait_for, worker_env, worker_settings
+from helpers import (
+    damage_input,
+    job_finished,
+    picture_bytes,
+    reference_video,
+    video_frames,
+    wait_for,
+    worker_env,
+    worker_settings,
+)
 
 from engine.video import probe
 from engine.worker import Worker
@@ -124,7 +133,7 @@ async def test_a_broken_job_fails_and_the_worker_takes_the_next(stores, tmp_path
     settings = worker_settings(tmp_path, tiny_models_dir)
     store = await stores(settings)
     broken = (await store.enqueue(NewJob("telegram", "c", "a", "x", JobParams(**TINY_PARAMS)), picture_bytes())).job_id
-    store.files.input_path(broken).write_bytes(b"damaged on disk")  # e.g. a bad sector after it was queued
+    damage_input(store, broken)  # e.g. a bad sector after it was queued
     good = (await store.enqueue(NewJob("telegram", "c", "b", "y", JobParams(seconds=1, **TINY_PARAMS)),
                                 picture_bytes())).job_id
     await Worker(store, settings, "w1").run(max_jobs=2)
