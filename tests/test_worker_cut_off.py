@@ -30,9 +30,11 @@ class CutOff:
         self.healed = asyncio.Event()
         self.healed.set()
         self.calls: list[str] = []
-        self.late: list[tuple[str, object]] = []
+        self.late: list[tuple[str, object]] = []  # every call made once the connection was first cut
+        self.was_cut = False
 
     def cut(self) -> None:
+        self.was_cut = True
         self.healed.clear()
 
     def heal(self) -> None:
@@ -48,10 +50,10 @@ class CutOff:
             if name == self._cut_on:
                 self._cut_on = None
                 self.cut()
-            was_cut = not self.healed.is_set()
+            late = self.was_cut
             await self.healed.wait()
             result = await method(*args, **kwargs)
-            if was_cut:
+            if late:
                 self.late.append((name, result))
             return result
 
@@ -105,7 +107,9 @@ async def test_a_worker_cut_off_past_its_lease_has_its_late_writes_refused(tmp_p
         await asyncio.wait_for(worker_a, timeout=120)
         print(f"{moment}: A's late writes {store_a.late}")
         assert store_a.late and all(result in (False, None) for _, result in store_a.late), store_a.late
-        expected = {"rendering": {"renew", "report_progress"}, "completing": {"complete"}}[moment]
+        # Whether a step's progress write was on its way at the cut is a matter of timing; the lease renewal
+        # always is (it runs every third of a lease), and any progress A writes after the cut is in `late`.
+        expected = {"rendering": {"renew"}, "completing": {"complete"}}[moment]
         assert expected <= {name for name, _ in store_a.late}
         assert "fail" not in store_a.calls and "mark_cancelled" not in store_a.calls
         final = await frontend.get(job_id)
