@@ -15,6 +15,7 @@ import shutil
 import threading
 from pathlib import Path, PurePosixPath
 
+from storage.extension_rules import KEPT_LATENTS
 from storage.files import JobFiles
 from storage.jobs import Job
 from storage.object_store import ObjectStore
@@ -117,6 +118,12 @@ class JobSync:
                 self._in_step[key] = (stat.st_size, stat.st_mtime_ns)
                 fetched += 1
         return fetched
+
+    def fetch_kept_latents(self, job_id: int) -> bool:
+        """A finished job's kept latents, the one file a frontend reads before it queues an extension of the job
+        (storage/extension_rules.py checks they exist); the worker that claims the extension fetches the rest."""
+        path = self.files.work_dir(job_id) / KEPT_LATENTS
+        return path.is_file() or self.objects.get_file(self.key(path), path)
 
     def download_for_claim(self, job: Job) -> int:
         """A claimed job's inputs and work folder, and for an extension of a job, that job's work folder."""

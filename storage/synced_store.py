@@ -3,6 +3,8 @@ shared disk. It wraps the SQLite or PostgreSQL store; every method it does not n
 
 Where each file moves, at the row change that makes another host want it:
 - enqueue: the frontend uploads the pictures or the source video it just stored.
+- check_request and enqueue_extension of a finished job: the frontend fetches that job's kept latents, which the
+  rows' store checks.
 - claim: the worker downloads the job's folder (inputs, the newest checkpoint, segments, latents) and, for an
   extension, its source job's work folder; a job whose inputs are not in the bucket yet goes back to the queue.
 - report_progress with a new preview (a section finished): the worker uploads the work folder's new files, when
@@ -49,10 +51,12 @@ class SyncedJobStore:
         await self._upload_inputs(enqueued.job_id)
         return enqueued
 
+    async def check_request(self, job: NewJob) -> None:
+        await self._fetch_extension_source(job)
+        await self.inner.check_request(job)
+
     async def enqueue_extension(self, job: NewJob, video: bytes | None = None) -> Enqueued:
-        if job.extends is not None and job.extends.job_id is not None:
-            # The store checks that the source's kept latents exist, on this host's disk.
-            await self._quietly(self.job_sync.download_job, job.extends.job_id, what="fetching an extension's source")
+        await self._fetch_extension_source(job)
         enqueued = await self.inner.enqueue_extension(job, video)
         await self._upload_inputs(enqueued.job_id)
         return enqueued
@@ -112,6 +116,13 @@ class SyncedJobStore:
         if job.extends.job_id is None:
             return files.source_video_path(job.id).is_file()
         return True  # an extension of a job: the engine says so when its source is gone
+
+    async def _fetch_extension_source(self, job: NewJob) -> None:
+        # The rows' store checks that the source's kept latents exist, on this host's disk: a worker elsewhere
+        # left them in the bucket.
+        if job.extends is not None and job.extends.job_id is not None:
+            await self._quietly(self.job_sync.fetch_kept_latents, job.extends.job_id,
+                                what="fetching an extension's source")
 
     async def _upload_inputs(self, job_id: int) -> None:
         await self._quietly(self.job_sync.upload_inputs, job_id, what="uploading the inputs")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import signal
 import subprocess
@@ -14,11 +13,11 @@ import pytest
 from fake_discord import MANAGE_GUILD, FakeDiscord
 from helpers import picture_bytes, stored_job_and_video, video_with_settings, wait_for, worker_env, worker_settings
 from PIL import Image
+from worker_processes import start_worker
 
 from bot import discord_frontend
 from bot.discord_frontend import DiscordBot
 from bot.downloads import download_capped
-from engine.worker import Worker
 from storage.jobs import JobParams, JobState, NewJob
 from storage.video_metadata import MadeWith
 
@@ -32,7 +31,7 @@ class Env:
     def __init__(self, fake: FakeDiscord, settings, store):
         self.fake, self.settings, self.store = fake, settings, store
         self.bot: DiscordBot | None = None
-        self.stop = self.task = self.worker = self.worker_task = None
+        self.stop = self.task = self.worker = None
 
     async def start_bot(self) -> DiscordBot:
         self.bot = DiscordBot(self.settings, self.store)
@@ -54,14 +53,11 @@ class Env:
         return await self.start_bot()
 
     def start_worker(self) -> None:
-        self.worker = Worker(self.store, self.settings, "w1")
-        self.worker_task = asyncio.create_task(self.worker.run())
+        self.worker = start_worker(self.store, self.settings)
 
     async def stop_worker(self) -> None:
-        self.worker.request_stop()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.worker_task, 60)
-        self.worker_task = None
+        await self.worker.stop()
+        self.worker = None
 
     def picture(self, data: bytes | None = None, name: str = "cat.png", content_type: str = "image/png") -> dict:
         return self.fake.upload(name, picture_bytes() if data is None else data, content_type)
@@ -99,7 +95,7 @@ async def env(stores, tmp_path, tiny_models_dir):
     env = Env(fake, settings, await stores(settings))
     await env.start_bot()
     yield env
-    if env.worker_task:
+    if env.worker:
         await env.stop_worker()
     if not env.task.done():
         await env.stop_bot()

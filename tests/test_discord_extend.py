@@ -31,7 +31,7 @@ async def env(stores, tmp_path, tiny_models_dir):
     env = Env(fake, settings, await stores(settings))
     await env.start_bot()
     yield env
-    if env.worker_task:
+    if env.worker:
         await env.stop_worker()
     if not env.task.done():
         await env.stop_bot()

@@ -161,6 +161,36 @@ async def test_a_frontend_on_another_host_gets_the_video_and_preview_from_the_bu
             await store.close()
 
 
+async def test_a_frontend_on_another_host_checks_and_queues_an_extension_from_the_buckets_latents(tmp_path,
+                                                                                                  s3_settings):
+    from storage.jobs import Extends
+
+    database = f"sqlite:///{tmp_path / 'shared.db'}"
+    frontend_a = await _synced_store(tmp_path / "frontend", database, s3_settings)
+    worker_b = await _synced_store(tmp_path / "worker", database, s3_settings)
+    try:
+        params = JobParams(seconds=1.2, resolution=64, steps=2, variant="f1")
+        job_id = (await frontend_a.enqueue(NewJob("telegram", "c", "u", "a cat", params), picture_bytes())).job_id
+        await worker_b.claim("w")
+        files_b = worker_b.job_sync.files
+        contents = _job_folder(files_b, job_id)
+        assert await worker_b.complete(job_id, "w", str(files_b.video_path(job_id)), {})
+        kept = frontend_a.job_sync.files.work_dir(job_id) / "continuation.pt"
+        assert not kept.exists()
+
+        extension = NewJob("telegram", "c", "u", "on and on", JobParams(seconds=1.2, steps=2, variant="f1"),
+                           extends=Extends(job_id=job_id))
+        await frontend_a.check_request(extension)  # the Extend button: refused at once when nothing was kept
+        assert kept.read_bytes() == contents[f"jobs/{job_id}/work/continuation.pt"]
+        assert not frontend_a.job_sync.files.video_path(job_id).exists()  # only what the check reads comes down
+        kept.unlink()
+        queued = await frontend_a.enqueue_extension(extension)
+        assert (await worker_b.get(queued.job_id)).extends.job_id == job_id
+    finally:
+        await frontend_a.close()
+        await worker_b.close()
+
+
 async def test_a_job_whose_inputs_are_not_in_the_bucket_yet_goes_back_to_the_queue(tmp_path, s3_settings):
     database = f"sqlite:///{tmp_path / 'shared.db'}"
     plain = await SqliteJobStore.open(Settings(data_dir=tmp_path / "frontend"), tmp_path / "shared.db")

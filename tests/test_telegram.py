@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import subprocess
@@ -12,10 +11,11 @@ import sys
 import pytest
 from fake_telegram import BOT_USER, FakeTelegram
 from helpers import picture_bytes, stored_job_and_video, video_with_settings, wait_for, worker_env, worker_settings
+from worker_processes import run_worker
+from worker_processes import start_worker as start_worker_for
 
 from bot.options import parse_caption
 from bot.telegram_frontend import TelegramBot
-from engine.worker import Worker
 from storage.inputs import InputError
 from storage.jobs import JobState
 from storage.video_metadata import MadeWith
@@ -40,19 +40,16 @@ async def telegram(stores, tmp_path, tiny_models_dir):
     bot_task = asyncio.create_task(bot.run(stop))
     await fake.wait_for("getMe", timeout=30)
     env = type("Env", (), {"fake": fake, "store": store, "settings": settings, "bot": bot, "stop": stop})()
-    env.worker_task = None
+    env.worker = None
 
     def start_worker():
-        env.worker = Worker(store, settings, "w1")
-        env.worker_task = asyncio.create_task(env.worker.run())
+        env.worker = start_worker_for(store, settings)
 
     env.start_worker = start_worker
     yield env
     stop.set()
-    if env.worker_task:
-        env.worker.request_stop()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(env.worker_task, 60)
+    if env.worker:
+        await env.worker.stop()
     await asyncio.wait_for(bot_task, 30)
     await fake.stop()
 
@@ -191,8 +188,7 @@ async def test_undelivered_results_are_delivered_after_a_restart_despite_flood_c
     # The bot goes down; a worker finishes the job meanwhile.
     telegram.stop.set()
     await asyncio.sleep(1.0)
-    worker = Worker(store, telegram.settings, "w1")
-    await worker.run(max_jobs=1)
+    await run_worker(store, telegram.settings, max_jobs=1)
     assert (await store.get(1)).state is JobState.DONE and not (await store.get(1)).delivered
     restarted = TelegramBot(telegram.settings, store)
     restarted.watcher.poll = 0.2
