@@ -24,17 +24,17 @@ $(VENV)/.dev: pyproject.toml | $(BIN)/python
 run: $(VENV)/.runtime
 	$(BIN)/framepack-bot $(ARGS)
 
-# The second pass runs the chat and worker end-to-end tests again on PostgreSQL and S3 (a server from the pgserver
-# wheel, moto's S3 server; tests/conftest.py): the files that fit in about 3 minutes on 2 cores. Worker processes
-# on PostgreSQL + S3 are covered by test_two_hosts, test_roles, test_deliveries and test_worker_cut_off in the first.
+# The second pass runs the chat end-to-end tests again on PostgreSQL and S3 (a server from the pgserver wheel, moto's
+# S3 server; tests/conftest.py), each worker a separate `python -m engine.worker` process with an empty data folder
+# of its own (tests/worker_processes.py), the frontends in the test. test_worker.py and test_lora_jobs.py (in-process
+# workers; they pass that way too) are left to the first pass for time: 2 cores.
 E2E_ON_POSTGRES_S3 := tests/test_telegram.py tests/test_discord.py tests/test_telegram_extend.py \
-	tests/test_discord_extend.py tests/test_lora_jobs.py tests/test_worker.py
-E2E_SLOW_HERE := not four_worker_processes and not kill_9_mid_job and not sigterm_gives_the_job_back
+	tests/test_discord_extend.py
 
 test: $(VENV)/.dev
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
-	FRAMEPACK_TEST_BACKEND=postgres-s3 $(BIN)/python -m pytest -q $(E2E_ON_POSTGRES_S3) -k "$(E2E_SLOW_HERE)"
+	FRAMEPACK_TEST_BACKEND=postgres-s3 $(BIN)/python -m pytest -q $(E2E_ON_POSTGRES_S3)
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .

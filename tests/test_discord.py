@@ -95,11 +95,13 @@ async def env(stores, tmp_path, tiny_models_dir):
     env = Env(fake, settings, await stores(settings))
     await env.start_bot()
     yield env
-    if env.worker:
-        await env.stop_worker()
-    if not env.task.done():
-        await env.stop_bot()
-    await fake.stop()
+    try:
+        if env.worker:
+            await env.stop_worker()  # a worker process that crashed fails here, with its log
+    finally:
+        if not env.task.done():
+            await env.stop_bot()
+        await fake.stop()
 
 
 def _video_message(fake: FakeDiscord, job_id: int):

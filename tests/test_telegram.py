@@ -48,10 +48,12 @@ async def telegram(stores, tmp_path, tiny_models_dir):
     env.start_worker = start_worker
     yield env
     stop.set()
-    if env.worker:
-        await env.worker.stop()
-    await asyncio.wait_for(bot_task, 30)
-    await fake.stop()
+    try:
+        if env.worker:
+            await env.worker.stop()  # a worker process that crashed fails here, with its log
+    finally:
+        await asyncio.wait_for(bot_task, 30)
+        await fake.stop()
 
 
 def _text_replies(fake, chat_id):
