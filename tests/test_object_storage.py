@@ -214,7 +214,7 @@ async def _synced_store(data_dir: Path, database: str, fields: dict) -> SyncedJo
     return store
 
 
-def test_the_secret_key_is_in_no_message_repr_or_log_line(tmp_path, s3_settings, caplog):
+def test_the_secret_key_is_in_no_message_repr_or_log_line(tmp_path, s3_settings, caplog, monkeypatch):
     settings = Settings(data_dir=tmp_path / "data", **s3_settings)
     assert SECRET_KEY not in repr(settings) and SECRET_KEY in secrets_of(settings)
     objects = open_object_store(settings)
@@ -229,14 +229,15 @@ def test_the_secret_key_is_in_no_message_repr_or_log_line(tmp_path, s3_settings,
 
     from storage.settings import SettingsError, get_settings
 
-    os.environ["STORAGE_SECRET_ACCESS_KEY"] = SECRET_KEY
-    os.environ["STORAGE_URL"] = "ftp://nope"
+    monkeypatch.setenv("STORAGE_SECRET_ACCESS_KEY", SECRET_KEY)
+    monkeypatch.setenv("STORAGE_URL", "ftp://nope")
+    get_settings.cache_clear()  # an earlier test's settings may be cached
     try:
         with pytest.raises(SettingsError) as bad:
             get_settings()
         assert SECRET_KEY not in str(bad.value)
     finally:
-        del os.environ["STORAGE_SECRET_ACCESS_KEY"], os.environ["STORAGE_URL"]
+        get_settings.cache_clear()
 
     record = logging.LogRecord("obstore", logging.ERROR, __file__, 1, "signing with %s", (SECRET_KEY,), None)
     RedactingFilter(secrets_of(settings)).filter(record)

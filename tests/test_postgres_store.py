@@ -7,12 +7,12 @@ from __future__ import annotations
 import asyncio
 import io
 import multiprocessing
-import queue
 import socket
 import time
 import traceback
 
 import pytest
+from child_processes import collect_answers
 from PIL import Image
 
 from storage.eta import PREPARATION_SECTIONS_KEPT
@@ -131,20 +131,6 @@ def _claim_all(url: str, data_dir: str, worker: str, ready, start, results) -> N
     results.put((worker, asyncio.run(go())))
 
 
-def _collect(answers, procs, timeout: float = 120) -> dict:
-    """One (worker, value) answer from each process; fails at once, with the exit codes, when one died first."""
-    collected, deadline = {}, time.monotonic() + timeout
-    while len(collected) < len(procs):
-        try:
-            worker, value = answers.get(timeout=0.5)
-            collected[worker] = value
-        except queue.Empty:
-            dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
-            assert not dead, f"a claiming process died (exit codes {dead}): its traceback is in the captured stderr"
-            assert time.monotonic() < deadline, "the claiming processes did not answer in time"
-    return collected
-
-
 async def test_four_processes_claiming_at_once_take_every_job_exactly_once(open_pg, postgres_url, tmp_path):
     """No pause between claims, fair order on (the windowed query under FOR UPDATE OF ... SKIP LOCKED)."""
     store = await open_pg()
@@ -155,10 +141,10 @@ async def test_four_processes_claiming_at_once_take_every_job_exactly_once(open_
                                                   results)) for i in range(4)]
     for p in procs:
         p.start()
-    _collect(ready, procs)
+    collect_answers(ready, procs)
     started = time.perf_counter()
     start.set()
-    claimed = _collect(results, procs)
+    claimed = collect_answers(results, procs)
     elapsed = time.perf_counter() - started
     for p in procs:
         p.join(timeout=30)

@@ -70,7 +70,9 @@ async def test_kill_9_on_one_host_and_another_host_resumes_from_the_bucket(tmp_p
             rescuer.wait(timeout=60)
         text = log.read_text()
         assert job.state is JobState.DONE and job.worker == "rescuer", text[-3000:]
-        assert "resuming at section 3" in text or "resuming at section 4" in text, text[-3000:]
+        # From the bucket's checkpoint, not from the start: section 3 or 4 as a rule, 2 when the kill came between
+        # section 2's files and its checkpoint (uploaded last); the video is the same either way.
+        assert any(f"resuming at section {n}" in text for n in (2, 3, 4)), text[-3000:]
         assert job.video.startswith(str(tmp_path / "host_b"))
         assert SECRET_KEY not in text
 
