@@ -130,6 +130,7 @@ class DiscordExtensions:
     async def _stored_video(self, old: Job) -> bytes | None:
         if not old.extends.from_video:
             return None
+        await self.bot.store.fetch_inputs(old.id)
         try:
             return await asyncio.to_thread(self.bot.files.source_video_path(old.id).read_bytes)
         except FileNotFoundError:

@@ -509,6 +509,7 @@ class DiscordBot:
         if old.extends is not None:
             await self.extensions.reroll(interaction, old)
             return
+        await self.store.fetch_inputs(job_id)
         try:
             pictures = await asyncio.to_thread(self.files.read_pictures, job_id, old.guides)
         except FileNotFoundError:

@@ -88,6 +88,7 @@ class TelegramExtensions:
         """Re-roll of an extension: the same source and prompt, a new seed; returns why not, or None."""
         video = None
         if old.extends.from_video:
+            await self.bot.store.fetch_inputs(old.id)
             path = self.bot.files.source_video_path(old.id)
             if not path.is_file():
                 return "That video is no longer stored; send it again with /extend."

@@ -362,6 +362,7 @@ class TelegramBot:
             return "That video's picture is no longer stored."
         if old.extends is not None:
             return await self.extensions.reroll(old, message, user)
+        await self.store.fetch_inputs(job_id)
         try:
             pictures = await asyncio.to_thread(JobFiles(self.settings.data_dir).read_pictures, job_id, old.guides)
         except FileNotFoundError:

@@ -81,6 +81,7 @@ async def _stored_job(made: MadeWith, store: JobStore, files: JobFiles, platform
         return None, gone + send_again
     if job.files_removed_at is not None:  # RESULT_RETENTION_DAYS passed: storage/retention.py deleted them
         return None, f"the pictures of job {job.id} were deleted after the bot's keeping period; " + send_again
+    await store.fetch_inputs(job.id)
     try:
         await asyncio.to_thread(files.read_pictures, job.id, job.guides)
     except FileNotFoundError:

@@ -119,6 +119,20 @@ class JobSync:
                 fetched += 1
         return fetched
 
+    def fetch_inputs(self, job_id: int) -> int:
+        """The job's pictures or sent video that this host lacks (a re-roll or /info on another frontend host),
+        not its work folder or videos."""
+        folder = self.files.job_dir(job_id)
+        named = {self.files.input_path(job_id).name, self.files.end_path(job_id).name,
+                 self.files.source_video_path(job_id).name}
+        fetched = 0
+        for key in self.objects.list(self.job_prefix(job_id)):
+            path = self.data_dir / PurePosixPath(key)
+            if path.parent == folder and (path.name in named or path.name.startswith("keyframe_")) \
+                    and not path.is_file():
+                fetched += bool(self.objects.get_file(key, path))
+        return fetched
+
     def fetch_kept_latents(self, job_id: int) -> bool:
         """A finished job's kept latents, the one file a frontend reads before it queues an extension of the job
         (storage/extension_rules.py checks they exist); the worker that claims the extension fetches the rest."""

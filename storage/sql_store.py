@@ -300,6 +300,9 @@ class SqlJobStore(WorkerSide):
 
     # ----- notices for the admins -----------------------------------------------------------------
 
+    async def fetch_inputs(self, job_id: int) -> None:
+        """The data folder is this host's: the inputs are here or gone (storage/synced_store.py fetches)."""
+
     async def claim_notice(self, key: str) -> bool:
         """True the first time `key` is claimed, ever: what admins are told once, across restarts too."""
         async with self._write() as session:

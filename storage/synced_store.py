@@ -61,6 +61,9 @@ class SyncedJobStore:
         await self._upload_inputs(enqueued.job_id)
         return enqueued
 
+    async def fetch_inputs(self, job_id: int) -> None:
+        await self._quietly(self.job_sync.fetch_inputs, job_id, what="fetching the inputs")
+
     async def undelivered(self, platform: str) -> list[Job]:
         return await self._with_local_files(await self.inner.undelivered(platform))
 

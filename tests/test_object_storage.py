@@ -242,3 +242,34 @@ def test_the_secret_key_is_in_no_message_repr_or_log_line(tmp_path, s3_settings,
     record = logging.LogRecord("obstore", logging.ERROR, __file__, 1, "signing with %s", (SECRET_KEY,), None)
     RedactingFilter(secrets_of(settings)).filter(record)
     assert SECRET_KEY not in logging.Formatter().format(record)
+
+
+async def test_a_frontend_on_another_host_rerolls_and_tells_info_from_the_buckets_inputs(tmp_path, s3_settings):
+    """Frontends on two hosts: a job queued on A (its picture and end picture uploaded) is re-rolled or asked
+    about on B, whose data folder never had them: B fetches the inputs, not the work folder or the videos."""
+    from helpers import stored_job_and_video
+
+    from bot.video_info import video_info
+    from storage.jobs import GuidePictures, JobPictures
+
+    database = f"sqlite:///{tmp_path / 'shared.db'}"
+    frontend_a = await _synced_store(tmp_path / "host_a", database, s3_settings)
+    frontend_b = await _synced_store(tmp_path / "host_b", database, s3_settings)
+    try:
+        pictures = JobPictures(picture_bytes(), end=picture_bytes())
+        job = NewJob("telegram", "c", "u", "a cat", JobParams(seconds=1.0, resolution=64, steps=2),
+                     guides=GuidePictures(end=True))
+        job_id = (await frontend_a.enqueue(job, pictures)).job_id
+        files_b = frontend_b.job_sync.files
+        assert not files_b.job_dir(job_id).exists()
+        await frontend_b.fetch_inputs(job_id)  # what a re-roll does before it reads the pictures
+        assert files_b.read_pictures(job_id, GuidePictures(end=True)) == pictures
+        assert not files_b.work_dir(job_id).exists()
+
+        other_id, video = await stored_job_and_video(frontend_a, tmp_path, "telegram")
+        assert not files_b.job_dir(other_id).exists()
+        info = await video_info(video, frontend_b, files_b, "telegram")
+        assert info.again_job_id == other_id, info.text  # "Animate again" offered on B: its picture came down
+    finally:
+        await frontend_a.close()
+        await frontend_b.close()
