@@ -46,6 +46,16 @@ def damage_input(store, job_id: int, data: bytes = b"damaged on disk") -> None:
         job_sync.objects.put_file(job_sync.key(path), path)
 
 
+def remove_input(store, job_id: int) -> None:
+    """A job's picture gone everywhere a re-roll or /info would look: on disk, and in the bucket too when the
+    store keeps job files there (a frontend fetches the bucket's copy when its disk has none)."""
+    path = store.files.input_path(job_id)
+    path.unlink()
+    job_sync = getattr(store, "job_sync", None)
+    if job_sync is not None:
+        job_sync.objects.delete([job_sync.key(path)])
+
+
 def worker_env(settings: Settings) -> dict[str, str]:
     return {
         **os.environ,

@@ -11,7 +11,15 @@ import time
 
 import pytest
 from fake_discord import MANAGE_GUILD, FakeDiscord
-from helpers import picture_bytes, stored_job_and_video, video_with_settings, wait_for, worker_env, worker_settings
+from helpers import (
+    picture_bytes,
+    remove_input,
+    stored_job_and_video,
+    video_with_settings,
+    wait_for,
+    worker_env,
+    worker_settings,
+)
 from PIL import Image
 from worker_processes import start_worker
 
@@ -525,7 +533,7 @@ async def test_video_info_shows_the_settings_and_animate_again_queues_them_with_
     assert (second.prompt, second.user_id, second.params.cfg) == (first.prompt, str(OWNER), 3.0)
     assert second.params.seed != first.params.seed
 
-    store.files.input_path(job_id).unlink()
+    remove_input(store, job_id)
     text, answer = await _video_info(env, fake.upload("fox.mp4", video, "video/mp4"))
     assert "no longer stored" in text and not answer.custom_ids()
 

@@ -10,7 +10,15 @@ import sys
 
 import pytest
 from fake_telegram import BOT_USER, FakeTelegram
-from helpers import picture_bytes, stored_job_and_video, video_with_settings, wait_for, worker_env, worker_settings
+from helpers import (
+    picture_bytes,
+    remove_input,
+    stored_job_and_video,
+    video_with_settings,
+    wait_for,
+    worker_env,
+    worker_settings,
+)
 from worker_processes import run_worker
 from worker_processes import start_worker as start_worker_for
 
@@ -396,7 +404,7 @@ async def test_reroll_checks_before_it_answers_and_files_the_job_in_the_clickers
     fake.click(group, STRANGER, 77, "reroll:1")
     await fake.wait_for("answerCallbackQuery", lambda p: p.get("text") == "Queued with a new seed.")
     assert (await store.get(2)).chat_id == str(group)
-    store.files.input_path(1).unlink()
+    remove_input(store, 1)
     fake.click(group, STRANGER, 77, "reroll:1")
     answer = await fake.wait_for("answerCallbackQuery", lambda p: "no longer stored" in p.get("text", ""))
     assert answer["show_alert"] in ("true", True) and await store.queue_length() == 2
