@@ -7,7 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
-from storage.jobs import GuidePictures, JobPictures
+from storage.jobs import GuidePictures, JobPictures, StorageNotWritable
 
 
 def nearest_existing(path: Path) -> Path:
@@ -83,3 +83,16 @@ def write_durably(path: Path, data: bytes) -> Path:
         os.fsync(sink.fileno())
     os.replace(tmp, path)
     return path
+
+
+def check_data_folder(data_dir: Path) -> None:
+    """Refuse to start on a data folder that cannot be written: every worker would crash-loop on it."""
+    probe = data_dir / ".write-probe"
+    try:
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as error:
+        raise StorageNotWritable(
+            f"The data folder {data_dir} cannot be written ({error.strerror or error}). "
+            "Check its permissions and free disk space, or point DATA_DIR elsewhere."
+        ) from None

@@ -24,8 +24,8 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from storage.files import JobFiles
-from storage.jobs import NewJob, StorageNotWritable
+from storage.files import JobFiles, check_data_folder
+from storage.jobs import NewJob
 from storage.postgres_connect import connect, open_pool, unreachable
 from storage.postgres_notify import JOBS_CHANNEL, WORK_CHANNEL, Listener
 from storage.postgres_schema import migrate
@@ -58,7 +58,7 @@ class PostgresJobStore(SqlJobStore):
         pool = await open_pool(url)
         store = cls(pool, settings, JobFiles(data_dir), url)
         try:
-            _check_data_folder(data_dir)
+            check_data_folder(data_dir)
         except BaseException:
             await store.close()
             raise
@@ -123,16 +123,3 @@ def _psycopg_error() -> type[Exception]:
     import psycopg
 
     return psycopg.Error
-
-
-def _check_data_folder(data_dir: Path) -> None:
-    """Refuse to start on a data folder that cannot be written: every worker would crash-loop on it."""
-    probe = data_dir / ".write-probe"
-    try:
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as error:
-        raise StorageNotWritable(
-            f"The data folder {data_dir} cannot be written ({error.strerror or error}). "
-            "Check its permissions and free disk space, or point DATA_DIR elsewhere."
-        ) from None

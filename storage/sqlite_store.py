@@ -15,7 +15,7 @@ from pathlib import Path
 
 import aiosqlite
 
-from storage.files import JobFiles
+from storage.files import JobFiles, check_data_folder
 from storage.jobs import StorageNotWritable
 from storage.schema import MIGRATIONS
 from storage.settings import Settings
@@ -73,15 +73,7 @@ class SqliteJobStore(SqlJobStore):
         async with self._write() as session:
             await session.execute("CREATE TABLE IF NOT EXISTS write_probe (x)")
             await session.execute("DROP TABLE write_probe")
-        probe = self.files.root.parent / ".write-probe"
-        try:
-            probe.write_bytes(b"ok")
-            probe.unlink()
-        except OSError as error:
-            raise StorageNotWritable(
-                f"The data folder {probe.parent} cannot be written ({error.strerror or error}). "
-                "Check its permissions and free disk space, or point DATA_DIR elsewhere."
-            ) from None
+        check_data_folder(self.files.root.parent)
 
     async def close(self) -> None:
         await self.db.close()
