@@ -12,9 +12,10 @@ written as files in three formats and read back as a job would. The stages run a
     unfused_1     LoRA A; the first call after the switch compiles the wrapped blocks (once per set of linears)
     unfused_3     A, B and C (rank 96 in one pair per linear; the rank is dynamic: no recompile expected)
     unfused_1_b   B alone: another LoRA on the same linears, as the next job would switch
-    none_again    back to no LoRA (the first graph again): the output must equal `none`'s bit for bit
+    none_again    back to no LoRA (the first graph again, no recompile): its output against `none`'s (bit for
+                  bit in the CPU tests; on the H200 on 2026-12-03 rel_l2 4.4e-3, bf16-sized, cause not found)
     fused_1/3     merged into the weights (originals kept in RAM); `switch_s` includes the merge
-    none_last     unfused back, weights restored: bit-identical output again, and today's s/step at the end
+    none_last     unfused back, weights restored (bit for bit in the CPU tests), and today's s/step at the end
 
 Each stage writes one JSON line: switch_s (use_loras, synchronized), first_call_s (includes any compile),
 s_per_step (median of --steps calls), its output against `none`'s.

@@ -35,6 +35,7 @@ class EngineOptions:
     vram_gb: float | None = None  # the GPU memory the plan may use (default: what is free at start)
     ram_gb: float | None = None  # the host RAM the plan may use (default: what is available at start)
     cache_dir: Path | None = None  # memory-mapped block files (default: the Hugging Face cache's folder)
+    lora_dir: Path | None = None  # the LoRAs jobs may pick: the plan leaves GPU memory for the largest
 
     @classmethod
     def from_settings(cls, settings) -> EngineOptions:
@@ -48,12 +49,20 @@ class EngineOptions:
             vram_gb=settings.engine_vram_gb,
             ram_gb=settings.engine_ram_gb,
             cache_dir=Path(settings.data_dir) / "cache",
+            lora_dir=settings.lora_dir,
         )
 
     def budget(self, device: torch.device) -> Budget:
+        """The memory the plan may place models in: the GPU's less what the LoRAs of a job may need."""
+        from engine.lora import gpu_reserve_bytes
+
         vram = self.vram_gb * GB if self.vram_gb is not None else free_device_bytes(device)
         ram = self.ram_gb * GB if self.ram_gb is not None else available_ram_bytes()
-        return Budget(int(vram), int(ram))
+        loras = gpu_reserve_bytes(self.lora_dir)
+        if loras:
+            log.info("memory plan: %.2f GB of the GPU left for LoRAs (the largest files in %s)", loras / GB,
+                     self.lora_dir)
+        return Budget(int(max(vram - loras, 0)), int(ram))
 
 
 def choose_plan(options: EngineOptions, device: torch.device, sizes: ModelSizes) -> MemoryPlan:

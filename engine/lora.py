@@ -20,8 +20,13 @@ from engine.lora_apply import applied, match_lora, put_on, take_off
 from engine.lora_formats import LoraError, LoraFile, read_lora_file
 from storage.lora_catalog import MAX_LORAS, MAX_STRENGTH, SUFFIX  # one limit for the chats and the engine
 
-__all__ = ["MAX_LORAS", "LoraChoice", "LoraError", "LoraReport", "check_lora", "choices_problem", "list_loras",
-           "resolve_lora", "use_loras"]
+__all__ = ["MAX_LORAS", "LoraChoice", "LoraError", "LoraReport", "check_lora", "choices_problem", "gpu_reserve_bytes",
+           "list_loras", "resolve_lora", "use_loras"]
+
+# Beyond the pairs' weights, while a job with LoRAs samples: rank-32 LoRAs over every attention and
+# feed-forward linear raised an H200's peak by 0.48 GiB for one (0.27 GiB of pairs) and 0.95 GiB for three
+# (0.81 GiB) (benchmarks/results/2026-12-03_lora_h200.jsonl).
+LORA_WORKSPACE = int(0.25 * 2**30)
 
 
 
@@ -61,6 +66,23 @@ def list_loras(lora_dir: Path) -> list[Path]:
     """The LoRA files an admin put in the folder, by name."""
     folder = Path(lora_dir)
     return sorted(folder.glob(f"*{SUFFIX}")) if folder.is_dir() else []
+
+
+def gpu_reserve_bytes(lora_dir: Path | None) -> int:
+    """The GPU memory a job's LoRAs may need, for the memory plan to leave free: the MAX_LORAS largest files
+    in the folder as bf16 pairs on the GPU (unfused, the default), and their workspace; 0 with no LoRA.
+    Read from the files' headers: nothing is loaded. A larger file added later needs a worker restart."""
+    from safetensors import safe_open
+
+    sizes = []
+    for path in list_loras(lora_dir) if lora_dir else []:
+        try:
+            with safe_open(str(path), "pt") as weights:
+                sizes.append(sum(math.prod(weights.get_slice(key).get_shape()) for key in weights.keys()))  # noqa: SIM118
+        except Exception:  # noqa: BLE001 (a file that does not read is refused at its check, not here)
+            continue
+    largest = sorted(sizes, reverse=True)[:MAX_LORAS]
+    return 2 * sum(largest) + LORA_WORKSPACE if largest else 0
 
 
 def resolve_lora(spec: str, lora_dir: Path) -> LoraChoice:

@@ -189,6 +189,32 @@ def test_a_low_plan_render_with_a_lora_is_the_high_plan_render(tiny_models_dir, 
     assert not torch.equal(latents(low, RenderRequest(**{**request.__dict__, "loras": ()}), "none"), with_lora)
 
 
+def test_the_memory_plan_leaves_room_for_the_largest_loras(tmp_path):
+    """The plan's GPU budget is less the MAX_LORAS largest files as bf16 pairs and their workspace; files that
+    do not read count for nothing, and no LoRA folder takes nothing."""
+    from safetensors import safe_open
+
+    from engine.engine_options import EngineOptions, choose_plan
+    from engine.lora import LORA_WORKSPACE, gpu_reserve_bytes
+    from engine.memory_plan import FULL_SIZE, GB, Budget, plan_memory
+
+    model = tiny_transformer(dual=2, single=2)
+    files = [write_lora(tmp_path / f"r{rank}.safetensors", model, rank=rank) for rank in (2, 4, 8, 16)]
+    (tmp_path / "broken.safetensors").write_bytes(b"not a safetensors file")
+
+    def elements(path):
+        with safe_open(str(path), "pt") as weights:
+            return sum(weights.get_tensor(key).numel() for key in weights.keys())  # noqa: SIM118
+
+    expected = 2 * sum(elements(path) for path in files[1:]) + LORA_WORKSPACE
+    assert gpu_reserve_bytes(tmp_path) == expected
+    assert gpu_reserve_bytes(tmp_path / "none") == gpu_reserve_bytes(None) == 0
+    options = EngineOptions(vram_gb=24, ram_gb=32, lora_dir=tmp_path)
+    cuda = torch.device("cuda")
+    assert choose_plan(options, cuda, FULL_SIZE) == plan_memory(Budget(24 * GB - expected, 32 * GB))
+    assert options.budget(cuda).vram < EngineOptions(vram_gb=24, ram_gb=32).budget(cuda).vram
+
+
 def _bad_files(folder: Path, model) -> list[tuple[Path, str]]:
     good = write_lora(folder / "good.safetensors", model)
     not_safetensors = folder / "notes.safetensors"

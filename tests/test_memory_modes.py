@@ -81,7 +81,7 @@ def test_settings_reach_the_engine_options(monkeypatch):
                  "ENGINE_VRAM_GB", "ENGINE_RAM_GB", "DATA_DIR"):
         monkeypatch.delenv(name, raising=False)
     defaults = EngineOptions.from_settings(Settings(_env_file=None))
-    assert defaults == EngineOptions(cache_dir=Path("data") / "cache")
+    assert defaults == EngineOptions(cache_dir=Path("data") / "cache", lora_dir=Path("data") / "loras")
     monkeypatch.setenv("ENGINE_MEMORY_MODE", "low")
     monkeypatch.setenv("ENGINE_FP8", "true")
     monkeypatch.setenv("ENGINE_COMPILE", "false")
@@ -92,7 +92,8 @@ def test_settings_reach_the_engine_options(monkeypatch):
     settings = Settings()
     options = EngineOptions.from_settings(settings)
     assert options == EngineOptions(memory_mode="low", compile=False, attention="auto", fp8=True, stream_slots=3,
-                                    vram_gb=24.0, ram_gb=31.5, cache_dir=Path("data") / "cache")
+                                    vram_gb=24.0, ram_gb=31.5, cache_dir=Path("data") / "cache",
+                                    lora_dir=Path("data") / "loras")
     assert settings.engine_teacache == 0.15
 
 
