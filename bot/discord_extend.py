@@ -1,6 +1,6 @@
 """Discord: extending a video. The Extend button under a delivered video (a form asks for the seconds and a
-prompt) and `/extend` with a video attachment or a job number; the job then goes through the frontend's own
-queueing, progress and delivery like any other."""
+prompt) and `/extend` with a video attachment or a job number (a video of the bot's attached again continues
+from its job); the job then goes through the frontend's own queueing, progress and delivery like any other."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from discord import app_commands
 from bot import texts
 from bot.discord_views import ExtendModal
 from bot.downloads import download_capped
-from bot.extending import extension_job, is_video, parse_extension, rerolled_extension
+from bot.extending import extension_job, is_video, job_of_video, parse_extension, plain_prompt, rerolled_extension
 from bot.options import Request
 from storage.inputs import InputError
-from storage.jobs import Extends, Job, NewJob
+from storage.jobs import Enqueued, Extends, Job, NewJob
 
 if TYPE_CHECKING:
     from bot.discord_frontend import DiscordBot
@@ -99,23 +99,57 @@ class DiscordExtensions:
 
     async def extend_video(self, interaction: discord.Interaction, attachment: discord.Attachment,
                            request: Request) -> None:
-        """Refused from what Discord declares before a byte is downloaded; the bytes are checked at enqueue."""
-        limit = self.bot.settings.max_extend_video_bytes
+        """A video this bot made (downloaded and attached again) continues from its job's kept latents when the
+        person may extend that job, else from its frames like any video. What Discord declares is refused before
+        a byte is downloaded; the bytes are checked at enqueue."""
+        # 1. Refuse what the attachment declares, and a request the store would refuse, at once.
         try:
-            if not is_video(attachment.filename, attachment.content_type):
-                raise InputError(texts.NOT_A_VIDEO)
-            if attachment.size > limit:
-                raise InputError(texts.video_too_big(attachment.size, limit))
-            job = extension_job(self._base(interaction), request, self.bot.settings,
-                                Extends(video_name=attachment.filename[:200]))
+            self._check_declared(attachment)
+            checked = None
+            if request.prompt:  # a video sent without a prompt may still be one of ours: look inside first
+                checked = self._video_extension(interaction, request, attachment)
+                await self.bot.store.check_request(checked)
         except texts.REFUSED as error:
             await self._tell(interaction, str(error))
             return
+        # 2. Answer within Discord's 3 seconds, then download and queue.
+        await interaction.response.defer(thinking=True)
+        try:
+            data = await download_capped(self.bot.session, attachment.url, self.bot.settings.max_extend_video_bytes,
+                                         DOWNLOAD_SECONDS, what="video")
+            enqueued = await self._enqueue_video(interaction, request, attachment, data, checked)
+        except texts.REFUSED as error:
+            await self.bot._refuse_after_defer(interaction, str(error))
+            return
+        await self.bot._show_queued(interaction, enqueued)
 
-        async def fetch() -> bytes:
-            return await download_capped(self.bot.session, attachment.url, limit, DOWNLOAD_SECONDS, what="video")
+    def _check_declared(self, attachment: discord.Attachment) -> None:
+        limit = self.bot.settings.max_extend_video_bytes
+        if not is_video(attachment.filename, attachment.content_type):
+            raise InputError(texts.NOT_A_VIDEO)
+        if attachment.size > limit:
+            raise InputError(texts.video_too_big(attachment.size, limit))
 
-        await self.bot._queue(interaction, job, fetch)
+    async def _enqueue_video(self, interaction: discord.Interaction, request: Request,
+                             attachment: discord.Attachment, data: bytes, checked: NewJob | None) -> Enqueued:
+        """The job extension when the video's metadata names a job of ours that this person may extend; else
+        the video's frames, with that job's own prompt when none was given."""
+        source = await job_of_video(data, self.bot.store, PLATFORM)
+        if source is not None:
+            try:
+                job = await self._job_extension(interaction, source.id, request)
+                return await self.bot.store.enqueue_extension(job)
+            except texts.REFUSED:
+                pass  # e.g. another chat's job: the copy they hold is still a video to extend from its frames
+            if not request.prompt:
+                request = dataclasses.replace(request, prompt=plain_prompt(source))
+        job = checked or self._video_extension(interaction, request, attachment)
+        return await self.bot.store.enqueue_extension(job, data)
+
+    def _video_extension(self, interaction: discord.Interaction, request: Request,
+                         attachment: discord.Attachment) -> NewJob:
+        return extension_job(self._base(interaction), request, self.bot.settings,
+                             Extends(video_name=attachment.filename[:200]))
 
     async def _job_extension(self, interaction: discord.Interaction, job_id: int, request: Request) -> NewJob:
         source = await self.bot.store.get(job_id)

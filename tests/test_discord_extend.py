@@ -182,3 +182,31 @@ async def test_every_bad_request_is_refused_to_the_person_alone_and_creates_noth
 
     assert await store.queue_length() == queued
     assert not [m for m in fake.messages.values() if not m.ephemeral and not m.deleted and m.author_id != OWNER]
+
+
+async def test_a_video_the_bot_made_attached_again_continues_from_its_job(env):
+    """Downloaded and attached to /extend: the video's metadata names its job, so the owner's /extend continues
+    from the kept latents (exactly); someone in another chat (their DM) may not extend that job, so their copy is
+    extended from its frames, with the job's prompt as the default."""
+    fake, store = env.fake, env.store
+    await env.restart_bot(discord_guild_ids="")  # global commands, so that /extend works in a DM too
+    env.start_worker()
+    await env.animate(prompt="a cat waves", variant="f1", seconds=1.2, seed=77)
+    delivered = (await fake.wait_for(lambda: _video_message(fake, 1), 120)).attachments[0]["data"]
+    await _delivered(store, 1, fake)
+    await env.stop_worker()  # the extensions are only queued here
+
+    mine = await _extend(env, video=fake.upload("cat.mp4", delivered, "video/mp4"), seconds=1.2)
+    await fake.wait_for(lambda: (m := mine.original()) and "Job 2" in m.content)
+    job = await store.get(2)
+    assert job.extends == Extends(1, None) and (job.prompt, job.params.seed) == ("a cat waves", 77)
+    assert not store.files.source_video_path(2).exists()  # nothing re-encoded: the kept latents are the source
+
+    dm = fake.dm_channel_id(STRANGER)
+    theirs = await fake.slash_command("extend", STRANGER, {"seconds": 1.2}, guild=False, attachments={
+        "video": fake.upload("cat.mp4", delivered, "video/mp4", channel_id=dm)})
+    await theirs.wait_response()
+    await fake.wait_for(lambda: (m := theirs.original()) and "Job 3" in m.content)
+    job = await store.get(3)
+    assert job.extends == Extends(None, "cat.mp4") and job.prompt == "a cat waves" and job.chat_id == str(dm)
+    assert store.files.source_video_path(3).read_bytes() == delivered
