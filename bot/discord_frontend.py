@@ -40,7 +40,7 @@ from bot.downloads import download_capped
 from bot.loras import chosen_loras, lora_listing, lora_slots, warm_hashes
 from bot.options import Request, job_params, new_seed, parse_caption
 from bot.video_info import NO_VIDEO, is_video_name, video_info
-from bot.watcher import Frontend, Undeliverable, Watcher
+from bot.watcher import STOP_GRACE_SECONDS, Frontend, Undeliverable, Watcher
 from storage.files import JobFiles
 from storage.inputs import InputError
 from storage.jobs import Enqueued, GuidePictures, Job, JobLora, JobParams, JobPictures, JobState, NewJob
@@ -147,6 +147,9 @@ class DiscordBot:
             watching = asyncio.create_task(self._watch(stop))
             try:
                 await asyncio.wait({connection, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if stop.is_set() and self.ready.is_set():  # the watcher ends after the delivery it is in
+                    await asyncio.wait({watching, connection}, timeout=STOP_GRACE_SECONDS,
+                                       return_when=asyncio.FIRST_COMPLETED)
             finally:
                 for task in (stopping, watching):
                     task.cancel()

@@ -26,6 +26,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from bot.watcher import STOP_GRACE_SECONDS
 from storage.files import JobFiles
 from storage.retention import remove_expired
 from storage.settings import Settings
@@ -214,7 +215,10 @@ async def serve(settings: Settings, role: str = "serve") -> int:
     await stop.wait()
     log.info("shutting down: workers finish their current step and save")
     await asyncio.gather(*(w.stop() for w in workers))
-    for task in tasks:
+    # The frontends end after the delivery each is in: cancelled mid-way, a posted video not yet marked would
+    # be posted again by another process.
+    _, unfinished = await asyncio.wait(tasks, timeout=STOP_GRACE_SECONDS) if tasks else (set(), set())
+    for task in unfinished:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     await store.close()

@@ -58,6 +58,12 @@ def _reason(error: Exception) -> str:
     return text.splitlines()[0][:300]
 
 
+# How long a stopping frontend lets the delivery it is in finish (an upload of a video up to the chat's limit).
+# Cut short between the post and its mark, the delivery claim holds the job for a minute and another process
+# then posts the video a second time.
+STOP_GRACE_SECONDS = 60.0
+
+
 def process_name() -> str:
     """This frontend process among all those of the bot (several hosts, restarts): whose delivery claims are whose."""
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"

@@ -120,14 +120,7 @@ class Frontend:
         await self.store.close()
 
 
-# DiscordBot.run cancels its watcher when `stop` is set, instead of letting the current delivery finish as the
-# Telegram frontend does: a video posted but not yet marked delivered keeps the stopped process's claim for
-# DELIVERY_CLAIM_SECONDS and is then posted a second time. Not strict: a cancel that lands after the mark passes.
-DISCORD_STOP_BUG = pytest.mark.xfail(reason="DiscordBot.run cancels an unfinished delivery on stop", strict=False)
-
-
-@pytest.mark.parametrize("platform", [Telegram, pytest.param(Discord, marks=DISCORD_STOP_BUG)],
-                         ids=["telegram", "discord"])
+@pytest.mark.parametrize("platform", [Telegram, Discord], ids=["telegram", "discord"])
 async def test_two_frontends_post_every_video_exactly_once_across_a_restart(tmp_path, tiny_models_dir, database_url,
                                                                             platform):
     chat = platform()
