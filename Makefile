@@ -26,15 +26,21 @@ run: $(VENV)/.runtime
 
 # The second pass runs the chat end-to-end tests again on PostgreSQL and S3 (a server from the pgserver wheel, moto's
 # S3 server; tests/conftest.py), each worker a separate `python -m engine.worker` process with an empty data folder
-# of its own (tests/worker_processes.py), the frontends in the test. test_worker.py and test_lora_jobs.py (in-process
-# workers; they pass that way too) are left to the first pass for time: 2 cores.
+# of its own (tests/worker_processes.py), the frontends in the test; and the worker's own tests (test_worker.py,
+# test_lora_jobs.py: resume, cancel, several worker processes, LoRA jobs) on the same servers.
 E2E_ON_POSTGRES_S3 := tests/test_telegram.py tests/test_discord.py tests/test_telegram_extend.py \
-	tests/test_discord_extend.py
+	tests/test_discord_extend.py tests/test_worker.py tests/test_lora_jobs.py
+
+# Two test processes (pytest-xdist), each test file whole in one of them (its module fixtures built once): the
+# suite waits on subprocesses, servers and sockets as much as it computes, so two run in about 15 minutes on two
+# cores what one runs in 20. TEST_PROCESSES=0 runs in this process.
+TEST_PROCESSES ?= 2
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_PROCESSES) --dist loadfile
 
 test: $(VENV)/.dev
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
-	FRAMEPACK_TEST_BACKEND=postgres-s3 $(BIN)/python -m pytest -q $(E2E_ON_POSTGRES_S3)
+	$(PYTEST)
+	FRAMEPACK_TEST_BACKEND=postgres-s3 $(PYTEST) $(E2E_ON_POSTGRES_S3)
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
