@@ -142,7 +142,8 @@ async def test_a_broken_job_fails_and_the_worker_takes_the_next(stores, tmp_path
     assert (await store.get(good)).state is JobState.DONE
 
 
-async def test_kill_9_mid_job_then_recovery_gives_the_uninterrupted_video(stores, tmp_path, tiny_models_dir):
+async def test_kill_9_mid_job_then_recovery_gives_the_uninterrupted_video(stores, tmp_path, tiny_models_dir,
+                                                                         backend_under_test):
     settings = worker_settings(tmp_path, tiny_models_dir)
     store = await stores(settings)
     params = JobParams(seconds=4.8, seed=21, resolution=64, steps=4)
@@ -166,7 +167,10 @@ async def test_kill_9_mid_job_then_recovery_gives_the_uninterrupted_video(stores
 
     job = await _run_until_finished(settings, store, job_id, "rescuer", log)
     assert job.state is JobState.DONE and job.worker == "rescuer" and job.attempts == 2, log.read_text()[-3000:]
-    assert "resuming at section 3" in log.read_text()
+    # With a bucket, the bucket's checkpoint wins, and section 2's is uploaded after its files: a kill before that
+    # upload resumes at section 2 (as in test_two_hosts); the video is the same either way.
+    sections = (3,) if backend_under_test == "sqlite" else (2, 3)
+    assert any(f"resuming at section {n}" in log.read_text() for n in sections), log.read_text()[-3000:]
     reference = reference_video(tiny_models_dir, tmp_path, params, "a dog runs")
     assert np.array_equal(video_frames(Path(job.video)), reference)
 
