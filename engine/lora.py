@@ -72,17 +72,16 @@ def gpu_reserve_bytes(lora_dir: Path | None) -> int:
     """The GPU memory a job's LoRAs may need, for the memory plan to leave free: the MAX_LORAS largest files
     in the folder as bf16 pairs on the GPU (unfused, the default), and their workspace; 0 with no LoRA.
     Read from the files' headers: nothing is loaded. A larger file added later needs a worker restart."""
-    from safetensors import safe_open
+    from engine.memory_plan import file_tensor_bytes
 
     sizes = []
     for path in list_loras(lora_dir) if lora_dir else []:
         try:
-            with safe_open(str(path), "pt") as weights:
-                sizes.append(sum(math.prod(weights.get_slice(key).get_shape()) for key in weights.keys()))  # noqa: SIM118
+            sizes.append(sum(file_tensor_bytes(path, itemsize=2).values()))  # bf16 on the GPU
         except Exception:  # noqa: BLE001 (a file that does not read is refused at its check, not here)
             continue
     largest = sorted(sizes, reverse=True)[:MAX_LORAS]
-    return 2 * sum(largest) + LORA_WORKSPACE if largest else 0
+    return sum(largest) + LORA_WORKSPACE if largest else 0
 
 
 def resolve_lora(spec: str, lora_dir: Path) -> LoraChoice:

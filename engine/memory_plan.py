@@ -248,18 +248,26 @@ def _tensor_bytes(folder, itemsize: int) -> dict[str, int]:
     (read from the files' headers: nothing is loaded)."""
     from pathlib import Path
 
+    found = {}
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        found.update(file_tensor_bytes(path, itemsize))
+    return found
+
+
+def file_tensor_bytes(path, itemsize: int) -> dict[str, int]:
+    """Bytes of every tensor in one safetensors file, as loaded at `itemsize` bytes per float (from its
+    header)."""
     from safetensors import safe_open
 
     found = {}
-    for path in sorted(Path(folder).glob("*.safetensors")):
-        with safe_open(str(path), "pt") as weights:
-            for key in weights.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                part = weights.get_slice(key)
-                count = 1
-                for dim in part.get_shape():
-                    count *= dim
-                stored = _ITEMSIZE.get(part.get_dtype(), 2)
-                found[key] = count * (itemsize if part.get_dtype().startswith(("F", "BF")) else stored)
+    with safe_open(str(path), "pt") as weights:
+        for key in weights.keys():  # noqa: SIM118 (safe_open is not a mapping)
+            part = weights.get_slice(key)
+            count = 1
+            for dim in part.get_shape():
+                count *= dim
+            stored = _ITEMSIZE.get(part.get_dtype(), 2)
+            found[key] = count * (itemsize if part.get_dtype().startswith(("F", "BF")) else stored)
     return found
 
 
