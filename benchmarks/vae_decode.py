@@ -2,10 +2,14 @@
 eager and compiled, with the time, the peak memory above the weights, and the PSNR against today's decodes.
 
     python -m benchmarks.vae_decode --out results.jsonl [--tiles 256,320,384,512] [--compiled 256,384]
+        [--ways copy_pad,batched,both,static] [--profile FILE]
 
 The window is the 18 latent frames the demos decode after a section, at 640x608 (76x80 latents). "untiled" is
 diffusers' default decode (frame-wise, in temporal tiles of 16 frames); a tile size T decodes spatial tiles of
-T px every T - 64 px, diffusers' default overlap (256 every 192 is its default tiling).
+T px every T - 64 px, diffusers' default overlap (256 every 192 is its default tiling). `--ways` times the
+untiled decode done the ways of engine/fast_decode.py (same tiles, same pixels up to rounding), "static" with
+the decoder compiled for fixed shapes (the first call, the compile, timed apart); `--profile` writes the
+eager untiled decode's top kernels by GPU time.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKLHunyuanVideo
 
+from engine.fast_decode import batched_temporal_decode, copy_padding
 from engine.speed import compile_vae_decoder
 from engine.stitch import vae_decode
 
@@ -32,19 +37,36 @@ def set_tiles(vae, tile: int | None) -> None:
                           tile_sample_stride_height=tile - OVERLAP, tile_sample_stride_width=tile - OVERLAP)
 
 
-def timed(vae, latents, tile: int | None, repeats: int) -> tuple[torch.Tensor, list[float], float]:
+def batched_decode(latents: torch.Tensor, vae) -> torch.Tensor:
+    z = latents.float().cuda() / vae.config.scaling_factor
+    return batched_temporal_decode(vae, z.to(vae.dtype))[0].to(torch.float16).cpu()
+
+
+def timed(vae, latents, tile: int | None, repeats: int, decode=vae_decode) -> tuple[torch.Tensor, list[float], float]:
     set_tiles(vae, tile)
-    vae_decode(latents, vae)  # the first call pays for cuDNN's (or Inductor's) choices
+    start = time.perf_counter()
+    decode(latents, vae)  # the first call pays for cuDNN's (or Inductor's) choices
     torch.cuda.synchronize()
+    first_call = time.perf_counter() - start
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        pixels = vae_decode(latents, vae)
+        pixels = decode(latents, vae)
         torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    return pixels, times, (torch.cuda.max_memory_allocated() - base) / 2**30
+    return pixels, [first_call, *times], (torch.cuda.max_memory_allocated() - base) / 2**30
+
+
+def profile(vae, latents, path: Path) -> None:
+    set_tiles(vae, None)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        vae_decode(latents, vae)
+        torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=90)
+    path.write_text(table)
+    print(table, flush=True)
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -60,6 +82,8 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=18)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--latent-size", default="76x80", help="latent height x width (640x608 px: 76x80)")
+    parser.add_argument("--ways", default="", help="copy_pad, batched, both, static (run in this order, untiled)")
+    parser.add_argument("--profile", type=Path, default=None, help="write the eager untiled decode's top kernels")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -69,11 +93,12 @@ def main() -> None:
     latents = latents * vae.config.scaling_factor
     reference: dict[str, torch.Tensor] = {}
 
-    def record(kind: str, tile: int | None) -> None:
-        pixels, times, peak = timed(vae, latents, tile, args.repeats)
+    def record(kind: str, tile: int | None, decode=vae_decode) -> None:
+        pixels, (first_call, *times), peak = timed(vae, latents, tile, args.repeats, decode)
         name = "untiled" if tile is None else f"tiles {tile}/{tile - OVERLAP}"
         reference.setdefault(f"{kind} {name}", pixels)
         row = {"bench": "vae_decode", "kind": kind, "decode": name, "latent_frames": args.frames,
+               "first_call_s": round(first_call, 2),
                "seconds": [round(t, 3) for t in times], "best_s": round(min(times), 3),
                "peak_above_weights_gib": round(peak, 2),
                "psnr_vs_eager_untiled_db": round(psnr(pixels, reference["eager untiled"]), 2),
@@ -86,6 +111,21 @@ def main() -> None:
 
     with torch.inference_mode():
         record("eager", None)
+        if args.profile is not None:
+            profile(vae, latents, args.profile)
+        ways = [way for way in args.ways.split(",") if way]
+        if "batched" in ways:
+            record("batched tiles", None, batched_decode)
+        if "copy_pad" in ways or "both" in ways:
+            copy_padding(vae)
+            record("copy padding", None)
+            if "both" in ways:
+                record("copy padding, batched tiles", None, batched_decode)
+        if "static" in ways:
+            vae.decoder.forward = torch.compile(vae.decoder.forward, dynamic=False)
+            record("compiled static", None)
+            record("compiled static, batched tiles", None, batched_decode)
+            return
         for tile in (int(t) for t in args.tiles.split(",") if t):
             record("eager", tile)
         compile_vae_decoder(vae)
