@@ -28,6 +28,7 @@ class EngineOptions:
     memory_mode: str = "auto"  # auto (the planner) | high | low
     compile: bool = True  # regional torch.compile of the blocks (CUDA only)
     compile_vae: bool = False  # and of the VAE's decoder, with `compile` (ENGINE_COMPILE_VAE: see settings)
+    fast_decode: bool = True  # the eager decoder's work regrouped (engine/fast_decode.py; ENGINE_FAST_DECODE)
     attention: str = "auto"  # auto | sdpa | cudnn | flash | efficient
     fp8: bool = False  # FP8 linears in the blocks: faster on Hopper/Ada, half the memory anywhere; results change
     fp8_storage_only: bool = False  # FP8 weights, bf16 products even where FP8 tensor cores exist (benchmarks)
@@ -43,6 +44,7 @@ class EngineOptions:
             memory_mode=settings.engine_memory_mode,
             compile=settings.engine_compile,
             compile_vae=settings.engine_compile_vae,
+            fast_decode=settings.engine_fast_decode,
             attention=settings.engine_attention,
             fp8=settings.engine_fp8,
             stream_slots=settings.engine_stream_slots,
@@ -151,6 +153,11 @@ def prepare_encoders(encoders, device: torch.device, options: EngineOptions, pla
         from engine.speed import compile_vae_decoder
 
         compile_vae_decoder(encoders.vae)
+    elif options.fast_decode:
+        from engine.fast_decode import speed_up_decoder
+
+        if not speed_up_decoder(encoders.vae):
+            log.warning("the VAE's decoder is not the one engine/fast_decode.py knows: decoding as diffusers does")
     llama = encoders.text_encoder
     if plan.llama == "gpu":
         llama.to(device)

@@ -3,10 +3,10 @@
 A worker's first job used to wait about 50 s longer than the next (README "Speed and memory"): the weights
 loading, the blocks compiling, cuBLAS and cuDNN picking their kernels. Warming up does all of it on
 throw-away renders of one step a section at two resolution buckets of different shapes (the second makes the
-compiled graphs take any bucket and prompt length without compiling again), before the first claim. The
-first render has as many sections as it takes to decode every window length a job decodes (the compiled VAE
-decoder compiles again for each new one: 150 s of an H200 job's decodes when the warm-up rendered one
-section), the second one section (the single-section window).
+compiled graphs take any bucket and prompt length without compiling again), before the first claim. With
+ENGINE_COMPILE_VAE the first render has as many sections as it takes to decode every window length a job
+decodes (the compiled decoder compiles again for each new one: 150 s of an H200 job's decodes when the
+warm-up rendered one section); the eager decoder needs one section a bucket.
 
 Torch's compile cache lives on disk (ENGINE_COMPILE_CACHE_DIR), so a restart on the same machine reloads the
 compiled kernels instead of compiling them; the log says whether it did.
@@ -61,12 +61,15 @@ def _cache_counts() -> tuple[int, int]:
     return inductor["fxgraph_cache_hit"], inductor["fxgraph_cache_miss"]
 
 
-def warm_up_sections(variant) -> int:
-    """Sections whose decodes cover every window length after the first: the original variant decodes one
-    window first, two in the middle and two plus the start latent last; F1 one plus the start, then two."""
+def warm_up_sections(models) -> int:
+    """Sections of the first warm-up render. A compiled decoder compiles again for each window length, so
+    its render decodes them all: the original variant decodes one window first, two in the middle and two
+    plus the start latent last; F1 one plus the start, then two. An eager decoder needs one section."""
     from engine.sections import Variant
 
-    return 3 if variant is Variant.ORIGINAL else 2
+    if not getattr(models.encoders.vae.decoder, "_framepack_compiled", False):
+        return 1
+    return 3 if models.variant is Variant.ORIGINAL else 2
 
 
 def _seconds_for(sections: int) -> float:
@@ -97,7 +100,7 @@ def warm_up(models, resolution: int, work_dir: Path, buckets=WARM_UP_BUCKETS, sh
             bucket_h, bucket_w = nearest_bucket(height, width, served)  # the served bucket of that shape
             gray = np.full((bucket_h, bucket_w, 3), 127, dtype=np.uint8)
             request = RenderRequest(prompt=WARM_UP_PROMPTS[index % len(WARM_UP_PROMPTS)],
-                                    seconds=_seconds_for(warm_up_sections(models.variant) if index == 0 else 1),
+                                    seconds=_seconds_for(warm_up_sections(models) if index == 0 else 1),
                                     variant=models.variant, steps=1, resolution=resolution, seed=index)
             render(uncached, Image.fromarray(gray), request, work_dir / f"bucket-{index}",
                    work_dir / f"bucket-{index}.mp4", should_cancel=should_cancel)

@@ -152,7 +152,9 @@ def test_streamed_llama_encodes_the_same_prompt(original_models, tiny_models_dir
 def test_low_vram_render_is_the_same_video(original_models, tiny_models_dir, tmp_path):
     request = RenderRequest(prompt="a cat dances", seconds=2.4, steps=3, resolution=64, variant="original")
     high = render(original_models, make_picture(), request, tmp_path / "hw", tmp_path / "high.mp4")
-    low_models = load_models("original", "cpu", tiny_models_dir, options=EngineOptions(memory_mode="low"))
+    # The fixture decodes as diffusers does; engine/fast_decode.py's decode has its own test.
+    low_models = load_models("original", "cpu", tiny_models_dir,
+                             options=EngineOptions(memory_mode="low", fast_decode=False))
     phases = []
     placement = low_models.placement
     original_transformer = placement.transformer
@@ -280,7 +282,8 @@ def test_every_plan_renders_the_same_video(original_models, tiny_models_dir, tmp
         full = dataclasses.replace(full, resident_blocks=resident)
     monkeypatch.setattr(engine.models, "checkpoint_sizes", lambda *a, **k: FULL_SIZE)
     monkeypatch.setattr(engine.engine_options, "plan_memory", lambda *a, **k: full)
-    options = EngineOptions(vram_gb=vram, ram_gb=ram, cache_dir=tmp_path / "cache")
+    # fast_decode off: the reference decodes as diffusers does (tests/test_fast_decode.py covers the other)
+    options = EngineOptions(vram_gb=vram, ram_gb=ram, cache_dir=tmp_path / "cache", fast_decode=False)
     planned = load_models("original", "cpu", tiny_models_dir, options=options)
     assert planned.plan == full and full.modulation
     assert isinstance(planned.placement, Offloaded)

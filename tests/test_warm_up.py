@@ -119,9 +119,11 @@ async def test_a_stop_during_the_warm_up_claims_nothing(stores, tmp_path, tiny_m
     assert (await store.get(job_id)).state is JobState.QUEUED and not worker.warmed
 
 
+@pytest.mark.parametrize("compiled", [True, False])
 @pytest.mark.parametrize("variant", ["original", "f1"])
-def test_the_warm_up_decodes_every_window_length_a_job_decodes(variant, request, tmp_path, monkeypatch):
-    """A compiled decoder compiles again for each new window length, so the warm-up must meet them all."""
+def test_the_warm_up_decodes_every_window_length_a_job_decodes(variant, compiled, request, tmp_path, monkeypatch):
+    """A compiled decoder compiles again for each new window length, so the warm-up must meet them all;
+    an eager one (the default) is warmed by one section a bucket."""
     import torch
 
     import engine.render
@@ -130,11 +132,12 @@ def test_the_warm_up_decodes_every_window_length_a_job_decodes(variant, request,
     from engine.warmup import warm_up
 
     models = request.getfixturevalue(f"{variant}_models")
-    decoded = set()
+    monkeypatch.setattr(models.encoders.vae.decoder, "_framepack_compiled", compiled, raising=False)
+    decoded = []
     real_decode = engine.render.vae_decode
 
     def counting_decode(latents, vae):
-        decoded.add(latents.shape[2])
+        decoded.append(latents.shape[2])
         return real_decode(latents, vae)
 
     monkeypatch.setattr(engine.render, "vae_decode", counting_decode)
@@ -142,4 +145,7 @@ def test_the_warm_up_decodes_every_window_length_a_job_decodes(variant, request,
     history = torch.zeros(1, 16, 100, 1, 1)
     in_jobs = {chunk_latents(Variant.parse(variant), history, section, sections, 9).shape[2]
                for sections in range(1, 8) for section in range(sections)}
-    assert decoded == in_jobs
+    if compiled:
+        assert set(decoded) == in_jobs
+    else:  # one single-section render at each of the two buckets
+        assert decoded == [chunk_latents(Variant.parse(variant), history, 0, 1, 9).shape[2]] * 2
