@@ -17,7 +17,16 @@ import torch
 from torch import nn
 
 from engine.memory_modes import Offloaded, Placement, available_ram_bytes, free_device_bytes
-from engine.memory_plan import GB, NAMED_PLANS, Budget, MemoryPlan, ModelSizes, high_plan, plan_memory
+from engine.memory_plan import (
+    GB,
+    NAMED_PLANS,
+    TILE_OVERLAP,
+    Budget,
+    MemoryPlan,
+    ModelSizes,
+    high_plan,
+    plan_memory,
+)
 from engine.offload import BlockStreamer
 
 log = logging.getLogger(__name__)
@@ -148,7 +157,10 @@ def prepare_encoders(encoders, device: torch.device, options: EngineOptions, pla
     for module in small:
         module.to(device if plan.encoders_on_gpu else "cpu")
     if plan.vae_tiled:
-        encoders.vae.enable_tiling()
+        tile = plan.vae_tile
+        encoders.vae.enable_tiling(tile_sample_min_height=tile, tile_sample_min_width=tile,
+                                   tile_sample_stride_height=tile - TILE_OVERLAP,
+                                   tile_sample_stride_width=tile - TILE_OVERLAP)
     if options.compile and options.compile_vae and device.type == "cuda":
         from engine.speed import compile_vae_decoder
 

@@ -34,6 +34,13 @@ TEXT_WORKSPACE = int(1.0 * GB)
 # VAE's 0.46 GiB of weights included (2026-12-03_memory_plans_loaded_h200_b.jsonl).
 VAE_UNTILED_DECODE = int(21.5 * GB)
 VAE_TILED_DECODE = int(3.8 * GB)
+# Tiles of 384 px every 320 (diffusers' 64 px overlap) where the room is there: a section's decode took 2.68 s
+# against 4.19 s in the default 256 px tiles with the fast decoder on an H200 (4.37 / 6.28 s eager), for 4.4 GiB
+# more (benchmarks/results/2026-12-03_vae_decode_fast_h200.jsonl, eager's 8.12 - 3.73 GiB), and its pixels are
+# nearer the untiled decode's (35.4 dB against 30.5 dB, random weights).
+DEFAULT_TILE, WIDE_TILE = 256, 384
+VAE_WIDE_TILED_DECODE = VAE_TILED_DECODE + int(4.4 * GB)
+TILE_OVERLAP = 64  # px, diffusers' default (256 every 192)
 # What torch's caching allocator holds beyond the live tensors (a 48 GiB budget with a 45 GiB estimate ran
 # out of memory in the same run): every GPU estimate leaves this much.
 FRAGMENTATION = int(1.5 * GB)
@@ -106,6 +113,7 @@ class MemoryPlan:
     gpu_bytes: int  # the expected peak on the GPU
     private_bytes: int  # the expected private host memory (pinned copies included)
     modulation: str = ""  # the AdaLN linears kept off the GPU: "pinned" | "mapped" | "" (in their blocks)
+    vae_tile: int = DEFAULT_TILE  # px, where vae_tiled
 
     @property
     def streams_blocks(self) -> bool:
@@ -118,8 +126,9 @@ class MemoryPlan:
                   + (f", {streamed / GB:.1f} GB streamed from {self.blocks_from} memory" if streamed else "")
                   + (f", AdaLN modulation from {self.modulation} RAM once per section" if self.modulation else ""))
         encoders = "on the GPU" if self.encoders_on_gpu else "visiting"
+        vae = f"tiled ({self.vae_tile} px)" if self.vae_tiled else "untiled"
         return (f"memory plan {self.name}: {blocks}; Llama {self.llama}; CLIP/SigLIP/VAE {encoders}; "
-                f"VAE {'tiled' if self.vae_tiled else 'untiled'}; expected peak {self.gpu_bytes / GB:.1f} GB GPU, "
+                f"VAE {vae}; expected peak {self.gpu_bytes / GB:.1f} GB GPU, "
                 f"{self.private_bytes / GB:.1f} GB private RAM")
 
 
@@ -204,7 +213,12 @@ def plan_memory(budget: Budget, sizes: ModelSizes = FULL_SIZE) -> MemoryPlan:
     phases = max(sampling, vae + (VAE_TILED_DECODE if vae_tiled else VAE_UNTILED_DECODE), TEXT_WORKSPACE)
     # Llama stays on the GPU only where it fits beside everything else in every phase.
     llama_on_gpu = held + sizes.llama + phases <= room
-    gpu = CUDA_CONTEXT + held + phases + (sizes.llama if llama_on_gpu else 0)
+    llama_held = sizes.llama if llama_on_gpu else 0
+    # Wider tiles only in room nothing else was given: never a block streamed or Llama moved for them.
+    vae_tile = DEFAULT_TILE
+    if vae_tiled and held + llama_held + vae + VAE_WIDE_TILED_DECODE <= room:
+        vae_tile, phases = WIDE_TILE, max(phases, vae + VAE_WIDE_TILED_DECODE)
+    gpu = CUDA_CONTEXT + held + phases + llama_held
     # Host: pinned copies of what streams while the RAM lasts (blocks first); the rest from the page cache.
     private = PROCESS_PRIVATE + (0 if encoders_on_gpu else sizes.small_encoders)
     streamed = sum(blocks[resident:])
@@ -225,7 +239,8 @@ def plan_memory(budget: Budget, sizes: ModelSizes = FULL_SIZE) -> MemoryPlan:
     else:
         llama, private = "mapped", private + STREAM_SLOTS * sizes.llama // LLAMA_LAYERS  # pinned staging
     name = "planned" if gpu + FRAGMENTATION <= budget.vram else "planned, over its GPU budget"
-    return MemoryPlan(name, resident, blocks_from, llama, encoders_on_gpu, vae_tiled, gpu, private, modulation)
+    return MemoryPlan(name, resident, blocks_from, llama, encoders_on_gpu, vae_tiled, gpu, private, modulation,
+                      vae_tile)
 
 
 def load_peak(plan: MemoryPlan, sizes: ModelSizes) -> int:

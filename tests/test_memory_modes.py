@@ -3,6 +3,7 @@ streaming (resident blocks, pinned or mapped sources), placement per phase; the 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -54,6 +55,39 @@ def test_the_plan_for_each_budget(budget):
     if plan.name == "planned":  # private memory within the budget, with room left for the OS
         assert plan.private_bytes <= ram * GB - 4 * GB
     assert f"memory plan {plan.name}" in plan.describe(FULL_SIZE)
+
+
+def test_wider_vae_tiles_only_in_room_nothing_else_wanted():
+    """384 px tiles (a faster decode) where the plan has the room after placing everything else; 256 px
+    (diffusers' default, the official low-VRAM mode's) wherever they would cost a block or Llama's place."""
+    roomy = plan_memory(Budget(40 * GB, 64 * GB))
+    assert roomy.vae_tiled and roomy.vae_tile == 384 and roomy.resident_blocks == 60
+    assert roomy.gpu_bytes <= 40 * GB and "tiled (384 px)" in roomy.describe(FULL_SIZE)
+    for budget in PLANS:
+        plan = plan_memory(Budget(budget[0] * GB, budget[1] * GB))
+        assert plan.vae_tile == 256  # the table's budgets have no such room
+    assert low_plan(FULL_SIZE).vae_tile == 256
+
+
+def test_the_engine_tiles_the_vae_as_the_plan_says():
+    import copy
+
+    from diffusers import AutoencoderKLHunyuanVideo
+
+    from engine.engine_options import prepare_encoders
+    from engine.models import Encoders
+
+    vae = AutoencoderKLHunyuanVideo(block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4,
+                                    down_block_types=("HunyuanVideoDownBlock3D",) * 4,
+                                    up_block_types=("HunyuanVideoUpBlock3D",) * 4)
+    for tile in (256, 384):
+        plan = dataclasses.replace(plan_memory(Budget(40 * GB, 64 * GB)), vae_tile=tile, llama="gpu")
+        encoders = Encoders(None, torch.nn.Linear(1, 1), None, torch.nn.Linear(1, 1), None, torch.nn.Linear(1, 1),
+                            copy.deepcopy(vae))
+        prepare_encoders(encoders, torch.device("cpu"), EngineOptions(compile=False), plan)
+        tiled = encoders.vae
+        assert tiled.use_tiling and tiled.tile_sample_min_height == tiled.tile_sample_min_width == tile
+        assert tiled.tile_sample_stride_height == tiled.tile_sample_stride_width == tile - 64
 
 
 def test_the_targets_private_memory():
@@ -270,7 +304,6 @@ def test_every_plan_renders_the_same_video(original_models, tiny_models_dir, tmp
     """Each budget's placement on the tiny models (their sizes scaled up to the full stack's) gives the
     video of the all-in-memory run, bit for bit: blocks resident or streamed, the AdaLN modulation worked
     out per section."""
-    import dataclasses
 
     import engine.engine_options
     import engine.models
