@@ -35,6 +35,7 @@ from PIL import Image
 from engine import continuation, direction
 from engine import sections as sec
 from engine.direction import Guides, SectionPrompt
+from engine.gpu_turn import GpuTurn
 from engine.image_input import prepare_image, resize_and_center_crop, scaled_buckets
 from engine.lora import LoraChoice, choices_problem, use_loras
 from engine.models import FramePackModels
@@ -309,6 +310,7 @@ class Callbacks:
     on_section: Callable[[SectionEvent], None] | None = None
     should_cancel: Callable[[], bool] | None = None
     should_pause: Callable[[], bool] | None = None
+    gpu_turn: GpuTurn | None = None  # given up after the last decode (engine/gpu_turn.py)
 
 
 def render(
@@ -323,13 +325,14 @@ def render(
     should_pause: Callable[[], bool] | None = None,
     end_image: Image.Image | None = None,
     keyframes: Sequence[tuple[float, Image.Image]] = (),
+    gpu_turn: GpuTurn | None = None,
 ) -> RenderResult:
     """Render `request` into `out_path`; resumable through `work_dir`.
 
     `end_image` is the last frame to head for and `keyframes` (seconds, picture) pairs to pass through,
     both for the original variant. Raises Cancelled when `should_cancel` turns true (within one step), and
     Paused when `should_pause` does, after saving the step it stopped at, so that the next run continues
-    from that very step.
+    from that very step. `gpu_turn`, held by the caller, is released once the last section is decoded.
     """
     # 1. Check the inputs, crop the pictures and put the request's LoRAs on the transformer in place of the last
     #    job's: a request that cannot run creates nothing.
@@ -343,7 +346,7 @@ def render(
     job = _prepare_job(models, request, start, guides, Path(work_dir))
 
     # 3. The section loop, from the last checkpoint of this very request (its segments checked).
-    loop = _SectionLoop(job, Callbacks(on_step, on_section, should_cancel, should_pause))
+    loop = _SectionLoop(job, Callbacks(on_step, on_section, should_cancel, should_pause, gpu_turn))
     loop.run()
 
     # 4. The finished segments, joined into one MP4 of the frames the request asks for.
@@ -441,6 +444,7 @@ class _SectionLoop:
             redo = _first_section_to_redo(job.work_dir, self.segments, self.request, complete=True)
             if redo is None:
                 return
+            self._take_gpu_back()
             self.done, self.sampler = _rewind(job.models, self.request, job.conditioning, job.saved_sections, redo,
                                               self.segments)
             self.partial, self.frames_done = None, sum(self.segments.values())
@@ -458,11 +462,21 @@ class _SectionLoop:
             for index in range(first, sections):
                 self._check_stop(output)
                 self._section(index, stitcher, output)
+            if self.callbacks.gpu_turn is not None:  # the rest is the output thread's: the next job may start
+                self.callbacks.gpu_turn.release()
             output.drain()
         except BaseException:
             output.close(quiet=True)  # the first error is the one to report
             raise
         output.close()
+
+    def _take_gpu_back(self) -> None:
+        """Before rendering again after the turn was given up: wait for it, and put this job's LoRAs back
+        (the job that had the GPU meanwhile may have put on others)."""
+        turn = self.callbacks.gpu_turn
+        if turn is not None and not turn.held:
+            turn.take_back()
+            use_loras(self.job.models.transformer, self.request.loras, self.job.models.device)
 
     def _check_stop(self, output: _OutputStage) -> None:
         callbacks = self.callbacks

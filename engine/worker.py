@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import contextlib
 import errno
+import functools
 import gc
 import logging
 import os
@@ -29,6 +30,7 @@ import threading
 import time
 from pathlib import Path
 
+from engine.gpu_turn import GpuTurn
 from storage.eta import CFG_FACTOR
 from storage.files import JobFiles, nearest_existing
 from storage.jobs import Job, Progress
@@ -165,6 +167,8 @@ class Worker:
         self.checked_at = -float("inf")  # when the device and the weights were last found in place
         self.warmed = not settings.engine_warm_up  # warmed up: compiled and tuned, ready for the first claim
         self.finishing: set[asyncio.Task] = set()  # rendered jobs getting their upload copies, off the GPU's path
+        self.gpu = threading.Lock()  # held by the job doing GPU work (engine/gpu_turn.py)
+        self.past_the_gpu: set[asyncio.Future] = set()  # renders writing their last output, the GPU given up
         self.described: tuple | None = None  # (host, GPU, plan) last told to the store
         from engine.warmup import use_compile_cache
 
@@ -371,11 +375,49 @@ class Worker:
             video = self.files.video_path(job.id)
             render(models, image, request, self.files.work_dir(job.id), video, on_step=on_step,
                    on_section=on_section, should_cancel=run.cancel.is_set, should_pause=self.stopping.is_set,
-                   end_image=end_image, keyframes=keyframes)
+                   end_image=end_image, keyframes=keyframes, gpu_turn=turn)
             return video, made_with(request, end_picture=end_image is not None, keyframes=job.guides.keyframes,
                                     job_id=job.id, platform=job.platform)
 
-        rendering = loop.run_in_executor(None, work)
+        await self._models_free_for(p.variant)
+        gpu_free = asyncio.Event()
+        turn = GpuTurn(self.gpu, on_release=lambda: loop.call_soon_threadsafe(gpu_free.set))
+
+        def work_in_turn():
+            with turn:
+                return work()
+
+        rendering = loop.run_in_executor(None, work_in_turn)
+        seeing = asyncio.ensure_future(self._see_through(job, run, rendering))
+        freed = asyncio.ensure_future(gpu_free.wait())
+        await asyncio.wait([seeing, freed], return_when=asyncio.FIRST_COMPLETED)
+        freed.cancel()
+        if seeing.done():
+            return seeing.result()
+        # The last section's segment, the join and the copies go on while the next job renders.
+        for pending, kept in ((seeing, self.finishing), (rendering, self.past_the_gpu)):
+            kept.add(pending)
+            pending.add_done_callback(kept.discard)
+        seeing.add_done_callback(functools.partial(self._log_crash, job.id))
+        return True
+
+    def _log_crash(self, job_id: int, task: asyncio.Task) -> None:
+        """What would have ended the claim loop, had the job not gone on beside the next one."""
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s: finishing job %d failed", self.name, job_id, exc_info=task.exception())
+
+    async def _models_free_for(self, variant) -> None:
+        """A job of the other variant swaps the transformer: first let the renders still writing their
+        output drop theirs (one 13B transformer in memory at a time)."""
+        from engine.sections import Variant
+
+        loaded = self.models.transformers
+        if loaded and Variant.parse(variant) not in loaded and self.past_the_gpu:
+            await asyncio.wait(list(self.past_the_gpu))
+
+    async def _see_through(self, job: Job, run: JobRun, rendering: asyncio.Future) -> bool:
+        """The render's end (the lease kept until then) and what follows it: completion, upload copies, or
+        the job put where it belongs; False when it went back to the queue for a worker fault."""
         try:
             async with self._watching(job, run, rendering):
                 video, how = await rendering

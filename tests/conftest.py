@@ -14,6 +14,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Workers in tests claim at once; the warm-up (a throw-away render before the first claim) has tests of its
 # own, which switch it on (tests/test_warm_up.py).
 os.environ["ENGINE_WARM_UP"] = "false"
+# Workers decode as diffusers does, so their videos can be compared with the engine's stock renders frame for
+# frame (the H.264 encoder turns the fast decoder's one-level differences into larger ones); the fast decoder
+# has tests of its own against diffusers' pixels (tests/test_fast_decode.py).
+os.environ["ENGINE_FAST_DECODE"] = "false"
 
 from postgres_server import postgres_server, postgres_url  # noqa: E402, F401  (fixtures)
 from s3_server import ACCESS_KEY, SECRET_KEY, e2e_bucket, s3_endpoint, s3_settings  # noqa: E402, F401  (fixtures)

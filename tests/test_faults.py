@@ -372,3 +372,66 @@ def test_without_the_saved_latents_a_bad_segment_renders_from_the_start(models_f
     sorted((tmp_path / "job").glob("segment_*.mp4"))[-1].unlink()
     again = render(models, make_picture(), request, tmp_path / "job", tmp_path / "job.mp4")
     assert again.frames == 109 and np.array_equal(video_frames(again.video), video_frames(whole.video))
+
+
+def test_a_bad_segment_found_after_the_gpu_was_given_up_waits_for_it_then_renders_again(models_for, tmp_path,
+                                                                                          monkeypatch):
+    """The render gives up its GPU turn after its last decode; a segment found spoiled after that (at the
+    check before the join) sends it back for the turn, held meanwhile by the next job, and it puts its
+    own LoRAs back before rendering that part again."""
+    import threading
+    import time
+
+    from helpers import video_frames
+
+    import engine.render
+    from engine.gpu_turn import GpuTurn
+
+    models = models_for["original"]
+    whole = _tiny_render(models, tmp_path, "whole")
+    lock, events = threading.Lock(), []
+    next_job = GpuTurn(lock)
+
+    def next_job_runs():  # takes the GPU as soon as it is given up, holds it a while
+        next_job.take_back()
+        events.append("next job has the GPU")
+        time.sleep(0.5)
+        events.append("next job done")
+        next_job.release()
+
+    turn = GpuTurn(lock, on_release=lambda: threading.Thread(target=next_job_runs).start())
+    real_check, real_loras = engine.render._first_section_to_redo, engine.render.use_loras
+    spoiled, loras = [], []
+
+    def spoil_then_check(work_dir, segments, request, complete=False):
+        if complete and not spoiled:  # every section decoded, the turn given up
+            deadline = time.monotonic() + 30
+            while "next job has the GPU" not in events and time.monotonic() < deadline:
+                time.sleep(0.01)
+            spoiled.append(sorted(work_dir.glob("segment_*.mp4"))[0])
+            spoiled[0].write_bytes(spoiled[0].read_bytes()[:-500])
+        return real_check(work_dir, segments, request, complete)
+
+    def use_loras(*args):
+        loras.append(turn.held)
+        events.append("this job's LoRAs")
+        return real_loras(*args)
+
+    monkeypatch.setattr(engine.render, "_first_section_to_redo", spoil_then_check)
+    monkeypatch.setattr(engine.render, "use_loras", use_loras)
+    with turn:
+        result = _tiny_render_with_turn(models, tmp_path, "job", turn)
+    assert spoiled and events[0] == "this job's LoRAs"
+    # It waited for the turn, and gave it up again after the section it rendered again.
+    assert events[1:5] == ["next job has the GPU", "next job done", "this job's LoRAs", "next job has the GPU"]
+    assert loras == [True, True]
+    assert result.frames == 109 and np.array_equal(video_frames(result.video), video_frames(whole.video))
+
+
+def _tiny_render_with_turn(models, tmp_path: Path, name: str, turn):
+    from conftest import make_picture
+
+    from engine.render import RenderRequest, render
+
+    request = RenderRequest(prompt="a lighthouse blinks", steps=2, resolution=64, seconds=3.6, seed=5)
+    return render(models, make_picture(), request, tmp_path / name, tmp_path / f"{name}.mp4", gpu_turn=turn)

@@ -281,3 +281,41 @@ async def test_the_upload_copies_are_made_while_the_next_job_renders(stores, tmp
         assert fitted.stat().st_size <= 30_000 and read_made_with(fitted).seed == p.seed
         expected = reference_video(tiny_models_dir, tmp_path / f"ref{job_id}", p, "a kite flies")
         assert np.array_equal(video_frames(Path(job.video)), expected)
+
+
+async def test_the_next_job_samples_while_the_last_section_is_written(stores, tmp_path, tiny_models_dir, monkeypatch):
+    """Back to back: job 1 gives up the GPU after its last decode, so job 2 samples while job 1's last
+    segment, its join and its continuation are still being written; both videos are each job's alone."""
+    import threading
+
+    import engine.render
+
+    settings = worker_settings(tmp_path, tiny_models_dir)
+    store = await stores(settings)
+    params = [JobParams(seconds=1.2, seed=s, **TINY_PARAMS) for s in (7, 8)]
+    ids = [(await store.enqueue(NewJob("telegram", "c", f"u{i}", "a kite flies", p), picture_bytes())).job_id
+           for i, p in enumerate(params)]
+    second_stepped = threading.Event()
+    report, join = store.report_progress, engine.render._join_segments
+
+    async def watched_report(job_id, worker, progress, lease=None):
+        if job_id == ids[1] and progress.step >= 1:
+            second_stepped.set()
+        return await report(job_id, worker, progress, lease)
+
+    def join_once_the_next_job_samples(job, segments, out_path, resumed_from):
+        if job.work_dir.name == str(ids[0]):
+            # a worker that kept the GPU until the render's end would never get past this
+            assert second_stepped.wait(60), "job 2 did not sample while job 1 was joining its segments"
+        return join(job, segments, out_path, resumed_from)
+
+    store.report_progress = watched_report
+    monkeypatch.setattr(engine.render, "_join_segments", join_once_the_next_job_samples)
+    worker = Worker(store, settings, "w1")
+    await asyncio.wait_for(worker.run(max_jobs=2), 300)
+    assert not worker.past_the_gpu and not worker.finishing and not worker.gpu.locked()
+    for job_id, p in zip(ids, params, strict=True):
+        job = await store.get(job_id)
+        assert job.state is JobState.DONE, job.error
+        expected = reference_video(tiny_models_dir, tmp_path / f"ref{job_id}", p, "a kite flies")
+        assert np.array_equal(video_frames(Path(job.video)), expected)
