@@ -112,7 +112,7 @@ def test_settings_reach_the_engine_options(monkeypatch):
     from storage.settings import Settings
 
     for name in ("ENGINE_MEMORY_MODE", "ENGINE_FP8", "ENGINE_COMPILE", "ENGINE_TEACACHE", "ENGINE_STREAM_SLOTS",
-                 "ENGINE_VRAM_GB", "ENGINE_RAM_GB", "DATA_DIR"):
+                 "ENGINE_VRAM_GB", "ENGINE_RAM_GB", "DATA_DIR", "ENGINE_FAST_DECODE"):
         monkeypatch.delenv(name, raising=False)
     defaults = EngineOptions.from_settings(Settings(_env_file=None))
     assert defaults == EngineOptions(cache_dir=Path("data") / "cache", lora_dir=Path("data") / "loras")
@@ -123,11 +123,12 @@ def test_settings_reach_the_engine_options(monkeypatch):
     monkeypatch.setenv("ENGINE_STREAM_SLOTS", "3")
     monkeypatch.setenv("ENGINE_VRAM_GB", "24")
     monkeypatch.setenv("ENGINE_RAM_GB", "31.5")
+    monkeypatch.setenv("ENGINE_FAST_DECODE", "false")
     settings = Settings()
     options = EngineOptions.from_settings(settings)
     assert options == EngineOptions(memory_mode="low", compile=False, attention="auto", fp8=True, stream_slots=3,
                                     vram_gb=24.0, ram_gb=31.5, cache_dir=Path("data") / "cache",
-                                    lora_dir=Path("data") / "loras")
+                                    lora_dir=Path("data") / "loras", fast_decode=False)
     assert settings.engine_teacache == 0.15
 
 
