@@ -154,6 +154,34 @@ class JobRun:
         self.section_overheads: list[float] = []
 
 
+class JobOutcomes:
+    """Counts the jobs that ended (a job given back for a worker fault does not count) toward `run(max_jobs)`.
+    A job may still be writing its last output while the next one renders: its outcome comes later, and no
+    more jobs are claimed than could still be needed."""
+
+    def __init__(self, max_jobs: int | None):
+        self.max_jobs = max_jobs
+        self.outcomes: list[asyncio.Future[bool]] = []
+
+    def add(self, outcome: asyncio.Future[bool]) -> None:
+        self.outcomes.append(outcome)
+
+    def _counted(self) -> int:
+        # A job whose finishing crashed (logged by the worker) still ended: it counts.
+        return sum(1 for o in self.outcomes if o.done() and (o.cancelled() or o.exception() or o.result()))
+
+    async def room_for_another(self) -> bool:
+        if self.max_jobs is None:
+            return True
+        while True:
+            pending = [o for o in self.outcomes if not o.done()]
+            if self._counted() + len(pending) < self.max_jobs:
+                return True
+            if not pending:
+                return False
+            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+
+
 class Worker:
     def __init__(self, store: JobStore, settings: Settings, name: str, models: ModelCache | None = None):
         self.store = store
@@ -191,9 +219,10 @@ class Worker:
             await asyncio.gather(*list(self.finishing), return_exceptions=True)
 
     async def _claim_and_render(self, max_jobs: int | None) -> None:
-        done, pause = 0, NOT_READY_PAUSE_FIRST
+        outcomes = JobOutcomes(max_jobs)
+        pause = NOT_READY_PAUSE_FIRST
         log.info("%s: waiting for jobs", self.name)
-        while not self.stopping.is_set() and (max_jobs is None or done < max_jobs):
+        while not self.stopping.is_set() and await outcomes.room_for_another():
             problem = await self.readiness()
             if problem is None and not self.warmed:
                 problem = await self.warm_up()
@@ -209,8 +238,10 @@ class Worker:
             if job is None:  # PostgreSQL wakes this at once when a job is queued; SQLite polls
                 await wait_for_work(self.store, IDLE_POLL_SECONDS)
                 continue
-            if await self.process(job):
-                done, pause = done + 1, NOT_READY_PAUSE_FIRST  # a fault that comes back keeps growing the pause
+            outcome = await self.process(job)
+            outcomes.add(outcome)
+            if not outcome.done() or outcome.result():
+                pause = NOT_READY_PAUSE_FIRST  # a fault that comes back keeps growing the pause
             await self._describe()  # the first job's models bring the GPU and the plan
 
     async def _describe(self) -> None:
@@ -320,8 +351,9 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
 
-    async def process(self, job: Job) -> bool:
-        """Render one claimed job to its end; False when it went back to the queue for a worker fault."""
+    async def process(self, job: Job) -> asyncio.Future[bool]:
+        """Render one claimed job until it gives up the GPU; the job's outcome follows: False when it went back
+        to the queue for a worker fault (its last output may still be written when this returns)."""
         from engine.extend_job import run_extension
         from engine.made_with import made_with
         from engine.render import Callbacks, RenderRequest, render
@@ -393,13 +425,13 @@ class Worker:
         await asyncio.wait([seeing, freed], return_when=asyncio.FIRST_COMPLETED)
         freed.cancel()
         if seeing.done():
-            return seeing.result()
+            return seeing
         # The last section's segment, the join and the copies go on while the next job renders.
         for pending, kept in ((seeing, self.finishing), (rendering, self.past_the_gpu)):
             kept.add(pending)
             pending.add_done_callback(kept.discard)
         seeing.add_done_callback(functools.partial(self._log_crash, job.id))
-        return True
+        return seeing
 
     def _log_crash(self, job_id: int, task: asyncio.Task) -> None:
         """What would have ended the claim loop, had the job not gone on beside the next one."""
