@@ -356,7 +356,7 @@ class Worker:
         to the queue for a worker fault (its last output may still be written when this returns)."""
         from engine.extend_job import run_extension
         from engine.made_with import made_with
-        from engine.render import Callbacks, RenderRequest, render
+        from engine.render import Callbacks, Cancelled, Paused, RenderRequest, render
         from storage.lora_catalog import render_loras
         from storage.uploaded_videos import VideoLimits
 
@@ -411,15 +411,24 @@ class Worker:
             return video, made_with(request, end_picture=end_image is not None, keyframes=job.guides.keyframes,
                                     job_id=job.id, platform=job.platform)
 
-        await self._models_free_for(p.variant)
         gpu_free = asyncio.Event()
         turn = GpuTurn(self.gpu, on_release=lambda: loop.call_soon_threadsafe(gpu_free.set))
 
         def work_in_turn():
             with turn:
+                # Claimed while the last job still held the GPU or its transformer: a cancel or a stop that
+                # came meanwhile drops the job here, before any model is loaded or moved for it.
+                if run.cancel.is_set():
+                    raise Cancelled()
+                if self.stopping.is_set():
+                    raise Paused()
                 return work()
 
-        rendering = loop.run_in_executor(None, work_in_turn)
+        async def wait_then_render():
+            await self._models_free_for(p.variant)
+            return await loop.run_in_executor(None, work_in_turn)
+
+        rendering = asyncio.ensure_future(wait_then_render())  # watched (lease, cancel) from the claim on
         seeing = asyncio.ensure_future(self._see_through(job, run, rendering))
         freed = asyncio.ensure_future(gpu_free.wait())
         await asyncio.wait([seeing, freed], return_when=asyncio.FIRST_COMPLETED)

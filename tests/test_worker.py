@@ -319,3 +319,50 @@ async def test_the_next_job_samples_while_the_last_section_is_written(stores, tm
         assert job.state is JobState.DONE, job.error
         expected = reference_video(tiny_models_dir, tmp_path / f"ref{job_id}", p, "a kite flies")
         assert np.array_equal(video_frames(Path(job.video)), expected)
+
+
+async def test_a_job_cancelled_while_it_waits_for_the_gpu_is_dropped_before_any_model_loads(stores, tmp_path,
+                                                                                          tiny_models_dir):
+    """Back to back, the next job is claimed while the last one may still hold the GPU (a damaged segment
+    rendered again) or its transformer: cancelled in that wait, it ends cancelled and nothing is loaded."""
+    settings = worker_settings(tmp_path, tiny_models_dir)
+    store = await stores(settings)
+    job_id = (await store.enqueue(NewJob("discord", "c", "owner", "waves", JobParams(**TINY_PARAMS)),
+                                  picture_bytes())).job_id
+    worker = Worker(store, settings, "w1")
+    worker.gpu.acquire()  # the last job's turn
+    task = asyncio.create_task(worker.run(max_jobs=1))
+
+    async def claimed():
+        return (await store.get(job_id)).state is JobState.RUNNING
+
+    await wait_for(claimed)
+    assert await store.cancel(job_id, "discord", "owner") == "stopping"
+    await asyncio.sleep(1.0)  # the worker's cancel poll (0.5 s) sees it while the job waits
+    worker.gpu.release()
+    await asyncio.wait_for(task, 60)
+    job = await store.get(job_id)
+    assert job.state is JobState.CANCELLED and job.video is None
+    assert worker.models.encoders is None and not worker.models.transformers
+    assert not worker.gpu.locked()
+
+
+async def test_a_stop_while_the_claimed_job_waits_for_the_gpu_gives_it_back_untouched(stores, tmp_path,
+                                                                                       tiny_models_dir):
+    settings = worker_settings(tmp_path, tiny_models_dir)
+    store = await stores(settings)
+    job_id = (await store.enqueue(NewJob("discord", "c", "owner", "waves", JobParams(**TINY_PARAMS)),
+                                  picture_bytes())).job_id
+    worker = Worker(store, settings, "w1")
+    worker.gpu.acquire()
+    task = asyncio.create_task(worker.run(max_jobs=1))
+
+    async def claimed():
+        return (await store.get(job_id)).state is JobState.RUNNING
+
+    await wait_for(claimed)
+    worker.request_stop()
+    worker.gpu.release()
+    await asyncio.wait_for(task, 60)
+    assert (await store.get(job_id)).state is JobState.QUEUED
+    assert worker.models.encoders is None and not worker.models.transformers
