@@ -1,0 +1,35 @@
+"""benchmarks/worker_jobs.py's harness on the CPU with the tiny models: the real worker renders the queued jobs
+back to back and the figures it reports hang together."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import worker_settings
+
+from benchmarks.worker_jobs import PlacedModels, run_jobs
+from engine.worker import ModelCache
+from storage.jobs import JobParams
+
+PARAMS = JobParams(seconds=1.2, resolution=64, steps=3, upload_limits=(10**9,))
+
+
+async def test_jobs_back_to_back_report_each_job_and_the_rate(tmp_path, tiny_models_dir):
+    settings = worker_settings(tmp_path, tiny_models_dir, engine_warm_up=False)
+    *jobs, summary = await run_jobs(settings, ModelCache(settings), 3, PARAMS)
+    assert [job["job"] for job in jobs] == [1, 2, 3]
+    assert {job["person"] for job in jobs} == {"person0", "person1"}
+    for job in jobs:
+        assert 0 <= job["claimed_to_first_step_s"] < job["claimed_to_done_s"]
+        assert 0 < job["sampling_s"] + job["decode_s"] <= job["claimed_to_done_s"] + 0.01
+    assert summary["jobs"] == 3 and summary["span_s"] >= max(job["claimed_to_done_s"] for job in jobs)
+    assert 0 < summary["ratio"] <= 1
+    assert summary["jobs_per_hour"] == pytest.approx(3 * 3600 / summary["span_s"], rel=0.01)  # span rounded
+    assert len(summary["next_claimed_before_last_done_s"]) == 2
+
+
+async def test_placed_models_are_what_the_worker_renders_with(tmp_path, tiny_models_dir, original_models):
+    settings = worker_settings(tmp_path, tiny_models_dir, engine_warm_up=True, render_resolution=64)
+    cache = PlacedModels(settings, original_models)
+    *jobs, summary = await run_jobs(settings, cache, 1, PARAMS)
+    assert cache.get("original") is original_models and summary["start_up_s"] >= 0
+    assert jobs[0]["sampling_s"] > 0
