@@ -24,13 +24,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from benchmarks.engine_e2e import PROMPTS  # the same jobs as engine_e2e's --jobs
 from engine.worker import ModelCache, Worker
 from storage.jobs import JobParams, JobState, NewJob
 from storage.settings import Settings
 from storage.store import open_store
-
-PROMPTS = ("A character doing some simple body movements.", "The girl dances gracefully, with clear movements.",
-           "A man walks along the beach as the waves roll in.", "The cat stretches, yawns and looks around.")
 
 
 class PlacedModels(ModelCache):
