@@ -32,10 +32,15 @@ def positions(
 ) -> dict[int, tuple[int, float]]:
     """(position, seconds until done) of every running job (position 0) and of every queued one, given as
     (id, params JSON, what it extends) in the order workers take them."""
-    result, running_left = {}, []
+    result, worker_free_in = {}, {}
     for job in running:
-        running_left.append(running_seconds_left(job, speed))
-        result[job.id] = (0, running_left[-1])
+        left = running_seconds_left(job, speed)
+        result[job.id] = (0, left)
+        # A worker runs the next job while the last one writes its last segment and upload copies (the GPU
+        # turn, engine/gpu_turn.py): its two running jobs share one slot, free when the longer one ends.
+        slot = job.worker if job.worker is not None else f"job {job.id}"
+        worker_free_in[slot] = max(worker_free_in.get(slot, 0.0), left)
+    running_left = list(worker_free_in.values())
     durations = [queued_seconds(params, extends, speed) for _, params, extends in queued]
     finishes = finish_times(running_left, durations, workers)
     for position, ((job_id, _, _), finish) in enumerate(zip(queued, finishes, strict=True), start=1):

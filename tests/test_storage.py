@@ -268,6 +268,20 @@ async def test_eta_uses_measured_speed_and_running_progress(store):
     assert (await store.position(running)) == (0, pytest.approx(left))
 
 
+async def test_a_worker_handing_over_to_its_next_job_is_one_slot_in_the_eta(store):
+    """Back to back, a worker runs its next job while the last one writes its last segment and upload copies:
+    two running jobs on one worker do not make a second worker for the queue's ETA."""
+    ending, started, waiting = [(await store.enqueue(_job(person, seconds=5, steps=25), PNG)).job_id
+                                for person in ("a", "b", "c")]
+    await store.claim("w1")
+    await store.report_progress(ending, "w1", Progress(section=4, sections=4, step=25, steps=25))
+    await store.claim("w1")
+    per_job = 4 * (25 * 2.0 + 5.0)  # the default speed from settings
+    assert (await store.get(started)).state is JobState.RUNNING
+    assert (await store.position(ending)) == (0, pytest.approx(5.0))  # its last section's output
+    assert (await store.position(waiting)) == (1, pytest.approx(2 * per_job))
+
+
 async def test_fast_jobs_are_estimated_with_the_teacache_factor(store):
     fast = (await store.enqueue(_job("a", seconds=5, steps=25, teacache=0.15), PNG)).job_id
     plain = (await store.enqueue(_job("b", seconds=5, steps=25), PNG)).job_id
