@@ -74,7 +74,22 @@ def worker_slots(settings: Settings, host: str = "") -> list[WorkerSlot]:
         return [WorkerSlot(f"{prefix}cpu{i}", base) for i in range(settings.engine_workers)]
     listed = [g.strip() for g in (settings.engine_gpus or "").split(",") if g.strip()]
     gpus = listed or visible_gpus()
-    return [WorkerSlot(f"{prefix}gpu{g}", {**base, "CUDA_VISIBLE_DEVICES": g}) for g in gpus]
+    return share_host_ram(settings, [WorkerSlot(f"{prefix}gpu{g}", {**base, "CUDA_VISIBLE_DEVICES": g}) for g in gpus])
+
+
+def share_host_ram(settings: Settings, slots: list[WorkerSlot]) -> list[WorkerSlot]:
+    """Workers on one host plan their RAM from one figure taken before any of them starts, each its share
+    (ENGINE_RAM_GB): otherwise each plans on all the RAM it finds free, and two low-VRAM workers would both plan
+    to pin what only one can have. A set ENGINE_RAM_GB is each worker's own and is left as it is."""
+    from engine.host_memory import mem_available_bytes
+
+    if len(slots) < 2 or settings.engine_ram_gb is not None:
+        return slots
+    available = mem_available_bytes()
+    share = available / len(slots) / 2**30
+    log.info("%d workers on this host: each plans with %.1f GiB of the %.1f GiB of RAM available (ENGINE_RAM_GB "
+             "sets each one's)", len(slots), share, available / 2**30)
+    return [WorkerSlot(slot.name, {**slot.env, "ENGINE_RAM_GB": f"{share:.2f}"}) for slot in slots]
 
 
 class WorkerProcess:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from engine.host_memory import mem_available_bytes, own_anonymous_bytes
 from engine.offload import BlockStreamer
 
 log = logging.getLogger(__name__)
@@ -28,14 +29,7 @@ def free_device_bytes(device: torch.device) -> int:
 
 def available_ram_bytes() -> int:
     """Host RAM the kernel could give us now without swapping (MemAvailable), plus what we already hold."""
-    fields = {}
-    with open("/proc/meminfo") as meminfo:
-        for line in meminfo:
-            name, _, value = line.partition(":")
-            fields[name] = int(value.split()[0]) * 1024
-    with open("/proc/self/status") as status:
-        own = next((int(line.split()[1]) * 1024 for line in status if line.startswith("RssAnon:")), 0)
-    return fields.get("MemAvailable", fields.get("MemFree", 0)) + own
+    return mem_available_bytes() + own_anonymous_bytes()
 
 
 class Placement:

@@ -117,6 +117,27 @@ def test_worker_slots_follow_theworker_settings(tmp_path, monkeypatch):
     assert [s.name for s in worker_slots(Settings(data_dir=tmp_path))] == ["gpu1", "gpu3"]
 
 
+def test_workers_on_one_host_plan_with_their_share_of_its_ram(tmp_path, monkeypatch):
+    import torch
+
+    import engine.host_memory
+    from engine.engine_options import EngineOptions
+
+    monkeypatch.setattr(engine.host_memory, "mem_available_bytes", lambda: 96 * 2**30)
+    monkeypatch.delenv("ENGINE_RAM_GB", raising=False)
+    slots = worker_slots(Settings(data_dir=tmp_path, engine_gpus="0,1,2"))
+    assert [s.env["ENGINE_RAM_GB"] for s in slots] == ["32.00"] * 3
+    # what a worker started with that environment plans with
+    monkeypatch.setenv("ENGINE_RAM_GB", slots[0].env["ENGINE_RAM_GB"])
+    options = EngineOptions.from_settings(Settings(data_dir=tmp_path, engine_vram_gb=24))
+    assert options.budget(torch.device("cpu")).ram == 32 * 2**30
+    # one worker measures for itself at its start; a budget set by the owner is each worker's own
+    monkeypatch.delenv("ENGINE_RAM_GB")
+    assert "ENGINE_RAM_GB" not in worker_slots(Settings(data_dir=tmp_path, engine_gpus="0"))[0].env
+    owned = worker_slots(Settings(data_dir=tmp_path, engine_gpus="0,1", engine_ram_gb=50))
+    assert all("ENGINE_RAM_GB" not in s.env for s in owned)
+
+
 def test_serve_without_gpus_says_how_to_run_workers(tmp_path):
     env = {**os.environ, "DATA_DIR": str(tmp_path / "data"), "CUDA_VISIBLE_DEVICES": ""}
     env.pop("ENGINE_DEVICE", None)
