@@ -25,9 +25,9 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.worker_jobs import PROMPTS, random_picture
+from benchmarks.worker_jobs import enqueue_jobs
 from bot.serve import worker_slots
-from storage.jobs import JobParams, JobState, NewJob
+from storage.jobs import JobParams, JobState
 from storage.settings import Settings
 from storage.store import open_store
 
@@ -39,18 +39,18 @@ def environment(values: dict[str, str | None]):
     """os.environ with `values` set (None: unset) for the body: Settings() and worker_slots() read it."""
     before = {name: os.environ.get(name) for name in values}
     try:
-        for name, value in values.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        _put(values)
         yield
     finally:
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        _put(before)
+
+
+def _put(values: dict[str, str | None]) -> None:
+    for name, value in values.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def process_memory(pid: int) -> dict[str, float]:
@@ -74,11 +74,7 @@ async def run_round(label: str, env: dict[str, str | None], jobs: int, params: J
     processes: dict[str, subprocess.Popen] = {}
     memory: dict[str, dict] = {}
     try:
-        ids = []
-        for index in range(jobs):
-            job = NewJob("telegram", "bench", f"person{index % 2}", PROMPTS[index % len(PROMPTS)],
-                         JobParams(**{**params.__dict__, "seed": params.seed + index}))
-            ids.append((await store.enqueue(job, random_picture(index))).job_id)
+        ids = await enqueue_jobs(store, jobs, params)
         began = time.time()
         for slot in slots:
             with (logs / f"{label}-{slot.name}.log").open("ab") as log:

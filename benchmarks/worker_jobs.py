@@ -96,16 +96,22 @@ def random_picture(seed: int = 0) -> bytes:
     return buffer.getvalue()
 
 
+async def enqueue_jobs(store, jobs: int, params: JobParams) -> list[int]:
+    """`jobs` jobs from two people taking turns, each with its own prompt, seed and random picture."""
+    ids = []
+    for index in range(jobs):
+        job = NewJob("telegram", "bench", f"person{index % 2}", PROMPTS[index % len(PROMPTS)],
+                     JobParams(**{**params.__dict__, "seed": params.seed + index}))
+        ids.append((await store.enqueue(job, random_picture(index))).job_id)
+    return ids
+
+
 async def run_jobs(settings: Settings, models: ModelCache, jobs: int, params: JobParams) -> list[dict]:
     """`jobs` jobs (two people, each job its own prompt and seed) through one Worker; a record per job and a
     summary last. The worker warms up first when the settings say so; that time is reported apart."""
     store = await open_store(settings)
     try:
-        ids = []
-        for index in range(jobs):
-            job = NewJob("telegram", "bench", f"person{index % 2}", PROMPTS[index % len(PROMPTS)],
-                         JobParams(**{**params.__dict__, "seed": params.seed + index}))
-            ids.append((await store.enqueue(job, random_picture(index))).job_id)
+        ids = await enqueue_jobs(store, jobs, params)
         worker = Worker(store, settings, "bench", models=models)
         started = time.time()
         with SectionTimes().watching() as times:
