@@ -149,10 +149,9 @@ def summary(records: list[dict], first_claim: float, began: float) -> dict:
             "next_claimed_before_last_done_s": overlaps}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     import torch
 
-    from benchmarks.full_size import full_models
     from benchmarks.placing import place
     from engine.engine_options import EngineOptions
     from engine.memory_plan import high_plan, low_plan, sizes_of_modules
@@ -166,27 +165,45 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--resolution", type=int, default=640)
     parser.add_argument("--attention", default="sdpa")
     parser.add_argument("--no-warm-up", action="store_true")
+    parser.add_argument("--tiny", type=Path, default=None,
+                        help="CPU dry run of this script on a tiny models folder (tests/tiny_models.py), eager")
     parser.add_argument("--work", type=Path, default=Path("/tmp/worker_jobs"))
     parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    settings = Settings(data_dir=args.work / "data", engine_attention=args.attention,
-                        engine_warm_up=not args.no_warm_up, engine_device="cuda", max_queued_per_user=args.jobs)
+    device = "cpu" if args.tiny else "cuda"
+    settings = Settings(data_dir=args.work / "data", engine_attention=args.attention, engine_device=device,
+                        engine_warm_up=not args.no_warm_up, engine_compile=not args.tiny,
+                        render_resolution=args.resolution, max_queued_per_user=args.jobs)
     options = EngineOptions.from_settings(settings)
     variant = Variant.parse(args.variant)
-    built = full_models(variant)
+    built = built_models(variant, args.tiny)
     sizes = sizes_of_modules(built.encoders, built.transformer, repeated_blocks(built.transformer))
     plan = {"high": high_plan, "low": low_plan}[args.mode](sizes)
     placed = place(built, plan, options, 0.0, PromptCache(settings.data_dir / "cache" / "prompts", "random"))
-    params = JobParams(seconds=args.seconds, steps=args.steps, variant=variant.value)
+    params = JobParams(seconds=args.seconds, steps=args.steps, variant=variant.value, resolution=args.resolution)
     records = asyncio.run(run_jobs(settings, PlacedModels(settings, placed), args.jobs, params))
+    machine = "cpu" if args.tiny else torch.cuda.get_device_name()
+    records = [{**record, "mode": args.mode, "gpu": machine, "torch": torch.__version__} for record in records]
     with args.out.open("a") as sink:
         for record in records:
-            record = {**record, "mode": args.mode, "gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
             sink.write(json.dumps(record) + "\n")
             print(json.dumps(record), flush=True)
+    return records
+
+
+def built_models(variant, tiny: Path | None):
+    """The full-size random models on the GPU, or with `tiny` the tests' tiny ones loaded on the CPU."""
+    if tiny is not None:
+        from engine.models import load_models
+
+        return load_models(variant.value, "cpu", tiny)
+    from benchmarks.full_size import full_models
+
+    return full_models(variant)
 
 
 if __name__ == "__main__":

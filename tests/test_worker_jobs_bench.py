@@ -33,3 +33,15 @@ async def test_placed_models_are_what_the_worker_renders_with(tmp_path, tiny_mod
     *jobs, summary = await run_jobs(settings, cache, 1, PARAMS)
     assert cache.get("original") is original_models and summary["start_up_s"] >= 0
     assert jobs[0]["sampling_s"] > 0
+
+
+def test_the_script_runs_end_to_end_on_the_tiny_models(tmp_path, tiny_models_dir):
+    """`--tiny`: main()'s own path (settings, the plan's placement, the worker) on the CPU, so the GPU run
+    cannot fail on its plumbing."""
+    from benchmarks.worker_jobs import main
+
+    out = tmp_path / "out.jsonl"
+    *jobs, summary = main(["--tiny", str(tiny_models_dir), "--jobs", "2", "--seconds", "1.2", "--steps", "2",
+                           "--resolution", "64", "--work", str(tmp_path / "work"), "--out", str(out)])
+    assert len(jobs) == 2 and summary["jobs"] == 2 and summary["start_up_s"] >= 0
+    assert len(out.read_text().splitlines()) == 3
