@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -25,8 +24,10 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.worker_jobs import enqueue_jobs
+from benchmarks.engine_e2e import write
+from benchmarks.worker_jobs import add_job_arguments, enqueue_jobs
 from bot.serve import worker_slots
+from engine.host_memory import process_memory_bytes
 from storage.jobs import JobParams, JobState
 from storage.settings import Settings
 from storage.store import open_store
@@ -55,13 +56,8 @@ def _put(values: dict[str, str | None]) -> None:
 
 def process_memory(pid: int) -> dict[str, float]:
     """Peak resident (VmHWM) and private (RssAnon) memory of a process, in GiB; {} once it has gone."""
-    fields = {}
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            name, _, value = line.partition(":")
-            if name in ("VmHWM", "RssAnon"):
-                fields[name] = round(int(value.split()[0]) / 2**20, 2)
-    return fields
+    fields = process_memory_bytes(pid)
+    return {name: round(fields[name] / 2**30, 2) for name in ("VmHWM", "RssAnon") if name in fields}
 
 
 async def run_round(label: str, env: dict[str, str | None], jobs: int, params: JobParams, logs: Path,
@@ -116,13 +112,7 @@ def round_record(label: str, slots, finished, workers: dict, memory: dict, began
     span = max(job.finished_at for job in finished) - first_claim
     return {
         "bench": "multi_gpu", "round": label,
-        "workers": [{"name": slot.name, "cuda_visible_devices": slot.env.get("CUDA_VISIBLE_DEVICES"),
-                     "engine_ram_gb": slot.env.get("ENGINE_RAM_GB"),
-                     "seconds_per_step": getattr(workers.get(slot.name), "seconds_per_step", None),
-                     "gpu": getattr(workers.get(slot.name), "gpu", None),
-                     "plan": getattr(workers.get(slot.name), "plan", None),
-                     "peak_rss_gb": memory.get(slot.name, {}).get("VmHWM"),
-                     "private_gb_at_end": memory.get(slot.name, {}).get("RssAnon")} for slot in slots],
+        "workers": [worker_record(slot, workers.get(slot.name), memory.get(slot.name, {})) for slot in slots],
         "jobs": [{"job": job.id, "person": job.user_id, "worker": job.worker, "state": job.state.value,
                   "attempts": job.attempts, "claimed_s": round(job.started_at - began, 2),
                   "claimed_to_done_s": round(job.finished_at - job.started_at, 2)} for job in finished],
@@ -132,6 +122,15 @@ def round_record(label: str, slots, finished, workers: dict, memory: dict, began
         "start_up_s": round(first_claim - began, 2), "span_s": round(span, 2),
         "jobs_per_hour": round(3600 * len(finished) / span, 2),
     }
+
+
+def worker_record(slot, info, memory: dict) -> dict:
+    """One worker's slot (its GPU, its RAM share), what it told the store (None: it never did) and its memory."""
+    return {"name": slot.name, "cuda_visible_devices": slot.env.get("CUDA_VISIBLE_DEVICES"),
+            "engine_ram_gb": slot.env.get("ENGINE_RAM_GB"),
+            "seconds_per_step": getattr(info, "seconds_per_step", None), "gpu": getattr(info, "gpu", None),
+            "plan": getattr(info, "plan", None), "peak_rss_gb": memory.get("VmHWM"),
+            "private_gb_at_end": memory.get("RssAnon")}
 
 
 def compare(rounds: list[dict]) -> dict:
@@ -161,12 +160,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", default="1,all", help="1: one GPU (the first), all: every GPU found")
     parser.add_argument("--mode", default="auto", help="ENGINE_MEMORY_MODE of the workers: auto, high or low")
-    parser.add_argument("--jobs", type=int, default=4)
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--resolution", type=int, default=640)
-    parser.add_argument("--attention", default="sdpa")
-    parser.add_argument("--no-warm-up", action="store_true")
+    add_job_arguments(parser)
     parser.add_argument("--checkpoint", type=Path, default=Path("/tmp/framepack_random_checkpoint"),
                         help="the full-size random models in the Hub layout (written when absent)")
     parser.add_argument("--models", type=Path, default=None, help="a models folder to use instead (--device cpu)")
@@ -204,12 +198,6 @@ def write_checkpoint(root: Path) -> Path:
     torch.cuda.empty_cache()
     (root / "written").touch()
     return root
-
-
-def write(out: Path, record: dict) -> None:
-    with out.open("a") as sink:
-        sink.write(json.dumps(record) + "\n")
-    print(json.dumps(record), flush=True)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import contextlib
 import io
-import json
 import logging
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from benchmarks.engine_e2e import PROMPTS  # the same jobs as engine_e2e's --jobs
+from benchmarks.engine_e2e import PROMPTS, write  # the same jobs as engine_e2e's --jobs
 from engine.worker import ModelCache, Worker
 from storage.jobs import JobParams, JobState, NewJob
 from storage.settings import Settings
@@ -149,6 +148,16 @@ def summary(records: list[dict], first_claim: float, began: float) -> dict:
             "next_claimed_before_last_done_s": overlaps}
 
 
+def add_job_arguments(parser: argparse.ArgumentParser) -> None:
+    """The queued jobs' shape and the workers' speed settings, the same for the benchmarks that queue jobs."""
+    parser.add_argument("--jobs", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--resolution", type=int, default=640)
+    parser.add_argument("--attention", default="sdpa")
+    parser.add_argument("--no-warm-up", action="store_true")
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     import torch
 
@@ -162,12 +171,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser()
     parser.add_argument("--variant", default="original")
     parser.add_argument("--mode", default="high", choices=("high", "low"))
-    parser.add_argument("--jobs", type=int, default=4)
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--resolution", type=int, default=640)
-    parser.add_argument("--attention", default="sdpa")
-    parser.add_argument("--no-warm-up", action="store_true")
+    add_job_arguments(parser)
     parser.add_argument("--tiny", type=Path, default=None,
                         help="CPU dry run of this script on a tiny models folder (tests/tiny_models.py), eager")
     parser.add_argument("--work", type=Path, default=Path("/tmp/worker_jobs"))
@@ -188,10 +192,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     records = asyncio.run(run_jobs(settings, PlacedModels(settings, placed), args.jobs, params))
     machine = "cpu" if args.tiny else torch.cuda.get_device_name()
     records = [{**record, "mode": args.mode, "gpu": machine, "torch": torch.__version__} for record in records]
-    with args.out.open("a") as sink:
-        for record in records:
-            sink.write(json.dumps(record) + "\n")
-            print(json.dumps(record), flush=True)
+    for record in records:
+        write(args.out, record)
     return records
 
 

@@ -321,10 +321,8 @@ async def test_the_next_job_samples_while_the_last_section_is_written(stores, tm
         assert np.array_equal(video_frames(Path(job.video)), expected)
 
 
-async def test_a_job_cancelled_while_it_waits_for_the_gpu_is_dropped_before_any_model_loads(stores, tmp_path,
-                                                                                          tiny_models_dir):
-    """Back to back, the next job is claimed while the last one may still hold the GPU (a damaged segment
-    rendered again) or its transformer: cancelled in that wait, it ends cancelled and nothing is loaded."""
+async def _claimed_while_the_gpu_is_held(stores, tmp_path, tiny_models_dir):
+    """A worker whose GPU turn the test holds (as the last job would) and the job it has claimed meanwhile."""
     settings = worker_settings(tmp_path, tiny_models_dir)
     store = await stores(settings)
     job_id = (await store.enqueue(NewJob("discord", "c", "owner", "waves", JobParams(**TINY_PARAMS)),
@@ -337,6 +335,14 @@ async def test_a_job_cancelled_while_it_waits_for_the_gpu_is_dropped_before_any_
         return (await store.get(job_id)).state is JobState.RUNNING
 
     await wait_for(claimed)
+    return store, worker, task, job_id
+
+
+async def test_a_job_cancelled_while_it_waits_for_the_gpu_is_dropped_before_any_model_loads(stores, tmp_path,
+                                                                                          tiny_models_dir):
+    """Back to back, the next job is claimed while the last one may still hold the GPU (a damaged segment
+    rendered again) or its transformer: cancelled in that wait, it ends cancelled and nothing is loaded."""
+    store, worker, task, job_id = await _claimed_while_the_gpu_is_held(stores, tmp_path, tiny_models_dir)
     assert await store.cancel(job_id, "discord", "owner") == "stopping"
     await asyncio.sleep(1.0)  # the worker's cancel poll (0.5 s) sees it while the job waits
     worker.gpu.release()
@@ -349,18 +355,7 @@ async def test_a_job_cancelled_while_it_waits_for_the_gpu_is_dropped_before_any_
 
 async def test_a_stop_while_the_claimed_job_waits_for_the_gpu_gives_it_back_untouched(stores, tmp_path,
                                                                                        tiny_models_dir):
-    settings = worker_settings(tmp_path, tiny_models_dir)
-    store = await stores(settings)
-    job_id = (await store.enqueue(NewJob("discord", "c", "owner", "waves", JobParams(**TINY_PARAMS)),
-                                  picture_bytes())).job_id
-    worker = Worker(store, settings, "w1")
-    worker.gpu.acquire()
-    task = asyncio.create_task(worker.run(max_jobs=1))
-
-    async def claimed():
-        return (await store.get(job_id)).state is JobState.RUNNING
-
-    await wait_for(claimed)
+    store, worker, task, job_id = await _claimed_while_the_gpu_is_held(stores, tmp_path, tiny_models_dir)
     worker.request_stop()
     worker.gpu.release()
     await asyncio.wait_for(task, 60)
