@@ -39,6 +39,12 @@ class SqliteDialect:
     async def insert_returning_id(self, session: Session, sql: str, args) -> int:
         return (await session.execute(sql, args)).lastrowid
 
+    async def rows(self, connection, sql: str, args) -> list[tuple]:
+        """Runs and reads to the end in one call on aiosqlite's thread. A statement stepped but not yet read
+        holds an old snapshot; if another process commits meanwhile, this connection's next BEGIN IMMEDIATE is
+        refused at once ("database is locked", no busy wait), and reads share the connection with writes."""
+        return list(await connection.execute_fetchall(sql, args))
+
 
 class PostgresDialect:
     null_safe_equal = "IS NOT DISTINCT FROM"
@@ -55,6 +61,9 @@ class PostgresDialect:
         (new_id,) = await (await session.execute(sql + " RETURNING id", args)).fetchone()
         return new_id
 
+    async def rows(self, connection, sql: str, args) -> list[tuple]:
+        return list(await (await connection.execute(sql, args)).fetchall())
+
 
 class Session:
     """One connection (aiosqlite or psycopg) taking statements in the shared spelling, with one clock reading."""
@@ -69,10 +78,13 @@ class Session:
         return await self.connection.execute(sql, args)
 
     async def one(self, sql: str, args=()) -> tuple | None:
-        return await (await self.execute(sql, args)).fetchone()
+        """The first row of a query written to return at most one."""
+        rows = await self.all(sql, args)
+        return rows[0] if rows else None
 
     async def all(self, sql: str, args=()) -> list[tuple]:
-        return list(await (await self.execute(sql, args)).fetchall())
+        sql, args = self.dialect.translate(sql, tuple(args), self.now)
+        return await self.dialect.rows(self.connection, sql, args)
 
 
 def placeholders(count: int) -> str:

@@ -460,3 +460,28 @@ async def test_a_database_from_schema_version_1_is_migrated_and_keeps_its_rows(t
         assert (await store.speed())[0].teacache_factor == pytest.approx(0.45)
     finally:
         await store.close()
+
+
+async def test_reads_beside_writes_on_one_connection_never_lock_out_its_next_write(tmp_path):
+    """A read left half-done (its statement stepped, not yet fetched) holds an old snapshot of the file; once
+    another process has committed, SQLite refuses that connection's next BEGIN IMMEDIATE at once ("database is
+    locked", no busy wait). A worker's lease, cancel polls and heartbeat share one connection, so this crashed
+    workers in CI."""
+    settings = _settings(tmp_path)
+    worker, other = await SqliteJobStore.open(settings), await SqliteJobStore.open(settings)
+    try:
+        job_id = (await worker.enqueue(_job(), PNG)).job_id
+
+        async def reads():
+            for _ in range(300):
+                await worker.get(job_id)
+                await worker.queue_length()
+
+        async def writes(store, name):
+            for _ in range(300):
+                await store.heartbeat(name, None)
+
+        await asyncio.gather(reads(), writes(worker, "w1"), writes(other, "w2"))
+    finally:
+        await worker.close()
+        await other.close()
