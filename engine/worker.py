@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from engine.gpu_turn import GpuTurn
+from engine.store_outage import StoreOutage
 from storage.eta import CFG_FACTOR
 from storage.files import JobFiles, nearest_existing
 from storage.jobs import Job, Progress
@@ -198,6 +199,7 @@ class Worker:
         self.gpu = threading.Lock()  # held by the job doing GPU work (engine/gpu_turn.py)
         self.past_the_gpu: set[asyncio.Future] = set()  # renders writing their last output, the GPU given up
         self.described: tuple | None = None  # (host, GPU, plan) last told to the store
+        self.outage = StoreOutage(name)  # the queue's database briefly away: ridden out, logged once
         from engine.warmup import use_compile_cache
 
         use_compile_cache(settings.compile_cache_dir)  # before anything compiles: kernels kept across restarts
@@ -228,13 +230,14 @@ class Worker:
                 problem = await self.warm_up()
                 if self.stopping.is_set():
                     break
-            await self.store.heartbeat(self.name, problem)
-            if problem is not None:
+            await self.outage.attempt(self.store.heartbeat(self.name, problem))
+            if problem is None:
+                await self._describe()
+                job = await self.outage.attempt(self.store.claim(self.name))
+            if problem is not None or self.outage.ongoing:
                 await self._pause(pause)
                 pause = min(pause * 2, NOT_READY_PAUSE_MAX)
                 continue
-            await self._describe()
-            job = await self.store.claim(self.name)
             if job is None:  # PostgreSQL wakes this at once when a job is queued; SQLite polls
                 await wait_for_work(self.store, IDLE_POLL_SECONDS)
                 continue
@@ -251,8 +254,9 @@ class Worker:
         gpu = None if device is None else _device_name(device)
         about = (socket.gethostname(), gpu, self.models.plan.name if self.models.plan else None)
         if about != self.described:
-            self.described = about
-            await self.store.describe_worker(self.name, *about)
+            await self.outage.attempt(self.store.describe_worker(self.name, *about))
+            if not self.outage.ongoing:
+                self.described = about
 
     async def readiness(self) -> str | None:
         """None when this worker can render, else why not (logged when it changes)."""
@@ -296,7 +300,7 @@ class Worker:
 
         warming = asyncio.get_running_loop().run_in_executor(None, work)
         while not warming.done():  # alive and starting, heartbeat after heartbeat, however long loading takes
-            await self.store.heartbeat(self.name, None, starting=True)
+            await self.outage.attempt(self.store.heartbeat(self.name, None, starting=True))
             await asyncio.wait([warming], timeout=max(self.settings.lease_seconds / 4, 0.05))
         try:
             done = warming.result()
@@ -330,14 +334,17 @@ class Worker:
             await asyncio.sleep(poll_every)
             since_renew += poll_every
             if since_renew >= renew_every and not work.done():
-                since_renew = 0.0
-                if not await self.store.renew(job.id, self.name, lease=job.lease):
+                # None: the database is away; tried again at the next poll, the lease outlives a short outage.
+                renewed = await self.outage.attempt(self.store.renew(job.id, self.name, lease=job.lease))
+                if renewed is not None:
+                    since_renew = 0.0
+                if renewed is False:
                     log.warning("%s: lost the lease on job %d%s", self.name, job.id, "; stopping it" * cancels)
                     run.lease_lost = True
                     run.cancel.set()
                     if not cancels:
                         return
-            if cancels and await self.store.is_cancel_requested(job.id):
+            if cancels and await self.outage.attempt(self.store.is_cancel_requested(job.id), default=False):
                 run.cancel.set()
 
     @contextlib.asynccontextmanager
@@ -465,7 +472,7 @@ class Worker:
         except Exception as error:
             return await self._render_ended(job, run, error)
         if run.cancel.is_set():  # cancelled after the last step: no upload copies, the store ends it cancelled
-            await self.store.complete(job.id, self.name, str(video), {}, lease=job.lease)
+            await self._last_word(self.store.complete, job, str(video), {})
             await self._record_speed(job, run)
             return True
         # The upload copies (ffmpeg) and the completion go on while the next job samples.
@@ -481,16 +488,16 @@ class Worker:
         from storage.inputs import InputError
 
         if isinstance(error, Paused):
-            await self.store.release(job.id, self.name, lease=job.lease)
+            await self._last_word(self.store.release, job)
             log.info("%s: job %d given back to the queue at its last step", self.name, job.id)
             return True
         if isinstance(error, Cancelled):
             if not run.lease_lost:  # else another worker owns it now
-                await self.store.mark_cancelled(job.id, self.name, lease=job.lease)
+                await self._last_word(self.store.mark_cancelled, job)
                 log.info("%s: job %d cancelled", self.name, job.id)
             return True
         if isinstance(error, InputError):  # written for the person
-            await self.store.fail(job.id, self.name, str(error), lease=job.lease)
+            await self._last_word(self.store.fail, job, str(error))
             return True
         if isinstance(error, WorkerFault):
             return await self._give_back(job, str(error))
@@ -500,7 +507,7 @@ class Worker:
         # The job fails, the worker lives on for the next one. The person reads a plain sentence; the details
         # (paths, ffmpeg's command line) stay in this log.
         log.error("%s: job %d failed", self.name, job.id, exc_info=error)
-        await self.store.fail(job.id, self.name, FAILED_TEXT, lease=job.lease)
+        await self._last_word(self.store.fail, job, FAILED_TEXT)
         return True
 
     async def _finish(self, job: Job, run: JobRun, video: Path, how) -> None:
@@ -526,8 +533,14 @@ class Worker:
         except Exception as error:
             await self._render_ended(job, run, error)
             return
-        await self.store.complete(job.id, self.name, str(video), fitted, lease=job.lease)
+        await self._last_word(self.store.complete, job, str(video), fitted)
         await self._record_speed(job, run)
+
+    async def _last_word(self, tell, job: Job, *args):
+        """A job's end told to the queue (`tell`: complete, fail, mark_cancelled, release), tried again through a
+        short outage of its database: for a lease's length, after which another worker may own the job anyway."""
+        return await self.outage.persist(lambda: tell(job.id, self.name, *args, lease=job.lease),
+                                         self.settings.lease_seconds)
 
     async def _record_speed(self, job: Job, run: JobRun) -> None:
         if not run.step_seconds:
@@ -540,7 +553,7 @@ class Worker:
         teacache = p.teacache > 0
         step = statistics.fmean(run.step_seconds) if teacache else statistics.median(run.step_seconds)
         step /= CFG_FACTOR if p.cfg > 1 else 1.0  # the plain figure: the ETA doubles it again for CFG jobs
-        await self.store.record_speed(self.name, step, overhead, teacache=teacache)
+        await self.outage.attempt(self.store.record_speed(self.name, step, overhead, teacache=teacache))
 
     def _pictures(self, job: Job):
         """The start picture, the end picture (or None) and (seconds, picture) keyframes, as the store kept them."""
@@ -556,7 +569,7 @@ class Worker:
 
     async def _give_back(self, job: Job, problem: str) -> bool:
         """A worker fault: the job waits in the queue (the attempt does not count), this worker pauses."""
-        await self.store.release(job.id, self.name, lease=job.lease)
+        await self._last_word(self.store.release, job)
         log.warning("%s: job %d given back to the queue: %s", self.name, job.id, problem)
         self.fault = problem
         return False

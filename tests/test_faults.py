@@ -10,6 +10,7 @@ import asyncio
 import errno
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 from helpers import job_finished, picture_bytes, wait_for, worker_env, worker_settings
 
 import engine.worker as worker_module
+from engine.store_outage import StoreOutage
 from engine.video import probe
 from engine.worker import FAILED_TEXT, Worker
 from storage.jobs import JobParams, JobState, NewJob
@@ -129,6 +131,66 @@ async def test_a_full_disk_mid_render_pauses_the_job_and_it_finishes_later(store
     job = await store.get(job_id)
     assert failures and job.state is JobState.DONE and job.attempts == 1, job.error
     assert probe(Path(job.video)).frames == 73
+
+
+async def test_the_queue_away_for_a_moment_loses_no_job_and_no_worker(stores, tmp_path, tiny_models_dir, caplog):
+    """The database restarting (or SQLite busy past its timeout) under a worker: its heartbeat, its claim, the
+    lease renewal and cancel poll of the job it renders and that job's completion each fail twice. The worker
+    rides it out: the job is done on its first attempt, and the outage is logged once, not at every retry."""
+    settings = worker_settings(tmp_path, tiny_models_dir, lease_seconds=4.0)
+    store = await stores(settings)
+    (job_id,) = await _enqueue(store, seconds=2.4)  # 2 sections: the render outlives a few lease renewals
+    failed = {}
+
+    def away_twice(name):
+        real = getattr(store, name)
+
+        async def call(*args, **kwargs):
+            if failed.setdefault(name, 0) < 2:
+                failed[name] += 1
+                raise sqlite3.OperationalError("database is locked")
+            return await real(*args, **kwargs)
+
+        return call
+
+    for name in ("heartbeat", "claim", "renew", "is_cancel_requested", "complete"):
+        setattr(store, name, away_twice(name))
+    with caplog.at_level("INFO", logger="engine.store_outage"):
+        await asyncio.wait_for(Worker(store, settings, "w1").run(max_jobs=1), 180)
+    job = await store.get(job_id)
+    assert job.state is JobState.DONE and job.attempts == 1, job.error
+    # The lease and cancel calls fail as often as the render's length gives them turns; the others twice each.
+    assert failed["heartbeat"] == failed["claim"] == failed["complete"] == 2, failed
+    assert failed["renew"] >= 1 and failed["is_cancel_requested"] >= 1, failed
+    said = [r.getMessage() for r in caplog.records if r.name == "engine.store_outage"]
+    assert said and all("cannot be reached" in line or "is back" in line for line in said)
+
+
+async def test_an_outage_is_logged_when_it_starts_and_when_it_ends_not_at_each_retry(caplog):
+    outage = StoreOutage("w1")
+
+    async def away():
+        raise sqlite3.OperationalError("database is locked")
+
+    async def back():
+        return 7
+
+    with caplog.at_level("INFO", logger="engine.store_outage"):
+        assert [await outage.attempt(away(), default=-1) for _ in range(5)] == [-1] * 5
+        assert outage.ongoing and outage.failures == 5
+        assert await outage.attempt(back()) == 7 and not outage.ongoing
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 2 and "cannot be reached (OperationalError: database is locked)" in said[0]
+    assert "is back after" in said[1]
+    calls = []
+
+    async def away_then_back():
+        calls.append(1)
+        return await (away() if len(calls) < 3 else back())
+
+    assert await outage.persist(away_then_back, seconds=5, pause=0.01) == 7 and len(calls) == 3
+    with pytest.raises(sqlite3.OperationalError):  # still away when its time is up: the error, for the caller
+        await outage.persist(away, seconds=0.05, pause=0.01)
 
 
 async def test_a_failed_render_tells_the_person_a_plain_sentence(stores, tmp_path, tiny_models_dir, monkeypatch):
