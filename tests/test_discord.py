@@ -489,7 +489,8 @@ async def test_undeliverable_results_are_given_up_with_a_record(env):
     """No channel permission, no token, DMs closed: one try, the reason kept, no retry loop."""
     fake, store = env.fake, env.store
     interaction = await env.animate(seconds=1.0)
-    await fake.wait_for(lambda: (m := interaction.original()) and "Job 1" in m.content)
+    # the bot keeps the interaction once its answer is back, a moment after the fake has it
+    await fake.wait_for(lambda: (m := interaction.original()) and "Job 1" in m.content and 1 in env.bot.interactions)
     env.bot.interactions.clear()  # as after a restart: no fresh interaction token
     fake.forbid_channel(fake.channel_id)
     fake.forbid_channel(fake.dm_channel_id(OWNER))  # DMs closed too
