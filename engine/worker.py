@@ -44,6 +44,7 @@ log = logging.getLogger("engine.worker")
 
 IDLE_POLL_SECONDS = 1.0
 CANCEL_POLL_SECONDS = 0.5
+OUTAGE_RETRY_SECONDS = 2.0  # the queue's database away: the claim loop tries it again this often
 NOT_READY_PAUSE_FIRST, NOT_READY_PAUSE_MAX = 5.0, 300.0
 READY_CHECK_SECONDS = 30.0  # while ready, the device and weight folders are looked at again this often
 MIN_FREE_DISK_BYTES = 512 * 2**20  # below this the data folder's disk counts as full: checkpoints need room
@@ -234,9 +235,12 @@ class Worker:
             if problem is None:
                 await self._describe()
                 job = await self.outage.attempt(self.store.claim(self.name))
-            if problem is not None or self.outage.ongoing:
+            if problem is not None:
                 await self._pause(pause)
                 pause = min(pause * 2, NOT_READY_PAUSE_MAX)
+                continue
+            if self.outage.ongoing:  # not this worker's fault: a short, steady retry, so it resumes soon after
+                await self._pause(OUTAGE_RETRY_SECONDS)
                 continue
             if job is None:  # PostgreSQL wakes this at once when a job is queued; SQLite polls
                 await wait_for_work(self.store, IDLE_POLL_SECONDS)

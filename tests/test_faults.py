@@ -31,9 +31,10 @@ TINY = dict(resolution=64, steps=2)
 
 @pytest.fixture(autouse=True)
 def short_pauses(monkeypatch):
-    """The worker's not-ready pause, shortened so that a test sees several rounds of it."""
+    """The worker's not-ready and outage pauses, shortened so that a test sees several rounds of it."""
     monkeypatch.setattr(worker_module, "NOT_READY_PAUSE_FIRST", 0.2)
     monkeypatch.setattr(worker_module, "NOT_READY_PAUSE_MAX", 0.8)
+    monkeypatch.setattr(worker_module, "OUTAGE_RETRY_SECONDS", 0.2)
 
 
 async def _enqueue(store, count: int = 1, **params) -> list[int]:
