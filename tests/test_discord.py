@@ -77,6 +77,12 @@ class Env:
         await interaction.wait_response()
         return interaction
 
+    async def animate_queued(self, job_id: int, **options):
+        """/animate, once its job is in the queue: the bot enqueues after it has deferred its answer."""
+        interaction = await self.animate(**options)
+        await self.fake.wait_for(lambda: (m := interaction.original()) and f"Job {job_id}" in m.content)
+        return interaction
+
     async def ephemeral_answer(self, interaction) -> str:
         """The text the person alone saw: the response itself, or a follow-up after a withdrawn defer."""
         def answer():
@@ -229,8 +235,8 @@ async def test_bad_inputs_are_ephemeral_and_create_nothing(env, monkeypatch):
     assert await store.queue_length() == 0
     assert not [m for m in fake.messages.values() if not m.ephemeral and not m.deleted and m.author_id != OWNER]
 
-    for _ in range(2):
-        await env.animate(seconds=1.0)
+    for number in (1, 2):  # each queued before the next is asked for
+        await env.animate_queued(number, seconds=1.0)
     assert "the limit is 2" in await env.ephemeral_answer(await env.animate(seconds=1.0))
     assert await store.queue_length() == 2
 
@@ -239,7 +245,7 @@ async def test_cancel_button_owner_and_stranger_and_queue(env):
     fake, store = env.fake, env.store
     first = await env.animate(seconds=1.0)
     status = await fake.wait_for(lambda: (m := first.original()) and "Job 1" in m.content and m)
-    await env.animate(seconds=1.0)
+    await env.animate_queued(2, seconds=1.0)
     queue = await fake.slash_command("queue", OWNER)
     text = await env.ephemeral_answer(queue)
     assert "Job 1" in text and "Job 2" in text and "2 job(s) waiting" in text
