@@ -11,7 +11,7 @@ from benchmarks.multi_gpu import main
 def test_rounds_of_one_and_two_workers_report_jobs_workers_and_the_ratio(tmp_path, tiny_models_dir):
     out = tmp_path / "out.jsonl"
     lone, pair = main(["--device", "cpu", "--models", str(tiny_models_dir), "--rounds", "1,all", "--workers", "2",
-                       "--jobs", "3", "--seconds", "1.2", "--steps", "2", "--resolution", "64", "--no-warm-up",
+                       "--jobs", "3", "--seconds", "1", "--steps", "2", "--resolution", "64", "--no-warm-up",
                        "--work", str(tmp_path / "work"), "--out", str(out), "--timeout", "300"])
     assert [w["name"] for w in lone["workers"]] == ["cpu0"]
     assert [w["name"] for w in pair["workers"]] == ["cpu0", "cpu1"]
