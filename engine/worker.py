@@ -232,13 +232,12 @@ class Worker:
                 if self.stopping.is_set():
                     break
             await self.outage.attempt(self.store.heartbeat(self.name, problem))
-            if problem is None:
-                await self._describe()
-                job = await self.outage.attempt(self.store.claim(self.name))
             if problem is not None:
                 await self._pause(pause)
                 pause = min(pause * 2, NOT_READY_PAUSE_MAX)
                 continue
+            await self._describe()
+            job = await self.outage.attempt(self.store.claim(self.name))
             if self.outage.ongoing:  # not this worker's fault: a short, steady retry, so it resumes soon after
                 await self._pause(OUTAGE_RETRY_SECONDS)
                 continue
