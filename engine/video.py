@@ -12,6 +12,8 @@ from pathlib import Path
 import imageio_ffmpeg
 import numpy as np
 
+from storage.video_packets import count_packets
+
 FPS = 30
 
 
@@ -87,13 +89,8 @@ def count_frames(path: Path) -> int | None:
     """The frames in a video file, counted from its packets without decoding; None when it does not read."""
     if not Path(path).is_file():
         return None
-    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostats", "-i", str(path), "-map", "0:v:0",
-           "-c", "copy", "-progress", "pipe:1", "-f", "null", "-"]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    counts = [line.split("=", 1)[1] for line in result.stdout.splitlines() if line.startswith("frame=")]
-    if result.returncode != 0 or not counts:
-        return None
-    return int(counts[-1])
+    counted = count_packets(path)
+    return counted.frames if counted.complete else None
 
 
 @dataclass(frozen=True)
