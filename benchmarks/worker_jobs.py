@@ -118,6 +118,10 @@ async def run_jobs(settings: Settings, models: ModelCache, jobs: int, params: Jo
         worker = Worker(store, settings, "bench", models=models)
         started = time.time()
         with SectionTimes().watching() as times:
+            # A failed warm-up stops the benchmark (the worker itself would try again after a pause).
+            problem = await worker.warm_up() if not worker.warmed else None
+            if problem is not None:
+                raise RuntimeError(problem)
             await worker.run(max_jobs=jobs)
         finished = [await store.get(job_id) for job_id in ids]
     finally:
