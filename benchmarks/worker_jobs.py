@@ -73,8 +73,7 @@ class SectionTimes:
                 times["decode_s"] += event.decode_seconds
                 times["sections"].append({"sample_s": round(event.sample_seconds, 2),
                                           "decode_s": round(event.decode_seconds, 2),
-                                          "output_s": round(event.output_seconds, 2),
-                                          "decoded_beside": event.decoded_beside})
+                                          "output_s": round(event.output_seconds, 2)})
                 if on_section is not None:
                     on_section(event)
 
@@ -172,7 +171,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     from benchmarks.placing import place
     from engine.engine_options import EngineOptions
-    from engine.memory_plan import high_plan, low_plan, sizes_of_modules, with_decode_beside
+    from engine.memory_plan import high_plan, low_plan, sizes_of_modules
     from engine.prompt_cache import PromptCache
     from engine.sections import Variant
     from engine.speed import repeated_blocks
@@ -180,8 +179,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser()
     parser.add_argument("--variant", default="original")
     parser.add_argument("--mode", default="high", choices=("high", "low"))
-    parser.add_argument("--no-decode-beside", dest="decode_beside", action="store_false",
-                        help="decode each section between the sections, as before ENGINE_DECODE_BESIDE")
     add_job_arguments(parser)
     parser.add_argument("--tiny", type=Path, default=None,
                         help="CPU dry run of this script on a tiny models folder (tests/tiny_models.py), eager")
@@ -198,15 +195,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     built = built_models(variant, args.tiny)
     sizes = sizes_of_modules(built.encoders, built.transformer, repeated_blocks(built.transformer))
     plan = {"high": high_plan, "low": low_plan}[args.mode](sizes)
-    if args.decode_beside and not args.tiny:  # as choose_plan does, on the whole card (the models are in the plan)
-        plan = with_decode_beside(plan, torch.cuda.get_device_properties(0).total_memory)
     logging.getLogger(__name__).info("%s", plan.describe(sizes))
     placed = place(built, plan, options, 0.0, PromptCache(settings.data_dir / "cache" / "prompts", "random"))
     params = JobParams(seconds=args.seconds, steps=args.steps, variant=variant.value, resolution=args.resolution)
     records = asyncio.run(run_jobs(settings, PlacedModels(settings, placed), args.jobs, params))
     machine = "cpu" if args.tiny else torch.cuda.get_device_name()
-    records = [{**record, "mode": args.mode, "decode_beside": plan.decode_beside, "gpu": machine,
-                "torch": torch.__version__} for record in records]
+    records = [{**record, "mode": args.mode, "gpu": machine, "torch": torch.__version__} for record in records]
     for record in records:
         write(args.out, record)
     return records

@@ -8,7 +8,6 @@ and `placement_for` says where each model sits during each phase of a job.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -27,7 +26,6 @@ from engine.memory_plan import (
     ModelSizes,
     high_plan,
     plan_memory,
-    with_decode_beside,
 )
 from engine.offload import BlockStreamer
 
@@ -40,7 +38,6 @@ class EngineOptions:
     compile: bool = True  # regional torch.compile of the blocks (CUDA only)
     compile_vae: bool = False  # and of the VAE's decoder, with `compile` (ENGINE_COMPILE_VAE: see settings)
     fast_decode: bool = True  # the eager decoder's work regrouped (engine/fast_decode.py; ENGINE_FAST_DECODE)
-    decode_beside: bool = True  # decode beside the next section's sampling where memory allows (ENGINE_DECODE_BESIDE)
     attention: str = "auto"  # auto | sdpa | cudnn | flash | efficient
     fp8: bool = False  # FP8 linears in the blocks: faster on Hopper/Ada, half the memory anywhere; results change
     fp8_storage_only: bool = False  # FP8 weights, bf16 products even where FP8 tensor cores exist (benchmarks)
@@ -57,7 +54,6 @@ class EngineOptions:
             compile=settings.engine_compile,
             compile_vae=settings.engine_compile_vae,
             fast_decode=settings.engine_fast_decode,
-            decode_beside=settings.engine_decode_beside,
             attention=settings.engine_attention,
             fp8=settings.engine_fp8,
             stream_slots=settings.engine_stream_slots,
@@ -84,19 +80,13 @@ def choose_plan(options: EngineOptions, device: torch.device, sizes: ModelSizes)
     """`high` and `low` are the named plans; `auto` plans from the budget (on a CPU without a budget given,
     everything simply stays in memory)."""
     mode = (options.memory_mode or "auto").strip().lower()
-    if mode not in (*NAMED_PLANS, "auto"):
-        raise ValueError(f"ENGINE_MEMORY_MODE must be auto, high or low, not {mode!r}.")
-    budget = functools.cache(lambda: options.budget(device))
     if mode in NAMED_PLANS:
-        plan = NAMED_PLANS[mode](sizes)
-    elif device.type != "cuda" and options.vram_gb is None:
-        plan = high_plan(sizes)
-    else:
-        plan = plan_memory(budget(), sizes)
-    # A CPU has no second stream to decode on: the decode would only take cores from the sampling.
-    if options.decode_beside and device.type == "cuda" and plan.all_on_gpu:
-        plan = with_decode_beside(plan, budget().vram)
-    return plan
+        return NAMED_PLANS[mode](sizes)
+    if mode != "auto":
+        raise ValueError(f"ENGINE_MEMORY_MODE must be auto, high or low, not {mode!r}.")
+    if device.type != "cuda" and options.vram_gb is None:
+        return high_plan(sizes)
+    return plan_memory(options.budget(device), sizes)
 
 
 def mapped_file(options: EngineOptions, name: str, identity: str) -> Path:

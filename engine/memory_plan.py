@@ -114,16 +114,10 @@ class MemoryPlan:
     private_bytes: int  # the expected private host memory (pinned copies included)
     modulation: str = ""  # the AdaLN linears kept off the GPU: "pinned" | "mapped" | "" (in their blocks)
     vae_tile: int = DEFAULT_TILE  # px, where vae_tiled
-    decode_beside: bool = False  # a section decodes on its own stream while the next samples (see with_decode_beside)
 
     @property
     def streams_blocks(self) -> bool:
         return bool(self.blocks_from)
-
-    @property
-    def all_on_gpu(self) -> bool:
-        """Every block and the VAE stay on the GPU, and the VAE decodes untiled (Llama may be elsewhere)."""
-        return not self.streams_blocks and self.encoders_on_gpu and not self.vae_tiled
 
     def describe(self, sizes: ModelSizes) -> str:
         """One line for the worker's log."""
@@ -133,7 +127,6 @@ class MemoryPlan:
                   + (f", AdaLN modulation from {self.modulation} RAM once per section" if self.modulation else ""))
         encoders = "on the GPU" if self.encoders_on_gpu else "visiting"
         vae = f"tiled ({self.vae_tile} px)" if self.vae_tiled else "untiled"
-        vae += ", beside the next section's sampling" if self.decode_beside else ""
         return (f"memory plan {self.name}: {blocks}; Llama {self.llama}; CLIP/SigLIP/VAE {encoders}; "
                 f"VAE {vae}; expected peak {self.gpu_bytes / GB:.1f} GB GPU, "
                 f"{self.private_bytes / GB:.1f} GB private RAM")
@@ -248,20 +241,6 @@ def plan_memory(budget: Budget, sizes: ModelSizes = FULL_SIZE) -> MemoryPlan:
     name = "planned" if gpu + FRAGMENTATION <= budget.vram else "planned, over its GPU budget"
     return MemoryPlan(name, resident, blocks_from, llama, encoders_on_gpu, vae_tiled, gpu, private, modulation,
                       vae_tile)
-
-
-def with_decode_beside(plan: MemoryPlan, vram: int) -> MemoryPlan:
-    """The plan with each section's decode moved beside the next section's sampling, where `vram` bytes hold both.
-
-    Only where everything stays on the GPU: a streamed block or a visiting VAE would have the two phases
-    fight over the same slots. The plan's peak then holds both phases' workspaces, not the larger of them.
-    """
-    if not plan.all_on_gpu:
-        return plan
-    both = plan.gpu_bytes + min(SAMPLING_WORKSPACE, VAE_UNTILED_DECODE)
-    if both + FRAGMENTATION > vram:
-        return plan
-    return replace(plan, decode_beside=True, gpu_bytes=both)
 
 
 def load_peak(plan: MemoryPlan, sizes: ModelSizes) -> int:

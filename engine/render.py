@@ -17,7 +17,6 @@ section that wrote it, rebuilt from the saved latents, so the video is never sho
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import json
@@ -158,7 +157,6 @@ class SectionEvent:
     decode_seconds: float  # VAE decode and blend
     output_seconds: float  # video segment, preview GIF, checkpoint (on the output thread, beside the next section)
     blocked_seconds: float = 0.0  # how long the section loop waited for earlier sections' output
-    decoded_beside: bool = False  # the decode ran on the output thread's stream while the next section sampled
 
 
 @dataclass
@@ -438,7 +436,6 @@ class _SectionLoop:
             job.models, job.request, job.conditioning, job.checkpoint, job.saved_sections)
         self.resumed_from = self.done
         self.frames_done = sum(int(n) for n in self.segments.values())
-        self.decode_stream = _decode_stream(job.models)
 
     def run(self) -> None:
         job = self.job
@@ -504,39 +501,20 @@ class _SectionLoop:
             raise
         self.partial = None
         sampled = time.perf_counter()
-        last = index == self.request.sections - 1
-        window, state = sampler.decode_window(index), sampler.generator.get_state()
-        if self.decode_stream is not None and not last:
-            blocked = output.make_room()
-            output.submit(functools.partial(self._decode_beside, index, stitcher, window, generated, sampler.history,
-                                            state, sample_seconds=sampled - clock, blocked_seconds=blocked))
-            return
-        if self.decode_stream is not None:
-            output.drain()  # the earlier sections' decodes go into the stitcher first
         with models.placement.vae():
-            chunk = vae_decode(window, models.encoders.vae)
+            chunk = vae_decode(sampler.decode_window(index), models.encoders.vae)
         blocks = [stitcher.add(chunk)]
-        if last:
+        if index == self.request.sections - 1:
             blocks.append(stitcher.finish())
         decoded = time.perf_counter()
         blocked = output.make_room()
         output.submit(functools.partial(
-            self._finish_section, index, blocks, chunk, generated, sampler.history, state,
+            self._finish_section, index, blocks, chunk, generated, sampler.history, sampler.generator.get_state(),
             sample_seconds=sampled - clock, decode_seconds=decoded - sampled, blocked_seconds=blocked,
         ))
 
-    def _decode_beside(self, index: int, stitcher: OverlapStitcher, window: torch.Tensor, generated: torch.Tensor,
-                       history: torch.Tensor, generator_state, **timings: float) -> None:
-        """On the output thread, while the next section samples: the decode on its own stream, then the rest."""
-        start = time.perf_counter()
-        with self.decode_stream():
-            chunk = vae_decode(window, self.job.models.encoders.vae)  # back on the CPU: the stream is done
-        blocks = [stitcher.add(chunk)]
-        self._finish_section(index, blocks, chunk, generated, history, generator_state,
-                             decode_seconds=time.perf_counter() - start, decoded_beside=True, **timings)
-
     def _finish_section(self, index: int, blocks: list, chunk: torch.Tensor, generated: torch.Tensor,
-                        history: torch.Tensor, generator_state, **timings) -> None:
+                        history: torch.Tensor, generator_state, **timings: float) -> None:
         """On the output thread: the section's frames, latents, preview and checkpoint, then its event."""
         job, request = self.job, self.request
         start = time.perf_counter()
@@ -559,17 +537,6 @@ class _SectionLoop:
         write_segment(self.job.work_dir / f"segment_{rank:04d}.mp4", frames_to_uint8(block), self.request.crf)
         self.segments[rank] = block.shape[1]
         return block.shape[1]
-
-
-def _decode_stream(models: FramePackModels) -> Callable[[], contextlib.AbstractContextManager] | None:
-    """Where the plan decodes beside the sampling: what puts a decode on its own CUDA stream (None: between
-    sections, as the demos do). A CPU device (the tests) gets the same order of work with no stream."""
-    if models.plan is None or not models.plan.decode_beside:
-        return None
-    if models.device.type != "cuda":
-        return contextlib.nullcontext
-    stream = torch.cuda.Stream(models.device)
-    return functools.partial(torch.cuda.stream, stream)
 
 
 def _join_segments(job: _Job, segments: dict[int, int], out_path: Path, resumed_from: int) -> RenderResult:

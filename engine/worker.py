@@ -394,8 +394,7 @@ class Worker:
             # Called from render's output thread, usually while the next section samples: keep that
             # section's step in the progress and bring in the new preview and frame count.
             last_preview[0], frames[0] = str(event.gif), event.frames_done
-            decode = 0.0 if event.decoded_beside else event.decode_seconds  # beside: off the sampling's path
-            run.section_overheads.append(decode + event.blocked_seconds)
+            run.section_overheads.append(event.decode_seconds + event.blocked_seconds)
             section, step = max((event.section, p.steps), at[0])
             report(Progress(section, event.sections, step, p.steps, last_preview[0], frames[0]))
 

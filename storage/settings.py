@@ -125,9 +125,6 @@ class Settings(BaseSettings):
     # on an H200 2.22 s a section's decode against 3.64 s, the pixels the same up to rounding (64 dB); false:
     # diffusers' decode as it is
     engine_fast_decode: bool = True
-    # where the memory plan keeps everything on the GPU with room for both, a section's VAE decode runs on its own
-    # CUDA stream while the next section samples, instead of between them; false: between them
-    engine_decode_beside: bool = True
     # auto (the fastest installed kernel that passes a start-up test call: FA3 on Hopper, FP8 attention with
     # engine_fp8 when nvidia-cudnn-frontend is installed; else PyTorch's SDPA choice)
     # | sdpa | cudnn | flash | efficient | fa3 | cudnn-fe | cudnn-fp8

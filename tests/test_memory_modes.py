@@ -7,7 +7,6 @@ import dataclasses
 import os
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from helpers import video_frames
 
 from engine.engine_options import EngineOptions, choose_plan
 from engine.memory_modes import Offloaded
-from engine.memory_plan import FULL_SIZE, GB, SAMPLING_WORKSPACE, Budget, high_plan, low_plan, plan_memory
+from engine.memory_plan import FULL_SIZE, GB, Budget, high_plan, low_plan, plan_memory
 from engine.models import load_models
 from engine.offload import BlockStreamer
 from engine.render import RenderRequest, render
@@ -101,38 +100,19 @@ def test_the_targets_private_memory():
 def test_named_plans_and_auto():
     options = EngineOptions(memory_mode="low")
     assert choose_plan(options, CUDA, FULL_SIZE) == low_plan(FULL_SIZE)
-    named = EngineOptions(memory_mode=" HIGH ", decode_beside=False)
-    assert choose_plan(named, CUDA, FULL_SIZE) == high_plan(FULL_SIZE)
+    assert choose_plan(EngineOptions(memory_mode=" HIGH "), CUDA, FULL_SIZE) == high_plan(FULL_SIZE)
     assert choose_plan(EngineOptions(), torch.device("cpu"), FULL_SIZE).name == "high"  # a CPU without a budget
-    budgeted = EngineOptions(vram_gb=24, ram_gb=32)  # tiled and streaming: never decoded beside
+    budgeted = EngineOptions(vram_gb=24, ram_gb=32)
     assert choose_plan(budgeted, CUDA, FULL_SIZE) == plan_memory(Budget(24 * GB, 32 * GB))
     with pytest.raises(ValueError, match="auto, high or low"):
         choose_plan(EngineOptions(memory_mode="medium"), CUDA, FULL_SIZE)
-
-
-@pytest.mark.parametrize("vram_gb, beside", [(80, True), (64, False), (24, False)])
-def test_the_decode_goes_beside_the_sampling_only_where_both_fit(vram_gb, beside):
-    high = high_plan(FULL_SIZE)
-    plan = choose_plan(EngineOptions(vram_gb=vram_gb, ram_gb=128), CUDA, FULL_SIZE)
-    assert plan.decode_beside is beside
-    if beside:  # the peak holds both phases' workspaces
-        assert plan == replace(high, decode_beside=True, gpu_bytes=high.gpu_bytes + SAMPLING_WORKSPACE)
-        assert "beside the next section's sampling" in plan.describe(FULL_SIZE)
-    named = choose_plan(EngineOptions(memory_mode="high", vram_gb=vram_gb), CUDA, FULL_SIZE)
-    assert named.decode_beside is beside
-    for off in (EngineOptions(vram_gb=vram_gb, ram_gb=128, decode_beside=False),
-                EngineOptions(memory_mode="low", vram_gb=vram_gb)):
-        assert not choose_plan(off, CUDA, FULL_SIZE).decode_beside
-    # A CPU has no second stream: the decode stays between sections whatever the budget.
-    assert not choose_plan(EngineOptions(vram_gb=vram_gb, ram_gb=128), torch.device("cpu"), FULL_SIZE).decode_beside
 
 
 def test_settings_reach_the_engine_options(monkeypatch):
     from storage.settings import Settings
 
     for name in ("ENGINE_MEMORY_MODE", "ENGINE_FP8", "ENGINE_COMPILE", "ENGINE_TEACACHE", "ENGINE_STREAM_SLOTS",
-                 "ENGINE_VRAM_GB", "ENGINE_RAM_GB", "DATA_DIR", "ENGINE_FAST_DECODE",
-                 "ENGINE_DECODE_BESIDE"):
+                 "ENGINE_VRAM_GB", "ENGINE_RAM_GB", "DATA_DIR", "ENGINE_FAST_DECODE"):
         monkeypatch.delenv(name, raising=False)
     defaults = EngineOptions.from_settings(Settings(_env_file=None))
     assert defaults == EngineOptions(cache_dir=Path("data") / "cache", lora_dir=Path("data") / "loras")
@@ -144,12 +124,11 @@ def test_settings_reach_the_engine_options(monkeypatch):
     monkeypatch.setenv("ENGINE_VRAM_GB", "24")
     monkeypatch.setenv("ENGINE_RAM_GB", "31.5")
     monkeypatch.setenv("ENGINE_FAST_DECODE", "false")
-    monkeypatch.setenv("ENGINE_DECODE_BESIDE", "false")
     settings = Settings()
     options = EngineOptions.from_settings(settings)
     assert options == EngineOptions(memory_mode="low", compile=False, attention="auto", fp8=True, stream_slots=3,
                                     vram_gb=24.0, ram_gb=31.5, cache_dir=Path("data") / "cache",
-                                    lora_dir=Path("data") / "loras", fast_decode=False, decode_beside=False)
+                                    lora_dir=Path("data") / "loras", fast_decode=False)
     assert settings.engine_teacache == 0.15
 
 

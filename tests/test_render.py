@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from pathlib import Path
 
@@ -13,20 +12,12 @@ from conftest import make_picture
 from helpers import video_frames
 from PIL import Image
 
-import engine.render
 from engine.image_input import nearest_bucket, scaled_buckets
-from engine.memory_plan import FULL_SIZE, high_plan
 from engine.render import Cancelled, Paused, RenderRequest, render
 from engine.sections import frames_after_each_section, section_count
 from engine.video import probe
 
 TINY = dict(prompt="a cat dances", steps=3, resolution=64)
-
-
-def decoding_beside(models):
-    """`models` with a plan that decodes each section beside the next one's sampling (no stream on a CPU)."""
-    plan = dataclasses.replace(models.plan or high_plan(FULL_SIZE), decode_beside=True)
-    return dataclasses.replace(models, plan=plan)
 
 
 def _render(models, tmp: Path, name: str, **changes):
@@ -191,10 +182,9 @@ def test_history_kept_between_sections_does_not_grow(original_models, tmp_path):
     assert max(sizes) <= 19 + 1 and sizes[-1] == sizes[3]
 
 
-@pytest.mark.parametrize("beside", [False, True], ids=["decode-between", "decode-beside"])
 @pytest.mark.parametrize("variant", ["original", "f1"])
-def test_pause_mid_section_resumes_at_that_step_with_the_same_video(models_for, tmp_path, variant, beside):
-    models = decoding_beside(models_for[variant]) if beside else models_for[variant]
+def test_pause_mid_section_resumes_at_that_step_with_the_same_video(models_for, tmp_path, variant):
+    models = models_for[variant]
     request = RenderRequest(**{**TINY, "steps": 4}, seconds=3.6, variant=variant, seed=9)  # 3 sections
     picture = make_picture()
     whole = render(models, picture, request, tmp_path / "whole", tmp_path / "whole.mp4")
@@ -258,28 +248,23 @@ def test_a_sections_output_is_written_while_the_next_section_samples(original_mo
     assert np.array_equal(video_frames(overlapped.video), video_frames(plain.video))
 
 
-@pytest.mark.parametrize("variant", ["original", "f1"])
-def test_a_section_decoded_beside_the_next_sampling_gives_the_same_video(models_for, tmp_path, monkeypatch, variant):
-    models = models_for[variant]
-    request = RenderRequest(**TINY, seconds=3.6, variant=variant, seed=4)  # 3 sections
-    picture = make_picture()
-    decoded_on = []
-    decode = engine.render.vae_decode
+def test_the_last_sections_two_segments_are_encoded_at_once(original_models, tmp_path, monkeypatch):
+    """The last section writes its own frames and the video's far end: its tail, which the person waits for."""
+    import engine.render
 
-    def watched(latents, vae):
-        decoded_on.append(threading.current_thread().name)
-        return decode(latents, vae)
+    request = RenderRequest(**TINY, seconds=2.4, seed=3)  # 2 sections: the second writes two segments
+    both = threading.Barrier(2, timeout=60)
+    encode = engine.render.write_segment
+    met = []
 
-    monkeypatch.setattr(engine.render, "vae_decode", watched)
-    events = []
-    beside = render(decoding_beside(models), picture, request, tmp_path / "a", tmp_path / "a.mp4",
-                    on_section=events.append)
-    # Sections 1 and 2 decode on the output thread while the next one samples; the last one in line, so the
-    # job's last decode is done when render gives up the GPU.
-    assert [e.decoded_beside for e in events] == [True, True, False]
-    assert [name.startswith("framepack-output") for name in decoded_on] == [True, True, False]
-    assert all(e.decode_seconds > 0 for e in events)
-    decoded_on.clear()
-    between = render(models, picture, request, tmp_path / "b", tmp_path / "b.mp4")
-    assert not any(name.startswith("framepack-output") for name in decoded_on)
-    assert np.array_equal(video_frames(beside.video), video_frames(between.video))
+    def meeting(path, frames, crf=16):
+        if request.sections == 2 and path.name in ("segment_0000.mp4", "segment_0001.mp4"):
+            met.append(both.wait())  # written one after the other, the first would wait alone and time out
+        return encode(path, frames, crf)
+
+    monkeypatch.setattr(engine.render, "write_segment", meeting)
+    result = render(original_models, make_picture(), request, tmp_path / "job", tmp_path / "job.mp4")
+    assert sorted(met) == [0, 1]
+    monkeypatch.setattr(engine.render, "write_segment", encode)
+    plain = render(original_models, make_picture(), request, tmp_path / "plain", tmp_path / "plain.mp4")
+    assert np.array_equal(video_frames(result.video), video_frames(plain.video))

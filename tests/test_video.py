@@ -86,3 +86,19 @@ def test_section_gif_respects_width_and_size(tmp_path):
 def test_latent_preview_is_side_by_side_rgb():
     strip = latent_preview(torch.randn(1, 16, 3, 5, 7))
     assert strip.shape == (5, 21, 3) and strip.dtype == np.uint8
+
+
+def test_frames_are_counted_from_packets_and_a_cut_file_is_incomplete(tmp_path):
+    from engine.video import count_frames
+    from storage.video_packets import count_packets
+
+    frames = np.random.default_rng(1).integers(0, 255, (45, 64, 96, 3), dtype=np.uint8)
+    path = write_segment(tmp_path / "whole.mp4", frames)
+    assert count_packets(path) == count_packets(path, timeout=60)
+    assert count_packets(path).frames == count_frames(path) == 45 and count_packets(path).complete
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    counted = count_packets(cut)
+    assert not counted.complete or counted.frames < 45
+    assert count_frames(cut) != 45
+    assert count_frames(tmp_path / "missing.mp4") is None
