@@ -90,12 +90,12 @@ def test_latent_preview_is_side_by_side_rgb():
 
 def test_frames_are_counted_from_packets_and_a_cut_file_is_incomplete(tmp_path):
     from engine.video import count_frames
-    from storage.video_packets import count_packets
+    from storage.video_packets import PacketCount, count_packets
 
     frames = np.random.default_rng(1).integers(0, 255, (45, 64, 96, 3), dtype=np.uint8)
     path = write_segment(tmp_path / "whole.mp4", frames)
-    assert count_packets(path) == count_packets(path, timeout=60)
-    assert count_packets(path).frames == count_frames(path) == 45 and count_packets(path).complete
+    assert count_packets(path, timeout=60) == PacketCount(45, complete=True)
+    assert count_frames(path) == 45
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     counted = count_packets(cut)
