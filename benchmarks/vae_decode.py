@@ -2,20 +2,24 @@
 eager and compiled, with the time, the peak memory above the weights, and the PSNR against today's decodes.
 
     python -m benchmarks.vae_decode --out results.jsonl [--tiles 256,320,384,512] [--compiled 256,384]
-        [--ways fast|static] [--profile FILE]
+        [--ways fast,fast-cl,fast-cl-inductor,fast-reuse|static] [--profile FILE]
 
 The window is the 18 latent frames the demos decode after a section, at 640x608 (76x80 latents). "untiled" is
 diffusers' default decode (frame-wise, in temporal tiles of 16 frames); a tile size T decodes spatial tiles of
 T px every T - 64 px, diffusers' default overlap (256 every 192 is its default tiling). `--ways fast` times the
-decoder of engine/fast_decode.py (same tiles, same pixels up to rounding) untiled and at --tiles, "static"
-the decoder compiled for fixed shapes (the first call, the compile, timed apart); `--profile` writes the
-eager untiled decode's top kernels by GPU time. (The batched-tiles and copy-padding rows of 2026-12-03 came
+decoder of engine/fast_decode.py (same tiles, same pixels up to rounding) untiled and at --tiles; "fast-cl"
+the same with channels-last tensors, "fast-cl-inductor" also with each GroupNorm, SiLU and padding fused by
+Inductor; "fast-reuse" the fast decoder right after the previous section's window (9 frames on), reusing
+the tiles the two share (engine/decoded_tiles.py); "static" the decoder compiled for fixed shapes (the
+first call, the compile, timed apart); `--profile` writes the eager untiled decode's top kernels by GPU
+time, and each fast way's. (The batched-tiles and copy-padding rows of 2026-12-03 came
 from an earlier version of this script.)
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from pathlib import Path
@@ -23,6 +27,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKLHunyuanVideo
 
+from engine.decoded_tiles import reuse_decoded_tiles
 from engine.fast_decode import speed_up_decoder
 from engine.speed import compile_vae_decoder
 from engine.stitch import vae_decode
@@ -38,8 +43,12 @@ def set_tiles(vae, tile: int | None) -> None:
                           tile_sample_stride_height=tile - OVERLAP, tile_sample_stride_width=tile - OVERLAP)
 
 
-def timed(vae, latents, tile: int | None, repeats: int, decode=vae_decode) -> tuple[torch.Tensor, list[float], float]:
+def timed(vae, latents, tile: int | None, repeats: int, decode=vae_decode,
+          before=None) -> tuple[torch.Tensor, list[float], float]:
+    """`before` (untimed) decodes the previous section's window ahead of each timed decode."""
     set_tiles(vae, tile)
+    before = before or (lambda: None)
+    before()
     start = time.perf_counter()
     decode(latents, vae)  # the first call pays for cuDNN's (or Inductor's) choices
     torch.cuda.synchronize()
@@ -48,6 +57,8 @@ def timed(vae, latents, tile: int | None, repeats: int, decode=vae_decode) -> tu
     base = torch.cuda.memory_allocated()
     times = []
     for _ in range(repeats):
+        before()
+        torch.cuda.synchronize()
         start = time.perf_counter()
         pixels = decode(latents, vae)
         torch.cuda.synchronize()
@@ -56,6 +67,7 @@ def timed(vae, latents, tile: int | None, repeats: int, decode=vae_decode) -> tu
 
 
 def profile(vae, latents, path: Path) -> None:
+    """The untiled decode's top kernels by GPU time, written to `path`."""
     set_tiles(vae, None)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         vae_decode(latents, vae)
@@ -78,19 +90,24 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=18)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--latent-size", default="76x80", help="latent height x width (640x608 px: 76x80)")
-    parser.add_argument("--ways", default="", help="fast (engine/fast_decode.py: untiled, then --tiles) or static")
-    parser.add_argument("--profile", type=Path, default=None, help="write the eager untiled decode's top kernels")
+    parser.add_argument("--ways", default="", help="fast and/or fast-cl (engine/fast_decode.py, channels-first or "
+                        "channels-last: untiled, then --tiles) or static")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="write each way's untiled decode's top kernels (FILE, FILE.fast, FILE.fast-cl)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     torch.manual_seed(0)
     vae = AutoencoderKLHunyuanVideo().to("cuda", torch.float16).eval().requires_grad_(False)
     height, width = (int(n) for n in args.latent_size.split("x"))
-    latents = torch.randn(1, 16, args.frames, height, width, generator=torch.Generator().manual_seed(1))
-    latents = latents * vae.config.scaling_factor
+    # the window, and 9 frames on the previous section's (the inverted sampler's order)
+    history = torch.randn(1, 16, args.frames + 9, height, width, generator=torch.Generator().manual_seed(1))
+    history = history * vae.config.scaling_factor
+    latents, previous = history[:, :, :args.frames], history[:, :, 9:args.frames + 9]
     reference: dict[str, torch.Tensor] = {}
 
-    def record(kind: str, tile: int | None, decode=vae_decode) -> None:
-        pixels, (first_call, *times), peak = timed(vae, latents, tile, args.repeats, decode)
+    def record(kind: str, tile: int | None, decode=vae_decode, on=vae) -> None:
+        before = (lambda: vae_decode(previous, on)) if kind.endswith("-reuse") else None
+        pixels, (first_call, *times), peak = timed(on, latents, tile, args.repeats, decode, before)
         name = "untiled" if tile is None else f"tiles {tile}/{tile - OVERLAP}"
         reference.setdefault(f"{kind} {name}", pixels)
         row = {"bench": "vae_decode", "kind": kind, "decode": name, "latent_frames": args.frames,
@@ -114,10 +131,18 @@ def main() -> None:
             profile(vae, latents, args.profile)
         for tile in tiles:
             record("eager", tile)
-        if "fast" in ways:  # each against the eager decode with the same tiles as well
-            speed_up_decoder(vae)
+        fast_ways = [way for way in ways if way.startswith("fast")]
+        for way in fast_ways:  # each against the eager decode with the same tiles as well
+            fast = copy.deepcopy(vae)
+            speed_up_decoder(fast, channels_last="-cl" in way, compiled_norm="-inductor" in way)
+            if way.endswith("-reuse"):
+                reuse_decoded_tiles(fast)
             for tile in [None, *tiles]:
-                record("fast", tile)
+                record(way, tile, on=fast)
+            if args.profile is not None:
+                profile(fast, latents, args.profile.with_name(f"{args.profile.name}.{way}"))
+            del fast
+        if fast_ways:
             return
         if "static" in ways:
             vae.decoder.forward = torch.compile(vae.decoder.forward, dynamic=False)

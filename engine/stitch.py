@@ -18,7 +18,16 @@ def vae_decode(latents: torch.Tensor, vae) -> torch.Tensor:
     """(1, 16, T, h, w) latents -> (3, 4T-3, H, W) fp16 pixels on the CPU, about [-1, 1]."""
     z = latents.float() / vae.config.scaling_factor
     pixels = vae.decode(z.to(device=vae.device, dtype=vae.dtype)).sample
-    return pixels[0].to(torch.float16).cpu()
+    return to_host(pixels[0].to(torch.float16))
+
+
+def to_host(tensor: torch.Tensor) -> torch.Tensor:
+    """A GPU tensor copied to the CPU through page-locked memory: a section's pixels (160 MB at 640x608)
+    took 108 ms into pageable memory on an H200, the GPU idle meanwhile. torch caches the pinned blocks."""
+    if tensor.device.type != "cuda":
+        return tensor.cpu()
+    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    return host.copy_(tensor)
 
 
 def chunk_latents(
