@@ -2,18 +2,17 @@
 eager and compiled, with the time, the peak memory above the weights, and the PSNR against today's decodes.
 
     python -m benchmarks.vae_decode --out results.jsonl [--tiles 256,320,384,512] [--compiled 256,384]
-        [--ways fast,fast-cl,fast-cl-inductor,fast-reuse|static] [--profile FILE]
+        [--ways fast,fast-reuse|static] [--profile FILE]
 
 The window is the 18 latent frames the demos decode after a section, at 640x608 (76x80 latents). "untiled" is
 diffusers' default decode (frame-wise, in temporal tiles of 16 frames); a tile size T decodes spatial tiles of
 T px every T - 64 px, diffusers' default overlap (256 every 192 is its default tiling). `--ways fast` times the
-decoder of engine/fast_decode.py (same tiles, same pixels up to rounding) untiled and at --tiles; "fast-cl"
-the same with channels-last tensors, "fast-cl-inductor" also with each GroupNorm, SiLU and padding fused by
-Inductor; "fast-reuse" the fast decoder right after the previous section's window (9 frames on), reusing
+decoder of engine/fast_decode.py (same tiles, same pixels up to rounding) untiled and at --tiles; "fast-reuse"
+the fast decoder right after the previous section's window (9 frames on), reusing
 the tiles the two share (engine/decoded_tiles.py); "static" the decoder compiled for fixed shapes (the
 first call, the compile, timed apart); `--profile` writes the eager untiled decode's top kernels by GPU
-time, and each fast way's. (The batched-tiles and copy-padding rows of 2026-12-03 came
-from an earlier version of this script.)
+time, and each fast way's. (The batched-tiles and copy-padding rows of 2026-12-03, and the channels-last
+and Inductor-fused rows of 2026-12-04, came from earlier versions of this script.)
 """
 
 from __future__ import annotations
@@ -90,10 +89,10 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=18)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--latent-size", default="76x80", help="latent height x width (640x608 px: 76x80)")
-    parser.add_argument("--ways", default="", help="fast and/or fast-cl (engine/fast_decode.py, channels-first or "
-                        "channels-last: untiled, then --tiles) or static")
+    parser.add_argument("--ways", default="", help="fast and/or fast-reuse (engine/fast_decode.py, and reusing "
+                        "the previous window's tiles: untiled, then --tiles) or static")
     parser.add_argument("--profile", type=Path, default=None,
-                        help="write each way's untiled decode's top kernels (FILE, FILE.fast, FILE.fast-cl)")
+                        help="write each way's untiled decode's top kernels (FILE, FILE.fast, FILE.fast-reuse)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -134,7 +133,7 @@ def main() -> None:
         fast_ways = [way for way in ways if way.startswith("fast")]
         for way in fast_ways:  # each against the eager decode with the same tiles as well
             fast = copy.deepcopy(vae)
-            speed_up_decoder(fast, channels_last="-cl" in way, compiled_norm="-inductor" in way)
+            speed_up_decoder(fast)
             if way.endswith("-reuse"):
                 reuse_decoded_tiles(fast)
             for tile in [None, *tiles]:
