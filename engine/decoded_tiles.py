@@ -11,8 +11,9 @@ Only the last decode call's tiles are kept, in RAM when the decoder runs on a GP
 decode, no GPU memory held between sections). Lookups compare a fingerprint, then the whole input.
 
 Decodes in spatial tiles (the low-memory plans) pass straight through: there the decoder runs once per
-256 px tile, and on the H200's low plan keeping each one cost more than the reuse saved (a job's decodes
-17.1-18.4 s with it against 17.3 s without, benchmarks/results/2026-12-04_worker_jobs_low_reuse_h200.jsonl).
+256 px tile, and in the H200's low plan the reuse gained nothing overall (a job's decodes 17.1-18.4 s with
+it, 16.8-19.2 s without: the middle sections faster, the first and last slower; 2026-12-04_worker_jobs_low_*
+in benchmarks/results).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ class _Decoded:
 
 def _fingerprint(tile: torch.Tensor) -> tuple:
     sums = torch.stack([tile.sum(dtype=torch.float32), tile.float().square().sum()])
-    return (tuple(tile.shape), tile.dtype, *sums.tolist())
+    return (tuple(tile.shape), tile.dtype, tile.device, *sums.tolist())
 
 
 def _keep(pixels: torch.Tensor) -> torch.Tensor:
