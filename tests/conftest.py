@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import itertools
 import os
 import sys
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -83,6 +85,15 @@ def original_models(tiny_models_dir):
 @pytest.fixture(scope="session")
 def f1_models(tiny_models_dir):
     return load_models("f1", "cpu", tiny_models_dir)
+
+
+@pytest.fixture(scope="module")
+def lively_vae(original_models):
+    """A copy of the tiny VAE with livelier random weights (the saved ones decode to near-flat pixels)."""
+    vae = copy.deepcopy(original_models.encoders.vae)
+    for parameter in vae.parameters():
+        torch.nn.init.normal_(parameter, std=0.3)
+    return vae
 
 
 @pytest.fixture()

@@ -19,11 +19,8 @@ from engine.sections import section_count
 
 
 @pytest.fixture(scope="module")
-def vae(original_models):
-    vae = copy.deepcopy(original_models.encoders.vae)
-    for parameter in vae.parameters():  # the saved tiny VAE's weights, made livelier
-        torch.nn.init.normal_(parameter, std=0.3)
-    return vae
+def vae(lively_vae):
+    return lively_vae
 
 
 @pytest.fixture(scope="module")

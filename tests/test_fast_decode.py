@@ -59,11 +59,8 @@ def test_group_norm_matches_torchs_far_from_zero_too(monkeypatch, mean, spread, 
 
 
 @pytest.fixture(scope="module")
-def vae(original_models):
-    vae = copy.deepcopy(original_models.encoders.vae)
-    for parameter in vae.parameters():  # the saved tiny VAE's weights, made livelier
-        torch.nn.init.normal_(parameter, std=0.3)
-    return vae
+def vae(lively_vae):
+    return lively_vae
 
 
 @pytest.mark.parametrize("frames", [1, 2, 9, 18, 19])
