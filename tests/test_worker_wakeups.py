@@ -41,6 +41,8 @@ async def test_an_idle_worker_claims_a_new_job_well_under_its_poll_interval(tmp_
         waited = time.perf_counter() - queued_at
         print(f"idle worker claimed a new job {waited * 1000:.0f} ms after it was queued (poll interval "
               f"{POLL_SECONDS:.0f} s)")
+        # the job shows running once the claim commits, a moment before the worker's claim call returns
+        await wait_for(lambda: _true(idle_claims[1:]), timeout=10, every=0.01)
         assert waited < 2.0 and idle_claims == [True, False]
         await asyncio.wait_for(running, timeout=120)
         assert (await wait_for(lambda: job_finished(frontend_store, job_id))).state is JobState.DONE
