@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.stitch import to_host
+
 
 @dataclass
 class _Decoded:
@@ -37,11 +39,9 @@ def _fingerprint(tile: torch.Tensor) -> tuple:
 
 
 def _keep(pixels: torch.Tensor) -> torch.Tensor:
-    """A copy the caller's in-place blending cannot touch: in pinned RAM, copied beside the GPU's work."""
-    if pixels.device.type != "cuda":
-        return pixels.clone()
-    host = torch.empty(pixels.shape, dtype=pixels.dtype, pin_memory=True)
-    return host.copy_(pixels, non_blocking=True)
+    """A copy the caller's in-place blending cannot touch: in pinned RAM, copied beside the GPU's work (read
+    only by a later copy back on the same stream)."""
+    return to_host(pixels, non_blocking=True) if pixels.device.type == "cuda" else pixels.clone()
 
 
 class DecodedTiles:
@@ -50,7 +50,6 @@ class DecodedTiles:
     def __init__(self, forward, spatially_tiled=lambda: False):
         self.forward = forward
         self.spatially_tiled = spatially_tiled
-        self.active = True
         self.previous: list[_Decoded] = []
         self.current: list[_Decoded] = []
         self.reused = 0
@@ -59,13 +58,12 @@ class DecodedTiles:
     def start_call(self) -> None:
         """A new decode call: the tiles of the one before stay available, older ones go."""
         self.previous, self.current = self.current, []
-        self.active = not self.spatially_tiled()
 
     def forget(self) -> None:
         self.previous, self.current = [], []
 
     def __call__(self, tile: torch.Tensor) -> torch.Tensor:
-        if not self.active:
+        if self.spatially_tiled():
             return self.forward(tile)
         key = _fingerprint(tile)
         for earlier in self.previous:

@@ -19,11 +19,6 @@ from engine.sections import section_count
 
 
 @pytest.fixture(scope="module")
-def vae(lively_vae):
-    return lively_vae
-
-
-@pytest.fixture(scope="module")
 def history():
     return torch.randn(1, 16, 40, 4, 6, generator=torch.Generator().manual_seed(5))
 
@@ -33,21 +28,21 @@ def _decode(vae, window):
         return vae.decode(window).sample
 
 
-def test_windows_that_move_by_a_window_reuse_the_shared_tiles(vae, history):
+def test_windows_that_move_by_a_window_reuse_the_shared_tiles(lively_vae, history):
     """The inverted sampler's windows: 18 frames, each new one 9 frames earlier in the history (diffusers'
     tiles: 5 latent frames every 3, so 6 tiles a window)."""
-    reusing = copy.deepcopy(vae)
+    reusing = copy.deepcopy(lively_vae)
     tiles = reuse_decoded_tiles(reusing)
     assert reuse_decoded_tiles(reusing) is tiles  # once
     for start, reused in ((18, 0), (9, 2), (0, 4)):
         window = history[:, :, start:start + 18]
-        assert torch.equal(_decode(reusing, window), _decode(vae, window))
+        assert torch.equal(_decode(reusing, window), _decode(lively_vae, window))
         assert tiles.reused == reused
     assert tiles.decoded == 6 + 4 + 4
 
 
-def test_a_window_decoded_again_is_all_reused_and_unharmed_by_diffusers_in_place_blending(vae, history):
-    reusing = copy.deepcopy(vae)
+def test_a_window_decoded_again_is_all_reused_and_unharmed_by_diffusers_in_place_blending(lively_vae, history):
+    reusing = copy.deepcopy(lively_vae)
     tiles = reuse_decoded_tiles(reusing)
     window = history[:, :, :18]
     first = _decode(reusing, window)
@@ -56,14 +51,14 @@ def test_a_window_decoded_again_is_all_reused_and_unharmed_by_diffusers_in_place
     assert (tiles.decoded, tiles.reused) == (6, 12)
 
 
-def test_only_the_last_call_is_remembered_and_a_shifted_window_reuses_nothing(vae, history):
-    reusing = copy.deepcopy(vae)
+def test_only_the_last_call_is_remembered_and_a_shifted_window_reuses_nothing(lively_vae, history):
+    reusing = copy.deepcopy(lively_vae)
     tiles = reuse_decoded_tiles(reusing)
     _decode(reusing, history[:, :, 9:27])
     _decode(reusing, history[:, :, 1:19])  # 8 frames on: no tile starts where one did
     assert tiles.reused == 0
     window = history[:, :, 9:27]
-    assert torch.equal(_decode(reusing, window), _decode(vae, window))
+    assert torch.equal(_decode(reusing, window), _decode(lively_vae, window))
     assert tiles.reused == 0  # the first call's tiles went with the second call
     tiles.forget()
     _decode(reusing, window)
@@ -86,8 +81,8 @@ def test_a_render_reuses_tiles_and_its_video_is_the_one_decoded_from_scratch(
     assert np.array_equal(video_frames(reusing.video), video_frames(scratch.video))
 
 
-def test_a_decode_in_spatial_tiles_passes_straight_through(vae, history):
-    reusing = copy.deepcopy(vae)
+def test_a_decode_in_spatial_tiles_passes_straight_through(lively_vae, history):
+    reusing = copy.deepcopy(lively_vae)
     reusing.enable_tiling(tile_sample_min_height=16, tile_sample_min_width=16,
                           tile_sample_stride_height=8, tile_sample_stride_width=8)
     tiles = reuse_decoded_tiles(reusing)

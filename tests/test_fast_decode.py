@@ -58,27 +58,22 @@ def test_group_norm_matches_torchs_far_from_zero_too(monkeypatch, mean, spread, 
     torch.testing.assert_close(got, expected, rtol=tolerance, atol=tolerance)  # fp16: its own rounding
 
 
-@pytest.fixture(scope="module")
-def vae(lively_vae):
-    return lively_vae
-
-
 @pytest.mark.parametrize("frames", [1, 2, 9, 18, 19])
-def test_the_fast_decoder_decodes_diffusers_pixels(vae, frames):
-    fast = copy.deepcopy(vae)
+def test_the_fast_decoder_decodes_diffusers_pixels(lively_vae, frames):
+    fast = copy.deepcopy(lively_vae)
     assert speed_up_decoder(fast) > 0
     assert speed_up_decoder(fast) == 0  # once
-    assert fast.encoder.forward == vae.encoder.forward.__func__.__get__(fast.encoder)  # the encoder stays
-    z = torch.randn(1, vae.config.latent_channels, frames, 4, 6, generator=torch.Generator().manual_seed(frames))
+    assert fast.encoder.forward == lively_vae.encoder.forward.__func__.__get__(fast.encoder)  # the encoder stays
+    z = torch.randn(1, lively_vae.config.latent_channels, frames, 4, 6, generator=torch.Generator().manual_seed(frames))
     with torch.no_grad():
-        expected = vae.decode(z).sample
+        expected = lively_vae.decode(z).sample
         got = fast.decode(z).sample
     assert got.shape == expected.shape
     torch.testing.assert_close(got, expected, rtol=0, atol=5e-5)
 
 
-def test_an_unknown_decoder_is_left_alone(vae):
-    odd = copy.deepcopy(vae)
+def test_an_unknown_decoder_is_left_alone(lively_vae):
+    odd = copy.deepcopy(lively_vae)
     odd.decoder.conv_act = torch.nn.GELU()
     assert speed_up_decoder(odd) == 0
     assert odd.decoder.forward.__func__ is HunyuanVideoDecoder3D.forward
