@@ -2,12 +2,13 @@
 eager and compiled, with the time, the peak memory above the weights, and the PSNR against today's decodes.
 
     python -m benchmarks.vae_decode --out results.jsonl [--tiles 256,320,384,512] [--compiled 256,384]
-        [--ways fast,fast-reuse|static] [--profile FILE]
+        [--ways fast,fast-torch,fast-reuse|static] [--profile FILE]
 
 The window is the 18 latent frames the demos decode after a section, at 640x608 (76x80 latents). "untiled" is
 diffusers' default decode (frame-wise, in temporal tiles of 16 frames); a tile size T decodes spatial tiles of
 T px every T - 64 px, diffusers' default overlap (256 every 192 is its default tiling). `--ways fast` times the
-decoder of engine/fast_decode.py (same tiles, same pixels up to rounding) untiled and at --tiles; "fast-reuse"
+decoder of engine/fast_decode.py (same tiles, same pixels up to rounding) untiled and at --tiles, with its
+norms in engine/decode_kernels.py's Triton kernels ("fast-torch": in torch's kernels); "fast-reuse"
 the fast decoder right after the previous section's window (9 frames on), reusing
 the tiles the two share (engine/decoded_tiles.py); "static" the decoder compiled for fixed shapes (the
 first call, the compile, timed apart); `--profile` writes the eager untiled decode's top kernels by GPU
@@ -133,7 +134,7 @@ def main() -> None:
         fast_ways = [way for way in ways if way.startswith("fast")]
         for way in fast_ways:  # each against the eager decode with the same tiles as well
             fast = copy.deepcopy(vae)
-            speed_up_decoder(fast)
+            speed_up_decoder(fast, kernels="-torch" not in way)
             if way.endswith("-reuse"):
                 reuse_decoded_tiles(fast)
             for tile in [None, *tiles]:

@@ -18,6 +18,10 @@ stay as they are. The encoder is left alone: the start latent is the official on
 
 from __future__ import annotations
 
+import functools
+import importlib
+import importlib.util
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -90,8 +94,28 @@ def _silu_into(x: torch.Tensor, out: torch.Tensor) -> None:
     torch.ops.aten.silu.out(x, out=out)
 
 
-def norm_silu_conv(x: torch.Tensor, norm: nn.GroupNorm, conv) -> torch.Tensor:
-    """conv(silu(norm(x))) for a diffusers causal convolution, the SiLU written into its padded input."""
+@functools.cache
+def _triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def kernel_module():
+    return importlib.import_module("engine.decode_kernels")
+
+
+def kernels_for(module: nn.Module, x: torch.Tensor):
+    """engine/decode_kernels.py where the decoder was sped up with kernels and they can run (CUDA tensors,
+    Triton installed), else None."""
+    if module._framepack_kernels and x.is_cuda and _triton_installed():
+        return kernel_module()
+    return None
+
+
+def norm_silu_conv(x: torch.Tensor, norm: nn.GroupNorm, conv, kernels=None) -> torch.Tensor:
+    """conv(silu(norm(x))) for a diffusers causal convolution, the SiLU written into its padded input;
+    by engine/decode_kernels.py's two passes where `kernels` is that module."""
+    if kernels is not None:
+        return conv.conv(kernels.norm_silu_pad(x, norm, conv.time_causal_padding))
     normed = group_norm(x, norm)
     return conv.conv(replicate_pad(normed, conv.time_causal_padding, fill=_silu_into))
 
@@ -104,8 +128,9 @@ def _causal_conv(conv, x: torch.Tensor) -> torch.Tensor:
 
 def _resnet_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
     x = hidden_states.contiguous()
-    h = norm_silu_conv(x, self.norm1, self.conv1)
-    h = norm_silu_conv(h, self.norm2, self.conv2)  # dropout: none at inference
+    kernels = kernels_for(self, x)
+    h = norm_silu_conv(x, self.norm1, self.conv1, kernels)
+    h = norm_silu_conv(h, self.norm2, self.conv2, kernels)  # dropout: none at inference
     residual = x if self.conv_shortcut is None else _causal_conv(self.conv_shortcut, x)
     return h.add_(residual)
 
@@ -131,7 +156,8 @@ def _decoder_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
     hidden_states = self.mid_block(self.conv_in(hidden_states))
     for up_block in self.up_blocks:
         hidden_states = up_block(hidden_states)
-    return norm_silu_conv(hidden_states.contiguous(), self.conv_norm_out, self.conv_out)
+    x = hidden_states.contiguous()
+    return norm_silu_conv(x, self.conv_norm_out, self.conv_out, kernels_for(self, x))
 
 
 def _whole(factors) -> tuple[int, int, int] | None:
@@ -139,9 +165,10 @@ def _whole(factors) -> tuple[int, int, int] | None:
     return whole if len(whole) == 3 and all(w == f and w >= 1 for w, f in zip(whole, factors, strict=True)) else None
 
 
-def speed_up_decoder(vae) -> int:
+def speed_up_decoder(vae, kernels: bool = True) -> int:
     """Rewrite the decoder's resnets, upsamplers and output as above (in place, once); returns the modules
-    changed, 0 when the decoder is not diffusers' HunyuanVideo one as this module knows it."""
+    changed, 0 when the decoder is not diffusers' HunyuanVideo one as this module knows it. With `kernels`,
+    norms on CUDA take engine/decode_kernels.py's Triton kernels."""
     from diffusers.models.autoencoders import autoencoder_kl_hunyuan_video as hv
 
     decoder = vae.decoder
@@ -158,6 +185,8 @@ def speed_up_decoder(vae) -> int:
     )
     if not understood:
         return 0
+    for module in [*resnets, decoder]:
+        module._framepack_kernels = kernels
     for resnet in resnets:
         resnet.forward = _resnet_forward.__get__(resnet)
     for upsampler in upsamplers:

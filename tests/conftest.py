@@ -20,6 +20,10 @@ os.environ["ENGINE_WARM_UP"] = "false"
 # frame (the H.264 encoder turns the fast decoder's one-level differences into larger ones); the fast decoder
 # has tests of its own against diffusers' pixels (tests/test_fast_decode.py).
 os.environ["ENGINE_FAST_DECODE"] = "false"
+# Without a GPU, Triton's kernels (engine/decode_kernels.py) run in its interpreter. Triton reads this as it
+# decorates each kernel, its own library's included, so it is set before anything imports triton.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from postgres_server import postgres_server, postgres_url  # noqa: E402, F401  (fixtures)
 from s3_server import ACCESS_KEY, SECRET_KEY, e2e_bucket, s3_endpoint, s3_settings  # noqa: E402, F401  (fixtures)
