@@ -1,10 +1,10 @@
-"""The decoder's GroupNorm -> SiLU -> replicate pad alone, at the shapes of a section's decode (640x608, a temporal
-tile of 5 latent frames): torch's kernels as engine/fast_decode.py uses them against engine/decode_kernels.py's
-Triton kernels at a few block sizes, with the largest difference between the two.
+"""The decoder's GroupNorm -> SiLU -> replicate pad, and its upsampling -> replicate pad, alone, at the shapes of a
+section's decode (640x608, a temporal tile of 5 latent frames): torch's kernels as engine/fast_decode.py uses them
+against engine/decode_kernels.py's Triton kernels at a few block sizes, with the largest difference between the two.
 
     python -m benchmarks.decode_kernels --out results.jsonl [--configs 8x128x4,4x256x4,...]
 
-A config is PAD_ROWS x PAD_COLUMNS x PAD_WARPS of the norm-SiLU-pad kernel.
+A config is PAD_ROWS x PAD_COLUMNS x PAD_WARPS of the padding kernel.
 """
 
 from __future__ import annotations
@@ -16,10 +16,12 @@ from pathlib import Path
 import torch
 
 from engine import decode_kernels
-from engine.fast_decode import _silu_into, group_norm, replicate_pad
+from engine.fast_decode import _silu_into, group_norm, replicate_pad, upsample_nearest
 
-# (channels, frames, height, width) of the decoder's norms on one temporal tile at 640x608
-SHAPES = [(512, 5, 76, 80), (512, 5, 152, 160), (256, 9, 304, 320), (256, 17, 608, 640), (128, 17, 608, 640)]
+# (channels, frames, height, width) of the decoder's norms on one temporal tile at 640x608, and of its upsamplers'
+# inputs with their factors
+NORM_SHAPES = [(512, 5, 76, 80), (512, 5, 152, 160), (256, 9, 304, 320), (256, 17, 608, 640), (128, 17, 608, 640)]
+UPSAMPLINGS = [((512, 5, 76, 80), (1, 2, 2)), ((512, 5, 152, 160), (2, 2, 2)), ((256, 9, 304, 320), (2, 2, 2))]
 PAD = (1, 1, 1, 1, 2, 0)  # the causal 3x3x3 convolution's
 
 
@@ -35,21 +37,30 @@ def seconds(work, repeats: int = 5) -> float:
     return start.elapsed_time(end) / 1000 / repeats
 
 
-def measure(shape: tuple[int, int, int, int], configs: list[str]) -> dict:
+def measure(shape: tuple[int, int, int, int], configs: list[str], factors=None) -> dict:
+    """The norm-SiLU-pad of a tensor of `shape`, or with `factors` its upsampling and padding, both ways."""
     x = torch.randn(1, *shape, device="cuda", dtype=torch.float16)
     norm = torch.nn.GroupNorm(32, shape[0], eps=1e-6).to("cuda", torch.float16)
     torch.nn.init.normal_(norm.weight)
     torch.nn.init.normal_(norm.bias)
+    if factors is None:
+        def in_torch():
+            return replicate_pad(group_norm(x, norm), PAD, fill=_silu_into)
 
-    def in_torch():
-        return replicate_pad(group_norm(x, norm), PAD, fill=_silu_into)
+        def in_triton():
+            return decode_kernels.norm_silu_pad(x, norm, PAD)
+    else:
+        def in_torch():
+            return replicate_pad(upsample_nearest(x, factors), PAD)
 
-    def in_triton():
-        return decode_kernels.norm_silu_pad(x, norm, PAD)
+        def in_triton():
+            return decode_kernels.upsample_pad(x, factors, PAD)
 
     reference = in_torch()
-    row = {"bench": "decode_kernels", "shape": list(shape), "torch_s": round(seconds(in_torch), 5),
-           "triton_stats_s": round(seconds(lambda: decode_kernels.group_moments(x.view(32, -1))), 5)}
+    row = {"bench": "decode_kernels", "work": "norm-silu-pad" if factors is None else f"upsample {factors}-pad",
+           "shape": list(shape), "torch_s": round(seconds(in_torch), 5)}
+    if factors is None:
+        row["triton_stats_s"] = round(seconds(lambda: decode_kernels.group_moments(x.view(32, -1))), 5)
     for config in configs:
         rows, columns, warps = (int(v) for v in config.split("x"))
         decode_kernels.PAD_ROWS, decode_kernels.PAD_COLUMNS, decode_kernels.PAD_WARPS = rows, columns, warps
@@ -60,13 +71,13 @@ def measure(shape: tuple[int, int, int, int], configs: list[str]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--configs", default="8x128x4,4x256x4,2x512x4,16x64x4,8x128x8,4x256x8")
+    parser.add_argument("--configs", default="2x512x4,1x1024x4,1x1024x8,4x512x8,2x256x4,4x256x4,1x512x4,8x128x4")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     torch.manual_seed(0)
-    for shape in SHAPES:
+    for shape, factors in [*((shape, None) for shape in NORM_SHAPES), *UPSAMPLINGS]:
         with torch.inference_mode():
-            row = measure(shape, args.configs.split(","))
+            row = measure(shape, args.configs.split(","), factors)
         with args.out.open("a") as sink:
             sink.write(json.dumps(row) + "\n")
         print(json.dumps(row), flush=True)

@@ -19,8 +19,8 @@ import triton.language as tl
 
 STATS_BLOCK = 1024  # values per step of a statistics program
 STATS_STEPS = 64  # steps per program: 64K values, a few thousand programs for a decoder's largest norm
-PAD_ROWS = 8  # output rows and columns per program of the norm-SiLU-pad kernel
-PAD_COLUMNS = 128
+PAD_ROWS = 2  # output rows and source columns per program of the padding kernel
+PAD_COLUMNS = 512
 STATS_WARPS = 4
 PAD_WARPS = 4
 
@@ -62,36 +62,69 @@ def _group_partials(x_ptr, mean_ptr, m2_ptr, count_ptr, length, parts,
 
 
 @triton.jit
-def _norm_silu_pad(x_ptr, out_ptr, mean_ptr, rstd_ptr, weight_ptr, bias_ptr,
-                   channels, per_group, frames, height, width,
-                   frames_out, height_out, width_out, rows_out, front, top, left,
-                   AFFINE: tl.constexpr, ROWS: tl.constexpr, COLUMNS: tl.constexpr):
-    """out[n, c, t, h, w] = silu(norm(x)[n, c, clamp(t - front), clamp(h - top), clamp(w - left)])."""
+def _pad_rows(x_ptr, out_ptr, mean_ptr, rstd_ptr, weight_ptr, bias_ptr,
+              channels, per_group, frames, height, width, frames_out, height_out, rows_out, front, top,
+              NORM: tl.constexpr, AFFINE: tl.constexpr, LEFT: tl.constexpr, RIGHT: tl.constexpr,
+              UP_T: tl.constexpr, UP_H: tl.constexpr, UP_W: tl.constexpr,
+              ROWS: tl.constexpr, COLUMNS: tl.constexpr):
+    """Rows of out = pad(silu(norm(up(x)))) (the norm where NORM, up: diffusers' causal nearest upsampling),
+    pad replicating. Each program reads whole aligned spans of source rows and writes each value where it
+    lands, the edge columns included."""
     row = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)  # (n, c, t, h) of the output
-    column = tl.program_id(1) * COLUMNS + tl.arange(0, COLUMNS)
+    column = tl.program_id(1) * COLUMNS + tl.arange(0, COLUMNS)  # of the source
     row_inside = row < rows_out
     y = row % height_out
     rest = row // height_out
     t = rest % frames_out
     plane = rest // frames_out  # n * channels + c
-    source_t = tl.minimum(tl.maximum(t - front, 0), frames - 1)
-    source_y = tl.minimum(tl.maximum(y - top, 0), height - 1)
-    source_x = tl.minimum(tl.maximum(column - left, 0), width - 1)
+    up_t = tl.minimum(tl.maximum(t - front, 0), 1 + (frames - 1) * UP_T - 1)
+    source_t = tl.where(up_t == 0, 0, (up_t - 1) // UP_T + 1)  # the first frame is not upsampled in time
+    source_y = tl.minimum(tl.maximum(y - top, 0), height * UP_H - 1) // UP_H
     source_row = ((plane * frames + source_t) * height + source_y) * width
-    inside = row_inside[:, None] & (column < width_out)[None, :]
-    value = tl.load(x_ptr + source_row[:, None] + source_x[None, :], mask=inside, other=0.0).to(tl.float32)
-    group = plane // per_group  # n * groups + c // per_group, channels being a multiple of per_group
-    scale = tl.load(rstd_ptr + group, mask=row_inside, other=0.0)
-    shift = -tl.load(mean_ptr + group, mask=row_inside, other=0.0) * scale
-    if AFFINE:
-        channel = plane % channels
-        weight = tl.load(weight_ptr + channel, mask=row_inside, other=0.0).to(tl.float32)
-        bias = tl.load(bias_ptr + channel, mask=row_inside, other=0.0).to(tl.float32)
-        scale = scale * weight
-        shift = shift * weight + bias
-    normed = value * scale[:, None] + shift[:, None]
-    result = normed * tl.sigmoid(normed)
-    tl.store(out_ptr + row[:, None] * width_out + column[None, :], result.to(out_ptr.dtype.element_ty), mask=inside)
+    column_inside = column < width
+    inside = row_inside[:, None] & column_inside[None, :]
+    value = tl.load(x_ptr + source_row[:, None] + column[None, :], mask=inside, other=0.0)
+    if NORM:
+        group = plane // per_group  # n * groups + c // per_group, channels being a multiple of per_group
+        scale = tl.load(rstd_ptr + group, mask=row_inside, other=0.0)
+        shift = -tl.load(mean_ptr + group, mask=row_inside, other=0.0) * scale
+        if AFFINE:
+            channel = plane % channels
+            weight = tl.load(weight_ptr + channel, mask=row_inside, other=0.0).to(tl.float32)
+            bias = tl.load(bias_ptr + channel, mask=row_inside, other=0.0).to(tl.float32)
+            scale = scale * weight
+            shift = shift * weight + bias
+        normed = value.to(tl.float32) * scale[:, None] + shift[:, None]
+        value = normed * tl.sigmoid(normed)
+    value = value.to(out_ptr.dtype.element_ty)
+    width_out = LEFT + width * UP_W + RIGHT
+    out_row = out_ptr + row[:, None] * width_out
+    for copy in tl.static_range(UP_W):
+        tl.store(out_row + LEFT + column[None, :] * UP_W + copy, value, mask=inside)
+    for edge in tl.static_range(LEFT):
+        tl.store(out_row + edge + column[None, :] * 0, value, mask=inside & (column == 0)[None, :])
+    for edge in tl.static_range(RIGHT):
+        tl.store(out_row + LEFT + width * UP_W + edge + (column[None, :] - width + 1), value,
+                 mask=inside & (column == width - 1)[None, :])
+
+
+def _pad_launch(x: torch.Tensor, pad: tuple[int, ...], factors=(1, 1, 1), norm=None, moments=None) -> torch.Tensor:
+    left, right, top, bottom, front, back = pad
+    n, channels, frames, height, width = x.shape
+    up_t, up_h, up_w = factors
+    out = x.new_empty((n, channels, 1 + (frames - 1) * up_t + front + back, height * up_h + top + bottom,
+                       width * up_w + left + right))
+    rows_out = out.numel() // out.shape[-1]
+    grid = (triton.cdiv(rows_out, PAD_ROWS), triton.cdiv(width, PAD_COLUMNS))
+    mean, rstd = moments if moments is not None else (x, x)  # unread without NORM
+    affine = norm is not None and norm.affine
+    weight, bias = (norm.weight, norm.bias) if affine else (mean, mean)  # unread without AFFINE
+    groups = norm.num_groups if norm is not None else channels
+    _pad_rows[grid](x, out, mean, rstd, weight, bias, channels, channels // groups, frames, height, width,
+                    out.shape[2], out.shape[3], rows_out, front, top,
+                    NORM=norm is not None, AFFINE=affine, LEFT=left, RIGHT=right, UP_T=up_t, UP_H=up_h, UP_W=up_w,
+                    ROWS=PAD_ROWS, COLUMNS=PAD_COLUMNS, num_warps=PAD_WARPS)
+    return out
 
 
 def group_moments(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,16 +143,12 @@ def group_moments(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def norm_silu_pad(x: torch.Tensor, norm: torch.nn.GroupNorm, pad: tuple[int, ...]) -> torch.Tensor:
     """F.pad(silu(norm(x)), pad, mode="replicate") for a contiguous 5-D (N, C, T, H, W) tensor."""
-    left, right, top, bottom, front, back = pad
-    n, channels, frames, height, width = x.shape
-    groups = norm.num_groups
-    mean, var = group_moments(x.view(n * groups, -1))
-    rstd = torch.rsqrt(var + norm.eps)
-    out = x.new_empty((n, channels, frames + front + back, height + top + bottom, width + left + right))
-    rows_out = out.numel() // out.shape[-1]
-    grid = (triton.cdiv(rows_out, PAD_ROWS), triton.cdiv(out.shape[-1], PAD_COLUMNS))
-    weight, bias = (norm.weight, norm.bias) if norm.affine else (mean, mean)  # unread without AFFINE
-    _norm_silu_pad[grid](x, out, mean, rstd, weight, bias, channels, channels // groups, frames, height, width,
-                         out.shape[2], out.shape[3], out.shape[4], rows_out, front, top, left,
-                         AFFINE=norm.affine, ROWS=PAD_ROWS, COLUMNS=PAD_COLUMNS, num_warps=PAD_WARPS)
-    return out
+    n = x.shape[0]
+    mean, var = group_moments(x.view(n * norm.num_groups, -1))
+    return _pad_launch(x, pad, norm=norm, moments=(mean, torch.rsqrt(var + norm.eps)))
+
+
+def upsample_pad(x: torch.Tensor, factors: tuple[int, int, int], pad: tuple[int, ...]) -> torch.Tensor:
+    """F.pad(up(x), pad, mode="replicate") for a contiguous 5-D tensor, up being diffusers' causal nearest
+    upsampling by whole factors (engine/fast_decode.upsample_nearest)."""
+    return _pad_launch(x, pad, factors=factors)

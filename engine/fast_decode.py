@@ -149,6 +149,10 @@ def upsample_nearest(x: torch.Tensor, factors: tuple[int, int, int]) -> torch.Te
 
 
 def _upsample_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    kernels = kernels_for(self, hidden_states)
+    if kernels is not None:  # one pass: upsampled straight into the padded buffer
+        x = hidden_states.contiguous()
+        return self.conv.conv(kernels.upsample_pad(x, self._whole_factors, self.conv.time_causal_padding))
     return _causal_conv(self.conv, upsample_nearest(hidden_states, self._whole_factors))
 
 
@@ -168,7 +172,7 @@ def _whole(factors) -> tuple[int, int, int] | None:
 def speed_up_decoder(vae, kernels: bool = True) -> int:
     """Rewrite the decoder's resnets, upsamplers and output as above (in place, once); returns the modules
     changed, 0 when the decoder is not diffusers' HunyuanVideo one as this module knows it. With `kernels`,
-    norms on CUDA take engine/decode_kernels.py's Triton kernels."""
+    norms and upsamplings on CUDA take engine/decode_kernels.py's Triton kernels."""
     from diffusers.models.autoencoders import autoencoder_kl_hunyuan_video as hv
 
     decoder = vae.decoder
@@ -185,7 +189,7 @@ def speed_up_decoder(vae, kernels: bool = True) -> int:
     )
     if not understood:
         return 0
-    for module in [*resnets, decoder]:
+    for module in [*resnets, *upsamplers, decoder]:
         module._framepack_kernels = kernels
     for resnet in resnets:
         resnet.forward = _resnet_forward.__get__(resnet)
