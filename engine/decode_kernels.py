@@ -6,8 +6,8 @@ the same tensors: GroupNorm's sum, its deviations and their norm, the batch-norm
 padded buffer and the edge copies. Here the statistics take one read, and the normalisation, affine, SiLU
 and padding one read and one write, straight into the causal convolution's padded input.
 
-The statistics are Welford partials per block of a group, combined with Chan's formula, all in fp32, so
-they have no cancellation; the output is rounded once, where torch rounds after the norm and after the SiLU.
+The statistics are Welford partials per lane of a block of a channel, combined with Chan's formula, all in fp32,
+so they have no cancellation; the output is rounded once, where torch rounds after the norm and after the SiLU.
 The kernels need CUDA and Triton; tests run them on the CPU through Triton's interpreter.
 """
 
@@ -19,57 +19,73 @@ import triton.language as tl
 
 STATS_BLOCK = 1024  # values per step of a statistics program
 STATS_STEPS = 64  # steps per program: 64K values, a few thousand programs for a decoder's largest norm
-PAD_ROWS = 2  # output rows and source columns per program of the padding kernel
-PAD_COLUMNS = 512
-STATS_WARPS = 4
-PAD_WARPS = 4
+PAD_ELEMENTS = 1024  # values per program of the padding kernel: rows x source columns
+PAD_MAX_COLUMNS = 1024
+ADD_BLOCK = 2048  # values per program of the bias-and-residual sum
+WARPS = 4
 
 
 @triton.jit
-def _chan_combine(mean_a, m2_a, count_a, mean_b, m2_b, count_b):
-    count = count_a + count_b
-    share = tl.where(count > 0, count_b / tl.maximum(count, 1.0), 0.0)
-    delta = mean_b - mean_a
-    return mean_a + delta * share, m2_a + m2_b + delta * delta * count_a * share, count
-
-
-@triton.jit
-def _group_partials(x_ptr, mean_ptr, m2_ptr, count_ptr, length, parts,
-                    BLOCK: tl.constexpr, STEPS: tl.constexpr):
-    """Welford mean, sum of squared deviations and count of one block of STEPS * BLOCK values of a row."""
-    row = tl.program_id(0)
+def _plane_partials(x_ptr, bias_ptr, mean_ptr, m2_ptr, count_ptr, plane_size, channels, parts,
+                    HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr, STEPS: tl.constexpr):
+    """Welford mean, sum of squared deviations and count of STEPS * BLOCK values of one channel's plane
+    (plus the channel's bias where HAS_BIAS: the norm's input is a convolution's output before its bias)."""
+    plane = tl.program_id(0)
     part = tl.program_id(1)
-    row_start = x_ptr + row.to(tl.int64) * length
+    plane_start = x_ptr + plane.to(tl.int64) * plane_size
     first = part.to(tl.int64) * (BLOCK * STEPS)
     lanes = tl.arange(0, BLOCK)
+    shift = 0.0
+    if HAS_BIAS:
+        shift = tl.load(bias_ptr + plane % channels).to(tl.float32)
     mean = tl.zeros([BLOCK], dtype=tl.float32)
     m2 = tl.zeros([BLOCK], dtype=tl.float32)
     count = tl.zeros([BLOCK], dtype=tl.float32)
     for step in range(STEPS):
         index = first + step * BLOCK + lanes
-        inside = index < length
-        value = tl.load(row_start + index, mask=inside, other=0.0).to(tl.float32)
+        inside = index < plane_size
+        value = tl.load(plane_start + index, mask=inside, other=0.0).to(tl.float32) + shift
         grown = count + inside.to(tl.float32)
         delta = value - mean
         mean = mean + tl.where(inside, delta / tl.maximum(grown, 1.0), 0.0)
         m2 = m2 + tl.where(inside, delta * (value - mean), 0.0)
         count = grown
-    mean, m2, count = tl.reduce((mean, m2, count), 0, _chan_combine)
-    out = row * parts + part
+    # the lanes' statistics into one, by the parallel axis theorem (Chan's pairwise formula, all at once)
+    total = tl.sum(count, axis=0)
+    lanes_mean = tl.sum(count * mean, axis=0) / tl.maximum(total, 1.0)
+    deviation = mean - lanes_mean
+    m2 = tl.sum(m2, axis=0) + tl.sum(count * deviation * deviation, axis=0)
+    mean, count = lanes_mean, total
+    out = plane * parts + part
     tl.store(mean_ptr + out, mean)
     tl.store(m2_ptr + out, m2)
     tl.store(count_ptr + out, count)
 
 
 @triton.jit
-def _pad_rows(x_ptr, out_ptr, mean_ptr, rstd_ptr, weight_ptr, bias_ptr,
+def _add_bias_residual(h_ptr, bias_ptr, residual_ptr, plane_size, channels,
+                       HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr):
+    """h += bias[c] + residual, in place, for one block of one channel's plane."""
+    plane = tl.program_id(0)
+    index = plane.to(tl.int64) * plane_size + tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    inside = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK) < plane_size
+    total = tl.load(h_ptr + index, mask=inside, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        total += tl.load(bias_ptr + plane % channels).to(tl.float32)
+    if HAS_RESIDUAL:
+        total += tl.load(residual_ptr + index, mask=inside, other=0.0).to(tl.float32)
+    tl.store(h_ptr + index, total.to(h_ptr.dtype.element_ty), mask=inside)
+
+
+@triton.jit
+def _pad_rows(x_ptr, out_ptr, mean_ptr, rstd_ptr, weight_ptr, bias_ptr, in_bias_ptr,
               channels, per_group, frames, height, width, frames_out, height_out, rows_out, front, top,
-              NORM: tl.constexpr, AFFINE: tl.constexpr, LEFT: tl.constexpr, RIGHT: tl.constexpr,
-              UP_T: tl.constexpr, UP_H: tl.constexpr, UP_W: tl.constexpr,
+              NORM: tl.constexpr, AFFINE: tl.constexpr, IN_BIAS: tl.constexpr,
+              LEFT: tl.constexpr, RIGHT: tl.constexpr, UP_T: tl.constexpr, UP_H: tl.constexpr, UP_W: tl.constexpr,
               ROWS: tl.constexpr, COLUMNS: tl.constexpr):
-    """Rows of out = pad(silu(norm(up(x)))) (the norm where NORM, up: diffusers' causal nearest upsampling),
-    pad replicating. Each program reads whole aligned spans of source rows and writes each value where it
-    lands, the edge columns included."""
+    """Rows of out = pad(silu(norm(up(x) + in_bias))) (the norm and SiLU where NORM, the per-channel in_bias
+    where IN_BIAS, up: diffusers' causal nearest upsampling), pad replicating. Each program reads whole
+    aligned spans of source rows and writes each value where it lands, the edge columns included."""
     row = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)  # (n, c, t, h) of the output
     column = tl.program_id(1) * COLUMNS + tl.arange(0, COLUMNS)  # of the source
     row_inside = row < rows_out
@@ -88,8 +104,10 @@ def _pad_rows(x_ptr, out_ptr, mean_ptr, rstd_ptr, weight_ptr, bias_ptr,
         group = plane // per_group  # n * groups + c // per_group, channels being a multiple of per_group
         scale = tl.load(rstd_ptr + group, mask=row_inside, other=0.0)
         shift = -tl.load(mean_ptr + group, mask=row_inside, other=0.0) * scale
+        channel = plane % channels
+        if IN_BIAS:  # (x + b - mean) * rstd
+            shift += tl.load(in_bias_ptr + channel, mask=row_inside, other=0.0).to(tl.float32) * scale
         if AFFINE:
-            channel = plane % channels
             weight = tl.load(weight_ptr + channel, mask=row_inside, other=0.0).to(tl.float32)
             bias = tl.load(bias_ptr + channel, mask=row_inside, other=0.0).to(tl.float32)
             scale = scale * weight
@@ -108,47 +126,71 @@ def _pad_rows(x_ptr, out_ptr, mean_ptr, rstd_ptr, weight_ptr, bias_ptr,
                  mask=inside & (column == width - 1)[None, :])
 
 
-def _pad_launch(x: torch.Tensor, pad: tuple[int, ...], factors=(1, 1, 1), norm=None, moments=None) -> torch.Tensor:
+def _pad_blocks(width: int) -> tuple[int, int]:
+    """Rows and source columns of a padding program: a whole source row where it fits (the fastest on the H200,
+    benchmarks/results/2026-12-05_decode_kernels_h200.jsonl)."""
+    columns = min(triton.next_power_of_2(width), PAD_MAX_COLUMNS)
+    return max(1, PAD_ELEMENTS // columns), columns
+
+
+def _pad_launch(x: torch.Tensor, pad: tuple[int, ...], factors=(1, 1, 1), norm=None, moments=None,
+                in_bias=None) -> torch.Tensor:
     left, right, top, bottom, front, back = pad
     n, channels, frames, height, width = x.shape
     up_t, up_h, up_w = factors
     out = x.new_empty((n, channels, 1 + (frames - 1) * up_t + front + back, height * up_h + top + bottom,
                        width * up_w + left + right))
     rows_out = out.numel() // out.shape[-1]
-    grid = (triton.cdiv(rows_out, PAD_ROWS), triton.cdiv(width, PAD_COLUMNS))
+    rows, columns = _pad_blocks(width)
+    grid = (triton.cdiv(rows_out, rows), triton.cdiv(width, columns))
     mean, rstd = moments if moments is not None else (x, x)  # unread without NORM
     affine = norm is not None and norm.affine
-    weight, bias = (norm.weight, norm.bias) if affine else (mean, mean)  # unread without AFFINE
+    weight, bias = (norm.weight, norm.bias) if affine else (x, x)  # unread without AFFINE
     groups = norm.num_groups if norm is not None else channels
-    _pad_rows[grid](x, out, mean, rstd, weight, bias, channels, channels // groups, frames, height, width,
-                    out.shape[2], out.shape[3], rows_out, front, top,
-                    NORM=norm is not None, AFFINE=affine, LEFT=left, RIGHT=right, UP_T=up_t, UP_H=up_h, UP_W=up_w,
-                    ROWS=PAD_ROWS, COLUMNS=PAD_COLUMNS, num_warps=PAD_WARPS)
+    _pad_rows[grid](x, out, mean, rstd, weight, bias, in_bias if in_bias is not None else x,
+                    channels, channels // groups, frames, height, width, out.shape[2], out.shape[3], rows_out,
+                    front, top, NORM=norm is not None, AFFINE=affine, IN_BIAS=in_bias is not None,
+                    LEFT=left, RIGHT=right, UP_T=up_t, UP_H=up_h, UP_W=up_w, ROWS=rows, COLUMNS=columns,
+                    num_warps=WARPS)
     return out
 
 
-def group_moments(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp32 mean and biased variance of each row of a contiguous 2-D tensor, in one read of it."""
-    count, length = rows.shape
-    per_part = STATS_BLOCK * STATS_STEPS
-    parts = triton.cdiv(length, per_part)
-    partial = torch.empty((3, count, parts), dtype=torch.float32, device=rows.device)
-    _group_partials[(count, parts)](rows, partial[0], partial[1], partial[2], length, parts,
-                                    BLOCK=STATS_BLOCK, STEPS=STATS_STEPS, num_warps=STATS_WARPS)
-    means, squares, counts = partial
+def group_moments(x: torch.Tensor, groups: int, in_bias: torch.Tensor | None = None):
+    """fp32 mean and biased variance of each group of channels of a contiguous (N, C, ...) tensor (plus a
+    per-channel `in_bias`), in one read of it: (N * groups,) each."""
+    n, channels = x.shape[:2]
+    plane_size = x[0, 0].numel()
+    parts = triton.cdiv(plane_size, STATS_BLOCK * STATS_STEPS)
+    partial = torch.empty((3, n * channels, parts), dtype=torch.float32, device=x.device)
+    _plane_partials[(n * channels, parts)](x, in_bias if in_bias is not None else x, partial[0], partial[1],
+                                           partial[2], plane_size, channels, parts, HAS_BIAS=in_bias is not None,
+                                           BLOCK=STATS_BLOCK, STEPS=STATS_STEPS, num_warps=WARPS)
+    means, squares, counts = partial.view(3, n * groups, -1)  # a group's planes are consecutive
+    length = counts.sum(1)
     mean = (means * counts).sum(1) / length
     spread = squares.sum(1) + (counts * (means - mean[:, None]).square()).sum(1)
     return mean, spread / length
 
 
-def norm_silu_pad(x: torch.Tensor, norm: torch.nn.GroupNorm, pad: tuple[int, ...]) -> torch.Tensor:
-    """F.pad(silu(norm(x)), pad, mode="replicate") for a contiguous 5-D (N, C, T, H, W) tensor."""
-    n = x.shape[0]
-    mean, var = group_moments(x.view(n * norm.num_groups, -1))
-    return _pad_launch(x, pad, norm=norm, moments=(mean, torch.rsqrt(var + norm.eps)))
+def norm_silu_pad(x: torch.Tensor, norm: torch.nn.GroupNorm, pad: tuple[int, ...],
+                  in_bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.pad(silu(norm(x + in_bias)), pad, mode="replicate") for a contiguous 5-D (N, C, T, H, W) tensor and an
+    optional per-channel `in_bias`."""
+    mean, var = group_moments(x, norm.num_groups, in_bias)
+    return _pad_launch(x, pad, norm=norm, moments=(mean, torch.rsqrt(var + norm.eps)), in_bias=in_bias)
 
 
 def upsample_pad(x: torch.Tensor, factors: tuple[int, int, int], pad: tuple[int, ...]) -> torch.Tensor:
     """F.pad(up(x), pad, mode="replicate") for a contiguous 5-D tensor, up being diffusers' causal nearest
     upsampling by whole factors (engine/fast_decode.upsample_nearest)."""
     return _pad_launch(x, pad, factors=factors)
+
+
+def add_bias_residual_(h: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None) -> torch.Tensor:
+    """h += bias (per channel) + residual, in place, for contiguous (N, C, ...) tensors of one shape."""
+    n, channels = h.shape[:2]
+    plane_size = h[0, 0].numel()
+    _add_bias_residual[(n * channels, triton.cdiv(plane_size, ADD_BLOCK))](
+        h, bias if bias is not None else h, residual if residual is not None else h, plane_size, channels,
+        HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None, BLOCK=ADD_BLOCK, num_warps=WARPS)
+    return h

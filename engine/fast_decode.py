@@ -120,6 +120,28 @@ def norm_silu_conv(x: torch.Tensor, norm: nn.GroupNorm, conv, kernels=None) -> t
     return conv.conv(replicate_pad(normed, conv.time_causal_padding, fill=_silu_into))
 
 
+def _unbiased_conv(conv, padded: torch.Tensor) -> torch.Tensor:
+    inner = conv.conv
+    return F.conv3d(padded, inner.weight, None, inner.stride, inner.padding, inner.dilation, inner.groups)
+
+
+def _resnet_by_kernels(self, x: torch.Tensor, kernels) -> torch.Tensor:
+    """_resnet_forward through engine/decode_kernels.py, each convolution's bias added where its output is read
+    next: conv1's inside norm2, conv2's and the shortcut's in the residual sum (cuDNN's convolutions add a
+    bias in a pass of their own)."""
+    h = _unbiased_conv(self.conv1, kernels.norm_silu_pad(x, self.norm1, self.conv1.time_causal_padding))
+    h = _unbiased_conv(self.conv2, kernels.norm_silu_pad(h, self.norm2, self.conv2.time_causal_padding,
+                                                         in_bias=self.conv1.conv.bias))
+    bias, residual = self.conv2.conv.bias, x
+    if self.conv_shortcut is not None:
+        shortcut = self.conv_shortcut
+        padding = shortcut.time_causal_padding
+        residual = _unbiased_conv(shortcut, kernels.upsample_pad(x, (1, 1, 1), padding) if any(padding) else x)
+        if shortcut.conv.bias is not None:
+            bias = shortcut.conv.bias if bias is None else bias + shortcut.conv.bias
+    return kernels.add_bias_residual_(h, bias, residual)
+
+
 def _causal_conv(conv, x: torch.Tensor) -> torch.Tensor:
     if not any(conv.time_causal_padding):
         return conv.conv(x)
@@ -129,8 +151,10 @@ def _causal_conv(conv, x: torch.Tensor) -> torch.Tensor:
 def _resnet_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
     x = hidden_states.contiguous()
     kernels = kernels_for(self, x)
-    h = norm_silu_conv(x, self.norm1, self.conv1, kernels)
-    h = norm_silu_conv(h, self.norm2, self.conv2, kernels)  # dropout: none at inference
+    if kernels is not None:
+        return _resnet_by_kernels(self, x, kernels)
+    h = norm_silu_conv(x, self.norm1, self.conv1)
+    h = norm_silu_conv(h, self.norm2, self.conv2)  # dropout: none at inference
     residual = x if self.conv_shortcut is None else _causal_conv(self.conv_shortcut, x)
     return h.add_(residual)
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import engine.fast_decode as fast_decode
-from engine.fast_decode import speed_up_decoder
+from engine.fast_decode import speed_up_decoder, upsample_nearest
 
 PADS = [(1, 1, 1, 1, 2, 0), (0, 0, 0, 0, 0, 0), (2, 1, 0, 3, 1, 1)]
 
@@ -23,7 +23,7 @@ def kernels():
 
     from engine import decode_kernels
 
-    assert isinstance(decode_kernels._group_partials, InterpretedFunction)
+    assert isinstance(decode_kernels._plane_partials, InterpretedFunction)
     return decode_kernels
 
 
@@ -32,59 +32,96 @@ def small_blocks(kernels, monkeypatch):
     """Blocks small enough that the test tensors take several programs and part-filled edges."""
     monkeypatch.setattr(kernels, "STATS_BLOCK", 64)
     monkeypatch.setattr(kernels, "STATS_STEPS", 3)
-    monkeypatch.setattr(kernels, "PAD_ROWS", 4)
-    monkeypatch.setattr(kernels, "PAD_COLUMNS", 8)
+    monkeypatch.setattr(kernels, "PAD_ELEMENTS", 32)
+    monkeypatch.setattr(kernels, "PAD_MAX_COLUMNS", 4)
+    monkeypatch.setattr(kernels, "ADD_BLOCK", 16)
     return kernels
+
+
+@pytest.fixture()
+def large_blocks(kernels, monkeypatch):
+    """Blocks that take a tiny decoder's tensors in few programs: the interpreter runs each one in Python."""
+    monkeypatch.setattr(kernels, "STATS_BLOCK", 4096)
+    monkeypatch.setattr(kernels, "STATS_STEPS", 1)
+    monkeypatch.setattr(kernels, "PAD_ELEMENTS", 4096)
+    monkeypatch.setattr(kernels, "ADD_BLOCK", 4096)
+    return kernels
+
+
+def per_channel(bias: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return bias.view(1, -1, *[1] * (like.dim() - 2))
 
 
 @pytest.mark.parametrize("mean,spread,dtype", [(0.0, 1.0, torch.float32), (60.0, 1.0, torch.float16),
                                                (3.0, 0.05, torch.float16), (-20.0, 4.0, torch.float32)])
-@pytest.mark.parametrize("length", [1, 191, 192, 1000])  # one part, a full one, several with a part-filled last
-def test_group_moments_are_the_rows_mean_and_variance(small_blocks, mean, spread, dtype, length):
-    torch.manual_seed(length)
-    rows = (torch.randn(6, length) * spread + mean).to(dtype)
-    got_mean, got_var = small_blocks.group_moments(rows)
-    exact = rows.double()
+@pytest.mark.parametrize("plane", [1, 191, 192, 1000])  # one part, a full one, several with a part-filled last
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_group_moments_are_each_groups_mean_and_variance(small_blocks, mean, spread, dtype, plane, with_bias):
+    torch.manual_seed(plane)
+    x = (torch.randn(2, 6, plane) * spread + mean).to(dtype)
+    bias = torch.randn(6) * 3 if with_bias else None
+    got_mean, got_var = small_blocks.group_moments(x, 3, bias)
+    exact = x.double() + (per_channel(bias.double(), x) if with_bias else 0)
+    exact = exact.reshape(6, -1)  # (sample, group) rows of 2 channels' planes
     torch.testing.assert_close(got_mean.double(), exact.mean(1), rtol=1e-6, atol=1e-6 * spread)
     torch.testing.assert_close(got_var.double(), exact.var(1, unbiased=False), rtol=1e-4, atol=1e-6 * spread ** 2)
 
 
 @pytest.mark.parametrize("pad", PADS)
-@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("affine,with_bias", [(True, False), (False, False), (True, True)])
 @pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 1e-5), (torch.float16, 4e-3)])
-def test_norm_silu_pad_is_torchs(small_blocks, pad, affine, dtype, tolerance):
+def test_norm_silu_pad_is_torchs(small_blocks, pad, affine, with_bias, dtype, tolerance):
     torch.manual_seed(0)
     norm = torch.nn.GroupNorm(4, 8, eps=1e-6, affine=affine)
     if affine:
         torch.nn.init.normal_(norm.weight)
         torch.nn.init.normal_(norm.bias)
     x = (torch.randn(2, 8, 3, 5, 7) * 2 + 30).to(dtype)
+    bias = torch.randn(8).to(dtype) if with_bias else None
     with torch.no_grad():
-        expected = F.pad(F.silu(norm(x.float())), pad, mode="replicate")
-        got = small_blocks.norm_silu_pad(x, norm.to(dtype), pad)
+        expected = F.pad(F.silu(norm(x.float() + (per_channel(bias.float(), x) if with_bias else 0))), pad,
+                         mode="replicate")
+        got = small_blocks.norm_silu_pad(x, norm.to(dtype), pad, in_bias=bias)
     assert got.dtype == dtype
     assert got.shape == expected.shape
     torch.testing.assert_close(got.float(), expected, rtol=tolerance, atol=tolerance)  # fp16: one rounding
 
 
-@pytest.mark.parametrize("frames", [2, 9])
-def test_the_fast_decoder_with_the_kernels_decodes_diffusers_pixels(small_blocks, lively_vae, monkeypatch, frames):
+@pytest.mark.parametrize("pad", PADS)
+@pytest.mark.parametrize("factors", [(2, 2, 2), (1, 2, 2), (2, 1, 1), (1, 1, 1)])
+def test_upsample_pad_is_diffusers_upsampling_then_torchs_padding(small_blocks, pad, factors):
+    x = torch.randn(2, 3, 3, 5, 7).half()
+    expected = F.pad(upsample_nearest(x.float(), factors), pad, mode="replicate").half()
+    assert torch.equal(small_blocks.upsample_pad(x, factors, pad), expected)
+
+
+@pytest.mark.parametrize("with_bias,with_residual", [(True, True), (False, True), (True, False)])
+def test_add_bias_residual_adds_in_place(small_blocks, with_bias, with_residual):
+    h, residual, bias = torch.randn(2, 4, 3, 5, 7), torch.randn(2, 4, 3, 5, 7), torch.randn(4)
+    expected = h + (per_channel(bias, h) if with_bias else 0) + (residual if with_residual else 0)
+    out = small_blocks.add_bias_residual_(h, bias if with_bias else None, residual if with_residual else None)
+    assert out is h
+    torch.testing.assert_close(h, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_the_fast_decoder_with_the_kernels_decodes_diffusers_pixels(large_blocks, lively_vae, monkeypatch):
     used = []
 
     def interpreted_on_the_cpu(module, x):
         if not module._framepack_kernels:
             return None
-        used.append(x.shape)
-        return small_blocks
+        used.append(type(module).__name__)
+        return large_blocks
 
     monkeypatch.setattr(fast_decode, "kernels_for", interpreted_on_the_cpu)
     fast = copy.deepcopy(lively_vae)
     assert speed_up_decoder(fast) > 0
-    z = torch.randn(1, lively_vae.config.latent_channels, frames, 4, 6, generator=torch.Generator().manual_seed(frames))
+    z = torch.randn(1, lively_vae.config.latent_channels, 2, 4, 6, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         expected = lively_vae.decode(z).sample
         got = fast.decode(z).sample
-    assert used  # every resnet and the output norm took the kernels
+    # every resnet, upsampler and the output norm took the kernels
+    assert {"HunyuanVideoResnetBlockCausal3D", "HunyuanVideoUpsampleCausal3D", "HunyuanVideoDecoder3D"} <= set(used)
     torch.testing.assert_close(got, expected, rtol=0, atol=5e-5)
 
 
