@@ -21,10 +21,13 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
+import logging
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 CHUNK = 1 << 27  # values per slice of the variance pass: its deviations take 256 MB in fp16
 
@@ -103,10 +106,27 @@ def kernel_module():
     return importlib.import_module("engine.decode_kernels")
 
 
+@functools.cache
+def kernels_work_on(device: torch.device) -> bool:
+    """Whether engine/decode_kernels.py compiles and gives torch's values on this GPU, checked once: Triton
+    does not build for every GPU (older ones), and a decode must not fail where torch's kernels would do."""
+    if not _triton_installed():
+        return False
+    try:
+        kernels = kernel_module()
+        if kernels.self_check(device):
+            return True
+        problem = "their values differ from torch's"
+    except Exception as error:  # a compiler's or a driver's: any error means "not on this GPU"
+        problem = f"{type(error).__name__}: {error}"
+    log.warning("the decoder's Triton kernels do not work on %s (%s): decoding with torch's kernels", device, problem)
+    return False
+
+
 def kernels_for(module: nn.Module, x: torch.Tensor):
-    """engine/decode_kernels.py where the decoder was sped up with kernels and they can run (CUDA tensors,
-    Triton installed), else None."""
-    if module._framepack_kernels and x.is_cuda and _triton_installed():
+    """engine/decode_kernels.py where the decoder was sped up with kernels and they work here (a CUDA tensor,
+    Triton installed, the self-check passed), else None."""
+    if module._framepack_kernels and x.is_cuda and kernels_work_on(x.device):
         return kernel_module()
     return None
 

@@ -133,3 +133,28 @@ def test_kernels_run_only_where_asked_and_on_cuda(lively_vae):
     assert fast_decode.kernels_for(resnet, torch.zeros(1)) is None  # a CPU tensor: torch's kernels
     assert not any(getattr(m, "_framepack_kernels", False) for m in without.decoder.modules())
     assert with_kernels.decoder._framepack_kernels
+
+
+def test_the_self_check_passes_and_catches_a_wrong_kernel(kernels, monkeypatch):
+    assert kernels.self_check(torch.device("cpu"))
+    monkeypatch.setattr(kernels, "upsample_pad", lambda x, factors, pad: F.pad(x, pad))  # zeros at the edges
+    assert not kernels.self_check(torch.device("cpu"))
+
+
+@pytest.mark.parametrize("failure", ["raises", "differs"])
+def test_kernels_that_do_not_work_on_a_gpu_leave_it_to_torch(monkeypatch, caplog, failure):
+    class Kernels:
+        @staticmethod
+        def self_check(device):
+            if failure == "raises":
+                raise RuntimeError("PTX for sm_61 is not supported")
+            return False
+
+    monkeypatch.setattr(fast_decode, "kernel_module", lambda: Kernels)
+    fast_decode.kernels_work_on.cache_clear()
+    try:
+        assert not fast_decode.kernels_work_on(torch.device("cuda", 3))
+    finally:
+        fast_decode.kernels_work_on.cache_clear()
+    expected = "sm_61" if failure == "raises" else "differ from torch's"
+    assert any("cuda:3" in r.getMessage() and expected in r.getMessage() for r in caplog.records)
