@@ -135,6 +135,7 @@ def _pad_blocks(width: int) -> tuple[int, int]:
 
 def _pad_launch(x: torch.Tensor, pad: tuple[int, ...], factors=(1, 1, 1), norm=None, moments=None,
                 in_bias=None) -> torch.Tensor:
+    x = x.contiguous()  # the kernels index the channels-first layout
     left, right, top, bottom, front, back = pad
     n, channels, frames, height, width = x.shape
     up_t, up_h, up_w = factors
@@ -158,6 +159,7 @@ def _pad_launch(x: torch.Tensor, pad: tuple[int, ...], factors=(1, 1, 1), norm=N
 def group_moments(x: torch.Tensor, groups: int, in_bias: torch.Tensor | None = None):
     """fp32 mean and biased variance of each group of channels of a contiguous (N, C, ...) tensor (plus a
     per-channel `in_bias`), in one read of it: (N * groups,) each."""
+    x = x.contiguous()
     n, channels = x.shape[:2]
     plane_size = x[0, 0].numel()
     parts = triton.cdiv(plane_size, STATS_BLOCK * STATS_STEPS)
@@ -187,7 +189,10 @@ def upsample_pad(x: torch.Tensor, factors: tuple[int, int, int], pad: tuple[int,
 
 
 def add_bias_residual_(h: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None) -> torch.Tensor:
-    """h += bias (per channel) + residual, in place, for contiguous (N, C, ...) tensors of one shape."""
+    """h += bias (per channel) + residual for (N, C, ...) tensors of one shape: in place where h is contiguous,
+    else in a contiguous copy; returns the sum."""
+    h = h.contiguous()
+    residual = residual.contiguous() if residual is not None else None
     n, channels = h.shape[:2]
     plane_size = h[0, 0].numel()
     _add_bias_residual[(n * channels, triton.cdiv(plane_size, ADD_BLOCK))](
