@@ -30,25 +30,23 @@ def kernels():
     return decode_kernels
 
 
+def with_blocks(kernels, monkeypatch, **sizes):
+    for name, value in sizes.items():
+        monkeypatch.setattr(kernels, name, value)
+    return kernels
+
+
 @pytest.fixture()
 def small_blocks(kernels, monkeypatch):
     """Blocks small enough that the test tensors take several programs and part-filled edges."""
-    monkeypatch.setattr(kernels, "STATS_BLOCK", 64)
-    monkeypatch.setattr(kernels, "STATS_STEPS", 3)
-    monkeypatch.setattr(kernels, "PAD_ELEMENTS", 32)
-    monkeypatch.setattr(kernels, "PAD_MAX_COLUMNS", 4)
-    monkeypatch.setattr(kernels, "ADD_BLOCK", 16)
-    return kernels
+    return with_blocks(kernels, monkeypatch, STATS_BLOCK=64, STATS_STEPS=3, PAD_ELEMENTS=32, PAD_MAX_COLUMNS=4,
+                       ADD_BLOCK=16)
 
 
 @pytest.fixture()
 def large_blocks(kernels, monkeypatch):
     """Blocks that take a tiny decoder's tensors in few programs: the interpreter runs each one in Python."""
-    monkeypatch.setattr(kernels, "STATS_BLOCK", 4096)
-    monkeypatch.setattr(kernels, "STATS_STEPS", 1)
-    monkeypatch.setattr(kernels, "PAD_ELEMENTS", 4096)
-    monkeypatch.setattr(kernels, "ADD_BLOCK", 4096)
-    return kernels
+    return with_blocks(kernels, monkeypatch, STATS_BLOCK=4096, STATS_STEPS=1, PAD_ELEMENTS=4096, ADD_BLOCK=4096)
 
 
 def per_channel(bias: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
