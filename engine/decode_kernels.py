@@ -1,14 +1,18 @@
-"""Two Triton kernels for the fast decode's GroupNorm -> SiLU -> replicate pad, on the channels-first layout.
+"""Triton kernels for the fast decode's resnets and upsamplers, on the channels-first layout.
 
 Why: with engine/fast_decode.py's regrouping, a section's decode on the H200 still spent 1.3 of its 2.15 s
 outside the convolutions (benchmarks/results/2026-12-04_vae_decode_profile_fast_h200.txt), in passes over
 the same tensors: GroupNorm's sum, its deviations and their norm, the batch-norm pass, the SiLU into the
-padded buffer and the edge copies. Here the statistics take one read, and the normalisation, affine, SiLU
-and padding one read and one write, straight into the causal convolution's padded input.
+padded buffer, the edge copies, the upsampling copies and cuDNN's separate bias additions. Here:
 
-The statistics are Welford partials per lane of a block of a channel, combined with Chan's formula, all in fp32,
-so they have no cancellation; the output is rounded once, where torch rounds after the norm and after the SiLU.
-The kernels need CUDA and Triton; tests run them on the CPU through Triton's interpreter.
+- a norm's statistics take one read (per-lane Welford, merged by Chan's formula, fp32: no cancellation);
+- its normalisation, affine and SiLU one read and one write, straight into the causal convolution's
+  replicate-padded input; the same padding kernel upsamples straight into the upsamplers' padded input;
+- a resnet's convolutions run without bias: conv1's is added inside norm2, conv2's and the shortcut's in one
+  bias-and-residual pass.
+
+The output is rounded once, where torch rounds after the norm and after the SiLU. The kernels need CUDA and
+Triton; tests run them on the CPU through Triton's interpreter.
 """
 
 from __future__ import annotations
