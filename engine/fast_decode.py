@@ -12,6 +12,10 @@ resnets, upsamplers and output layer reach the GPU, not what they compute:
 - nearest upsampling by whole factors is a broadcast copy into one buffer instead of two interpolations
   and a concatenation.
 
+On CUDA with Triton, engine/decode_kernels.py does the same work in fewer passes (the statistics in one read,
+norm, SiLU and padding or upsampling and padding in one read and one write, the resnets' biases folded in):
+1.71 s against 2.16 s a section's decode on the H200. Each GPU checks those kernels once against torch's.
+
 diffusers' frame-wise decode (temporal tiles of 5 latent frames every 3, blended) and every convolution
 stay as they are. The encoder is left alone: the start latent is the official one.
 """

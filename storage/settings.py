@@ -122,8 +122,8 @@ class Settings(BaseSettings):
     # on an H200, but 3.26 s once a second bucket made its spatial shapes dynamic, and 6 minutes of warm-up
     engine_compile_vae: bool = False
     # the eager decoder with GroupNorm's statistics, SiLU, padding and upsampling regrouped (engine/fast_decode.py),
-    # on an H200 2.22 s a section's decode against 3.64 s, the pixels the same up to rounding (64 dB); false:
-    # diffusers' decode as it is
+    # in Triton kernels on CUDA where Triton works (engine/decode_kernels.py): on an H200 1.71 s a section's decode
+    # against 3.58 s, the pixels the same up to rounding (64 dB); false: diffusers' decode as it is
     engine_fast_decode: bool = True
     # auto (the fastest installed kernel that passes a start-up test call: FA3 on Hopper, FP8 attention with
     # engine_fp8 when nvidia-cudnn-frontend is installed; else PyTorch's SDPA choice)
