@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.attention_kernels import cuda_ms
 from engine import decode_kernels
 from engine.fast_decode import _silu_into, group_norm, replicate_pad, upsample_nearest
 
@@ -25,16 +26,10 @@ UPSAMPLINGS = [((512, 5, 76, 80), (1, 2, 2)), ((512, 5, 152, 160), (2, 2, 2)), (
 PAD = (1, 1, 1, 1, 2, 0)  # the causal 3x3x3 convolution's
 
 
-def seconds(work, repeats: int = 5) -> float:
-    work()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(repeats):
-        work()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / 1000 / repeats
+def seconds(work) -> float:
+    """Mean seconds of 5 calls after one untimed, by CUDA events."""
+    times = cuda_ms(work, warmup=1, repeats=5)
+    return sum(times) / len(times) / 1000
 
 
 def measure(shape: tuple[int, int, int, int], configs: list[str], factors=None) -> dict:

@@ -90,8 +90,9 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=18)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--latent-size", default="76x80", help="latent height x width (640x608 px: 76x80)")
-    parser.add_argument("--ways", default="", help="fast and/or fast-reuse (engine/fast_decode.py, and reusing "
-                        "the previous window's tiles: untiled, then --tiles) or static")
+    parser.add_argument("--ways", default="", help="fast, fast-torch and/or fast-reuse (engine/fast_decode.py with "
+                        "and without its Triton kernels, and reusing the previous window's tiles: untiled, then "
+                        "--tiles) or static")
     parser.add_argument("--profile", type=Path, default=None,
                         help="write each way's untiled decode's top kernels (FILE, FILE.fast, FILE.fast-reuse)")
     parser.add_argument("--out", type=Path, required=True)

@@ -145,8 +145,7 @@ def norm_silu_conv(x: torch.Tensor, norm: nn.GroupNorm, conv, kernels=None) -> t
 
 
 def _unbiased_conv(conv, padded: torch.Tensor) -> torch.Tensor:
-    inner = conv.conv
-    return F.conv3d(padded, inner.weight, None, inner.stride, inner.padding, inner.dilation, inner.groups)
+    return conv.conv._conv_forward(padded, conv.conv.weight, None)  # nn.Conv3d's own call, its bias left out
 
 
 def _resnet_by_kernels(self, x: torch.Tensor, kernels) -> torch.Tensor:
