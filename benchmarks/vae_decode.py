@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKLHunyuanVideo
 
+from engine.batched_tiles import decode_tiles_in_batches
 from engine.decoded_tiles import reuse_decoded_tiles
 from engine.fast_decode import speed_up_decoder
 from engine.speed import compile_vae_decoder
@@ -66,13 +67,20 @@ def timed(vae, latents, tile: int | None, repeats: int, decode=vae_decode,
     return pixels, [first_call, *times], (torch.cuda.max_memory_allocated() - base) / 2**30
 
 
-def profile(vae, latents, path: Path) -> None:
-    """The untiled decode's top kernels by GPU time, written to `path`."""
-    set_tiles(vae, None)
+def profile(vae, latents, path: Path, tile: int | None = None) -> None:
+    """A decode's top kernels by GPU time, and its wall time against its kernels' (a gap: the GPU waiting on
+    launches), written to `path`."""
+    set_tiles(vae, tile)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         vae_decode(latents, vae)
         torch.cuda.synchronize()
-    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=90)
+    wall = time.perf_counter() - start
+    events = prof.key_averages()
+    kernels = sum(event.self_device_time_total for event in events) / 1e6
+    table = events.table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=90)
+    table += f"\nwall {wall:.3f} s (profiled), GPU kernels {kernels:.3f} s\n"
     path.write_text(table)
     print(table, flush=True)
 
@@ -95,6 +103,9 @@ def main() -> None:
                         "--tiles) or static")
     parser.add_argument("--profile", type=Path, default=None,
                         help="write each way's untiled decode's top kernels (FILE, FILE.fast, FILE.fast-reuse)")
+    parser.add_argument("--tile-batches", default="", help="also time each fast way's tiled decodes with up to "
+                        "this many tiles of one shape a decoder call (engine/batched_tiles.py), e.g. 2,3,6")
+    parser.add_argument("--profile-tile", type=int, default=None, help="profile the fast ways in tiles of this size")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -106,12 +117,12 @@ def main() -> None:
     latents, previous = history[:, :, :args.frames], history[:, :, 9:args.frames + 9]
     reference: dict[str, torch.Tensor] = {}
 
-    def record(kind: str, tile: int | None, decode=vae_decode, on=vae) -> None:
+    def record(kind: str, tile: int | None, decode=vae_decode, on=vae, batch: int = 1) -> None:
         before = (lambda: vae_decode(previous, on)) if kind.endswith("-reuse") else None
         pixels, (first_call, *times), peak = timed(on, latents, tile, args.repeats, decode, before)
         name = "untiled" if tile is None else f"tiles {tile}/{tile - OVERLAP}"
         reference.setdefault(f"{kind} {name}", pixels)
-        row = {"bench": "vae_decode", "kind": kind, "decode": name, "latent_frames": args.frames,
+        row = {"bench": "vae_decode", "kind": kind, "decode": name, "tile_batch": batch, "latent_frames": args.frames,
                "first_call_s": round(first_call, 2),
                "seconds": [round(t, 3) for t in times], "best_s": round(min(times), 3),
                "peak_above_weights_gib": round(peak, 2),
@@ -141,7 +152,19 @@ def main() -> None:
             for tile in [None, *tiles]:
                 record(way, tile, on=fast)
             if args.profile is not None:
-                profile(fast, latents, args.profile.with_name(f"{args.profile.name}.{way}"))
+                profile(fast, latents, args.profile.with_name(f"{args.profile.name}.{way}"), args.profile_tile)
+            for batch in (int(b) for b in args.tile_batches.split(",") if b):
+                batched = copy.deepcopy(vae)
+                speed_up_decoder(batched, kernels="-torch" not in way)
+                decode_tiles_in_batches(batched, batch)
+                if way.endswith("-reuse"):
+                    reuse_decoded_tiles(batched)
+                for tile in tiles:
+                    record(way, tile, on=batched, batch=batch)
+                if args.profile is not None:
+                    profile(batched, latents, args.profile.with_name(f"{args.profile.name}.{way}.batch{batch}"),
+                            args.profile_tile)
+                del batched
             del fast
         if fast_ways:
             return

@@ -121,6 +121,9 @@ async def run_jobs(settings: Settings, models: ModelCache, jobs: int, params: Jo
             problem = await worker.warm_up() if not worker.warmed else None
             if problem is not None:
                 raise RuntimeError(problem)
+            if not jobs:  # the start-up alone: run twice on one --work folder, a restart's on the cache
+                return [{"bench": "worker_jobs", "summary": "warm_up", "start_up_s": round(time.time() - started, 2),
+                         "compile_cache": worker.warmed_up.describe(settings.compile_cache_dir)}]
             await worker.run(max_jobs=jobs)
         finished = [await store.get(job_id) for job_id in ids]
     finally:
@@ -158,7 +161,7 @@ def summary(records: list[dict], first_claim: float, began: float) -> dict:
 
 def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     """The queued jobs' shape and the workers' speed settings, the same for the benchmarks that queue jobs."""
-    parser.add_argument("--jobs", type=int, default=4)
+    parser.add_argument("--jobs", type=int, default=4, help="0: the warm-up alone")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--resolution", type=int, default=640)

@@ -27,9 +27,14 @@ PAD_ELEMENTS = 1024  # values per program of the padding kernel: rows x source c
 PAD_MAX_COLUMNS = 1024
 ADD_BLOCK = 2048  # values per program of the bias-and-residual sum
 WARPS = 4
+# Triton compiles a kernel again for each new pattern of its integer arguments (divisible by 16 or not):
+# the decoder's tile widths made the low plan's fresh warm-up 39 s longer. Only the sizes that set a load's
+# alignment (a plane's size, a row's width) are worth a compile of their own.
+_ALIGNMENT_ONLY = {"do_not_specialize": ["channels", "per_group", "frames", "height", "frames_out", "height_out",
+                                         "rows_out", "front", "top", "parts"]}
 
 
-@triton.jit
+@triton.jit(**_ALIGNMENT_ONLY)
 def _plane_partials(x_ptr, bias_ptr, mean_ptr, m2_ptr, count_ptr, plane_size, channels, parts,
                     HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr, STEPS: tl.constexpr):
     """Welford mean, sum of squared deviations and count of STEPS * BLOCK values of one channel's plane
@@ -66,7 +71,7 @@ def _plane_partials(x_ptr, bias_ptr, mean_ptr, m2_ptr, count_ptr, plane_size, ch
     tl.store(count_ptr + out, count)
 
 
-@triton.jit
+@triton.jit(**_ALIGNMENT_ONLY)
 def _add_bias_residual(h_ptr, bias_ptr, residual_ptr, plane_size, channels,
                        HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr):
     """h += bias[c] + residual, in place, for one block of one channel's plane."""
@@ -81,7 +86,7 @@ def _add_bias_residual(h_ptr, bias_ptr, residual_ptr, plane_size, channels,
     tl.store(h_ptr + index, total.to(h_ptr.dtype.element_ty), mask=inside)
 
 
-@triton.jit
+@triton.jit(**_ALIGNMENT_ONLY)
 def _pad_rows(x_ptr, out_ptr, mean_ptr, rstd_ptr, weight_ptr, bias_ptr, in_bias_ptr,
               channels, per_group, frames, height, width, frames_out, height_out, rows_out, front, top,
               NORM: tl.constexpr, AFFINE: tl.constexpr, IN_BIAS: tl.constexpr,

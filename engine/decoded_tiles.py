@@ -11,10 +11,10 @@ Only the last decode call's tiles are kept: their pixels in pinned RAM when the 
 (copied beside the decode; 6 x 40 MB at 640x608), their inputs where they are (1 MB each on the GPU).
 Lookups compare a fingerprint, then the whole input.
 
-Decodes in spatial tiles (the low-memory plans) pass straight through: there the decoder runs once per
-256 px tile, and in the H200's low plan the reuse gained nothing overall (a job's decodes 17.1-18.4 s with
-it, 16.8-19.2 s without: the middle sections faster, the first and last slower; 2026-12-04_worker_jobs_low_*
-in benchmarks/results).
+Where the VAE decodes in spatial tiles (the low-memory plans), diffusers cuts each temporal tile into them
+(16 of 256 px at 640x608); the reuse is then of a whole temporal tile's blended pixels, looked up once per
+temporal tile. (Looked up per spatial tile, in 2026-12-04_worker_jobs_low_reuse_h200.jsonl, it gained nothing
+overall: 27-63 fingerprint syncs a decode.)
 """
 
 from __future__ import annotations
@@ -45,15 +45,15 @@ def _keep(pixels: torch.Tensor) -> torch.Tensor:
 
 
 class DecodedTiles:
-    """Stands in for the decoder's forward: decodes a tile, or returns the last decode call's pixels for it."""
+    """Decodes a temporal tile, through the decoder or through diffusers' decode in spatial tiles, or returns
+    the last decode call's pixels for it."""
 
-    def __init__(self, forward, spatially_tiled=lambda: False):
-        self.forward = forward
-        self.spatially_tiled = spatially_tiled
+    def __init__(self):
         self.previous: list[_Decoded] = []
         self.current: list[_Decoded] = []
         self.reused = 0
         self.decoded = 0
+        self.in_spatial_tiles = False  # the decoder is being called by tiled_decode: its tiles pass through
 
     def start_call(self) -> None:
         """A new decode call: the tiles of the one before stay available, older ones go."""
@@ -62,10 +62,8 @@ class DecodedTiles:
     def forget(self) -> None:
         self.previous, self.current = [], []
 
-    def __call__(self, tile: torch.Tensor) -> torch.Tensor:
-        if self.spatially_tiled():
-            return self.forward(tile)
-        key = _fingerprint(tile)
+    def decode(self, tile: torch.Tensor, forward, kind: str) -> torch.Tensor:
+        key = (kind, *_fingerprint(tile))
         for earlier in self.previous:
             if earlier.key == key and torch.equal(earlier.tile, tile):
                 self.reused += 1
@@ -73,27 +71,42 @@ class DecodedTiles:
                 if earlier.pixels.device == tile.device:
                     return earlier.pixels.clone()
                 return earlier.pixels.to(tile.device, non_blocking=True)
-        pixels = self.forward(tile)
+        pixels = forward(tile)
         self.decoded += 1
         self.current.append(_Decoded(key, tile, _keep(pixels)))
         return pixels
 
 
 def reuse_decoded_tiles(vae) -> DecodedTiles:
-    """Put a `DecodedTiles` in front of the VAE's decoder (in place, once; after any compile or rewrite of
-    the decoder's forward) and start a new call at each `vae.decode`. Returns it."""
+    """Put a `DecodedTiles` in front of the VAE's decoder and its spatially tiled decode (in place, once;
+    after any compile or rewrite of either) and start a new call at each `vae.decode`. Returns it."""
+    from diffusers.models.autoencoders.vae import DecoderOutput
+
     decoder = vae.decoder
     existing = getattr(decoder, "_framepack_decoded_tiles", None)
     if existing is not None:
         return existing
-    tiles = DecodedTiles(decoder.forward, spatially_tiled=lambda: vae.use_tiling)
-    decoder.forward = tiles
-    decode = vae.decode
+    tiles = DecodedTiles()
+    forward, tiled_decode, decode = decoder.forward, vae.tiled_decode, vae.decode
+
+    def decoder_forward(tile):
+        return forward(tile) if tiles.in_spatial_tiles else tiles.decode(tile, forward, "decoder")
+
+    def in_spatial_tiles(z):
+        tiles.in_spatial_tiles = True
+        try:
+            return tiled_decode(z, return_dict=True).sample
+        finally:
+            tiles.in_spatial_tiles = False
+
+    def tiled_decode_reusing(z, return_dict=True):
+        sample = tiles.decode(z, in_spatial_tiles, "spatial tiles")
+        return DecoderOutput(sample=sample) if return_dict else (sample,)
 
     def decode_reusing_tiles(*args, **kwargs):
         tiles.start_call()
         return decode(*args, **kwargs)
 
-    vae.decode = decode_reusing_tiles
+    decoder.forward, vae.tiled_decode, vae.decode = decoder_forward, tiled_decode_reusing, decode_reusing_tiles
     decoder._framepack_decoded_tiles = tiles
     return tiles

@@ -81,16 +81,24 @@ def test_a_render_reuses_tiles_and_its_video_is_the_one_decoded_from_scratch(
     assert np.array_equal(video_frames(reusing.video), video_frames(scratch.video))
 
 
-def test_a_decode_in_spatial_tiles_passes_straight_through(lively_vae, history):
-    reusing = copy.deepcopy(lively_vae)
-    reusing.enable_tiling(tile_sample_min_height=16, tile_sample_min_width=16,
+def test_a_decode_in_spatial_tiles_reuses_whole_temporal_tiles(lively_vae, history):
+    """Each temporal tile is looked up once, not each of its spatial tiles; the pixels are diffusers' own."""
+    reusing, plain = copy.deepcopy(lively_vae), copy.deepcopy(lively_vae)
+    for vae in (reusing, plain):
+        vae.enable_tiling(tile_sample_min_height=16, tile_sample_min_width=16,
                           tile_sample_stride_height=8, tile_sample_stride_width=8)
     tiles = reuse_decoded_tiles(reusing)
-    window = history[:, :, :18]
-    first = _decode(reusing, window)
-    assert torch.equal(_decode(reusing, window), first)
-    assert (tiles.decoded, tiles.reused, tiles.current) == (0, 0, [])
+    spatial_calls = []
+    forward = reusing.decoder.forward
+    reusing.decoder.forward = lambda tile: spatial_calls.append(tile.shape) or forward(tile)
+    for start, reused in ((18, 0), (9, 2), (0, 4)):
+        window = history[:, :, start:start + 18]
+        assert torch.equal(_decode(reusing, window), _decode(plain, window))
+        assert tiles.reused == reused
+    assert tiles.decoded == 6 + 4 + 4
+    assert len(spatial_calls) == (6 + 4 + 4) * 4 * 6  # a 4x6 latent in tiles of 2 every 1: one from each place
+    assert {kind for kind, *_ in (decoded.key for decoded in tiles.current)} == {"spatial tiles"}
     reusing.disable_tiling()
-    _decode(reusing, window)
-    _decode(reusing, window)
-    assert (tiles.decoded, tiles.reused) == (6, 6)
+    first = _decode(reusing, history[:, :, :18])
+    assert torch.equal(_decode(reusing, history[:, :, :18]), first)
+    assert tiles.reused == 4 + 6  # untiled: whole temporal tiles through the decoder, a kind of their own

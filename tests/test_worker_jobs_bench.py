@@ -35,6 +35,14 @@ async def test_placed_models_are_what_the_worker_renders_with(tmp_path, tiny_mod
     assert jobs[0]["sampling_s"] > 0
 
 
+async def test_no_jobs_measures_the_warm_up_alone_as_often_as_run(tmp_path, tiny_models_dir, original_models):
+    settings = worker_settings(tmp_path, tiny_models_dir, engine_warm_up=True, render_resolution=64)
+    runs = [await run_jobs(settings, PlacedModels(settings, original_models), 0, PARAMS) for _ in range(2)]
+    for [record] in runs:
+        assert record["summary"] == "warm_up" and record["start_up_s"] > 0
+        assert record["compile_cache"].startswith("warmed up in")
+
+
 def test_the_script_runs_end_to_end_on_the_tiny_models(tmp_path, tiny_models_dir):
     """`--tiny`: main()'s own path (settings, the plan's placement, the worker) on the CPU, so the GPU run
     cannot fail on its plumbing."""
