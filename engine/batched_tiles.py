@@ -1,11 +1,12 @@
 """diffusers' decode in spatial tiles, with the tiles of one shape decoded together as a batch.
 
 Why: in 256 px tiles every 192, diffusers decodes a 640x608 section's temporal tile in 16 decoder calls, one
-per tile, 7 of them thin edge tiles (4 or 8 latent rows or columns) that keep the GPU waiting on the launches
-of a whole decoder. Tiles of one shape go through the decoder together (at most `batch` of them): the same
-tiles and the same blend, so the pixels are diffusers' up to the convolutions' rounding in a batch; a batch
-of b tiles needs about b tiles' activations, which the memory plan allows for (engine/memory_plan.py).
-"""
+per tile, 7 of them thin edge tiles (4 or 8 latent rows or columns). Tiles of one shape go through the decoder
+together (at most `batch` of them): the same tiles and the same blend, so the pixels are diffusers' up to the
+convolutions' rounding in a batch. A batch of b tiles needs about b tiles' activations.
+
+Not on the job path until measured: whether batches speed up the low plans' 256 px decode on a GPU, and for
+how much memory, is what `benchmarks/vae_decode.py --tile-batches` times (notes/issue21_speed.md)."""
 
 from __future__ import annotations
 

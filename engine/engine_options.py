@@ -151,8 +151,7 @@ def place_transformer(transformer: nn.Module, device: torch.device, options: Eng
 def prepare_encoders(encoders, device: torch.device, options: EngineOptions, plan: MemoryPlan):
     """Llama on the GPU or streamed (pinned or mapped); CLIP, SigLIP and the VAE on the GPU or in RAM
     between their phases; the VAE tiled where the plan says so, its decoder compiled with the blocks (or
-    rewritten by engine/fast_decode.py, its spatial tiles then decoded in the plan's batches), each section's
-    decode reusing the tiles it shares with the last."""
+    rewritten by engine/fast_decode.py), each section's decode reusing the tiles it shares with the last."""
     if getattr(encoders, "_framepack_prepared", False):
         return encoders
     small = (encoders.text_encoder_2, encoders.image_encoder, encoders.vae)
@@ -172,10 +171,6 @@ def prepare_encoders(encoders, device: torch.device, options: EngineOptions, pla
 
         if not speed_up_decoder(encoders.vae):
             log.warning("the VAE's decoder is not the one engine/fast_decode.py knows: decoding as diffusers does")
-        elif plan.vae_tiled:
-            from engine.batched_tiles import decode_tiles_in_batches
-
-            decode_tiles_in_batches(encoders.vae, plan.vae_tile_batch)
     from engine.decoded_tiles import reuse_decoded_tiles
 
     reuse_decoded_tiles(encoders.vae)  # last: in front of whatever decoder forward the lines above chose

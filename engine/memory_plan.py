@@ -41,8 +41,6 @@ VAE_TILED_DECODE = int(3.8 * GB)
 DEFAULT_TILE, WIDE_TILE = 256, 384
 VAE_WIDE_TILED_DECODE = VAE_TILED_DECODE + int(4.4 * GB)
 TILE_OVERLAP = 64  # px, diffusers' default (256 every 192)
-# 256 px tiles of one shape decoded together, within VAE_TILED_DECODE (PROVISIONAL: to be measured)
-SMALL_TILE_BATCH = 3
 # What torch's caching allocator holds beyond the live tensors (a 48 GiB budget with a 45 GiB estimate ran
 # out of memory in the same run): every GPU estimate leaves this much.
 FRAGMENTATION = int(1.5 * GB)
@@ -116,7 +114,6 @@ class MemoryPlan:
     private_bytes: int  # the expected private host memory (pinned copies included)
     modulation: str = ""  # the AdaLN linears kept off the GPU: "pinned" | "mapped" | "" (in their blocks)
     vae_tile: int = DEFAULT_TILE  # px, where vae_tiled
-    vae_tile_batch: int = 1  # spatial tiles of one shape a decoder call takes (engine/batched_tiles.py)
 
     @property
     def streams_blocks(self) -> bool:
@@ -149,8 +146,7 @@ def low_plan(sizes: ModelSizes) -> MemoryPlan:
     gpu = CUDA_CONTEXT + max(sizes.transformer_rest + slots + SAMPLING_WORKSPACE + MODULATION_TABLE,
                              sizes.vae + VAE_TILED_DECODE)
     private = PROCESS_PRIVATE + sizes.transformer + sizes.llama + sizes.small_encoders
-    return MemoryPlan("low", 0, "pinned", "pinned", False, True, gpu, private, "pinned" if sizes.modulation else "",
-                      vae_tile_batch=SMALL_TILE_BATCH)
+    return MemoryPlan("low", 0, "pinned", "pinned", False, True, gpu, private, "pinned" if sizes.modulation else "")
 
 
 NAMED_PLANS = {"high": high_plan, "low": low_plan}  # ENGINE_MEMORY_MODE's names besides auto (the planner)
@@ -244,7 +240,7 @@ def plan_memory(budget: Budget, sizes: ModelSizes = FULL_SIZE) -> MemoryPlan:
         llama, private = "mapped", private + STREAM_SLOTS * sizes.llama // LLAMA_LAYERS  # pinned staging
     name = "planned" if gpu + FRAGMENTATION <= budget.vram else "planned, over its GPU budget"
     return MemoryPlan(name, resident, blocks_from, llama, encoders_on_gpu, vae_tiled, gpu, private, modulation,
-                      vae_tile, SMALL_TILE_BATCH if vae_tile == DEFAULT_TILE else 1)
+                      vae_tile)
 
 
 def load_peak(plan: MemoryPlan, sizes: ModelSizes) -> int:

@@ -48,8 +48,8 @@ def test_batches_of_tiles_give_diffusers_pixels_in_fewer_decoder_calls(lively_va
 def test_a_section_decoded_in_batched_tiles_by_the_fast_decoder_reusing_tiles(lively_vae):
     """The whole path a low-memory plan takes: temporal tiles, spatial tiles in batches, the fast decoder, the
     previous window's temporal tiles reused."""
-    plain = _tiled(lively_vae, 16, 8)
-    fast = _tiled(lively_vae, 16, 8)
+    plain = _tiled(lively_vae, 24, 16)
+    fast = _tiled(lively_vae, 24, 16)
     speed_up_decoder(fast)
     decode_tiles_in_batches(fast, 4)
     tiles = reuse_decoded_tiles(fast)
