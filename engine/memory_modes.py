@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from engine.host_memory import mem_available_bytes, own_anonymous_bytes
-from engine.offload import BlockStreamer
+from engine.offload import BlockStreamer, VisitingWeights
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +59,16 @@ class Offloaded(Placement):
     """Models the plan keeps off the GPU, each brought to `device` for its phase of the job and sent back.
 
     `llama` and `blocks` are streamers (None: that model stays on the GPU); `visiting` maps a phase
-    ("text", "image", "vae") to the modules that come in for it.
+    ("text", "image", "vae") to the modules that come in for it, their weights kept in pinned RAM.
     """
 
     def __init__(self, device: torch.device, llama: BlockStreamer | None, visiting: dict[str, list[nn.Module]],
                  blocks: BlockStreamer | None):
         self.device = device
         self.llama, self.blocks = llama, blocks
-        self.visiting = visiting
+        pin = device.type == "cuda"
+        self.visiting = {phase: [VisitingWeights.of(module, pin) for module in modules]
+                         for phase, modules in visiting.items()}
 
     def _release(self) -> None:
         if self.device.type == "cuda":
@@ -76,12 +78,12 @@ class Offloaded(Placement):
     def _visit(self, phase: str) -> Iterator[None]:
         modules = self.visiting.get(phase, [])
         for module in modules:
-            module.to(self.device)
+            module.visit(self.device)
         try:
             yield
         finally:
             for module in modules:
-                module.to("cpu")
+                module.leave()
             if modules:
                 self._release()
 

@@ -8,7 +8,7 @@ A plan places each part of the stack:
   stay in RAM and visit once per section (engine/modulation.py): more blocks fit, fewer bytes stream;
 - Llama (15 GB, needed once per prompt, and not at all when the prompt is in the prompt cache): on the
   GPU, streamed from pinned RAM, or streamed from a memory-mapped file;
-- CLIP, SigLIP and the VAE: on the GPU, or visiting it for their phase of the job;
+- CLIP, SigLIP and the VAE: on the GPU, or visiting it for their phase of the job (from pinned RAM);
 - the VAE decode: untiled where the memory left allows it, else in tiles.
 
 The figures below are measured on an H100/H200 at 640x608 (benchmarks/README.md); a plan is a decision on

@@ -186,6 +186,32 @@ class _PackedBlock:
             _set_tensor(slot.owner, slot.name, slot.is_param, _view(flat, slot))
 
 
+class VisitingWeights:
+    """A module's weights in one flat host buffer (pinned where `pin`), brought to a device for a phase of the
+    job by one copy and sent back by pointing the module at the buffer again: inference never changes them,
+    so nothing is copied back (`module.to("cpu")` copied 0.5 GB of VAE into fresh pageable memory after every
+    section's decode in the low plans). One per module, however many placements it serves."""
+
+    def __init__(self, module: nn.Module, pin: bool):
+        self.packed = _PackedBlock(module)
+        self.packed.pack_into(host_buffer(self.packed.nbytes, pin))
+
+    @classmethod
+    def of(cls, module: nn.Module, pin: bool) -> VisitingWeights:
+        existing = getattr(module, "_framepack_visiting", None)
+        if existing is None:
+            existing = module._framepack_visiting = cls(module, pin)
+        return existing
+
+    def visit(self, device: torch.device) -> None:
+        """Point the module at its copy on `device`, queued on the current stream ahead of the phase's own
+        work (a copy on the CPU too: the tests' CPU runs take the GPU's path)."""
+        self.packed.point_at(self.packed.cpu.to(device, non_blocking=True, copy=True))
+
+    def leave(self) -> None:
+        self.packed.home()
+
+
 def _write_packed(path: Path, packed: Sequence[_PackedBlock]) -> None:
     """The blocks' flat buffers one after another, after a JSON header of their sizes, written once."""
     header = json.dumps({"blocks": [p.nbytes for p in packed]}).encode()

@@ -478,3 +478,33 @@ def test_fp8_storage_streams_and_renders_close_to_bf16(original_models, tiny_mod
     psnr = 10 * np.log10(255.0**2 / max(mse, 1e-12))
     print(f"FP8 storage vs bf16 on the tiny models: PSNR {psnr:.1f} dB")
     assert frames.shape == reference.shape and 25 < psnr < 100  # close, and not the same video
+
+
+def test_visiting_weights_go_in_by_one_copy_and_come_back_to_their_buffer_without_one(lively_vae):
+    """A visiting module's weights live in one host buffer: a visit points them at a copy on the device, the
+    end of the phase points them back at the buffer (the weights unchanged: nothing is copied back)."""
+    import copy
+
+    from engine.memory_modes import Offloaded
+    from engine.offload import VisitingWeights
+
+    vae = copy.deepcopy(lively_vae)
+    before = {name: tensor.clone() for name, tensor in vae.state_dict().items()}
+    weights = VisitingWeights.of(vae, pin=False)
+    assert VisitingWeights.of(vae, pin=False) is weights  # one buffer, however many placements
+    buffer = weights.packed.cpu
+    start, end = buffer.data_ptr(), buffer.data_ptr() + buffer.numel()
+    homes = {name: tensor.data_ptr() for name, tensor in vae.state_dict().items()}
+    assert all(start <= pointer < end for pointer in homes.values())  # every tensor a view of the one buffer
+
+    placement = Offloaded(torch.device("cpu"), None, {"vae": [vae]}, None)
+    assert placement.visiting["vae"] == [weights]
+    latents = torch.randn(1, 16, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    with placement.vae(), torch.no_grad():  # the copy the phase runs on, not the buffer
+        assert not any(start <= tensor.data_ptr() < end for tensor in vae.state_dict().values())
+        assert torch.equal(vae.decode(latents).sample, lively_vae.decode(latents).sample)
+    assert {name: tensor.data_ptr() for name, tensor in vae.state_dict().items()} == homes
+    for name, tensor in vae.state_dict().items():
+        assert torch.equal(tensor, before[name]), name
+    with placement.image_encoder():  # a phase with nothing visiting
+        assert vae.decoder.conv_in.conv.weight.device.type == "cpu"
