@@ -73,7 +73,8 @@ class DecodedTiles:
                 return earlier.pixels.to(tile.device, non_blocking=True)
         pixels = forward(tile)
         self.decoded += 1
-        self.current.append(_Decoded(key, tile, _keep(pixels)))
+        # a copy of the input: a spatially tiled decode's is a view of its caller's latents (1 MB at 640x608)
+        self.current.append(_Decoded(key, tile.clone(), _keep(pixels)))
         return pixels
 
 

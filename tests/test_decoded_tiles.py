@@ -102,3 +102,17 @@ def test_a_decode_in_spatial_tiles_reuses_whole_temporal_tiles(lively_vae, histo
     first = _decode(reusing, history[:, :, :18])
     assert torch.equal(_decode(reusing, history[:, :, :18]), first)
     assert tiles.reused == 4 + 6  # untiled: whole temporal tiles through the decoder, a kind of their own
+
+
+def test_latents_changed_in_place_after_a_decode_are_not_taken_for_the_ones_decoded(lively_vae):
+    reusing, plain = copy.deepcopy(lively_vae), copy.deepcopy(lively_vae)
+    for vae in (reusing, plain):
+        vae.enable_tiling(tile_sample_min_height=24, tile_sample_min_width=24,
+                          tile_sample_stride_height=16, tile_sample_stride_width=16)
+    tiles = reuse_decoded_tiles(reusing)
+    # whole numbers: their sums are exact in any order, so flipped latents have the same fingerprint
+    latents = torch.randint(-3, 4, (1, 16, 18, 4, 6), generator=torch.Generator().manual_seed(1)).float()
+    _decode(reusing, latents)
+    latents.copy_(latents.flip(-1))  # the caller's tensor, reused for other latents
+    assert torch.equal(_decode(reusing, latents), _decode(plain, latents))
+    assert tiles.reused == 0
