@@ -147,21 +147,19 @@ def test_kernels_run_only_where_asked_and_on_cuda(lively_vae):
 
 
 def test_the_self_check_passes_and_catches_a_wrong_kernel(kernels, monkeypatch):
-    assert kernels.self_check(torch.device("cpu"))
+    assert fast_decode.kernels_agree_with_torch(kernels, torch.device("cpu"))
     monkeypatch.setattr(kernels, "upsample_pad", lambda x, factors, pad: F.pad(x, pad))  # zeros at the edges
-    assert not kernels.self_check(torch.device("cpu"))
+    assert not fast_decode.kernels_agree_with_torch(kernels, torch.device("cpu"))
 
 
 @pytest.mark.parametrize("failure", ["raises", "differs"])
 def test_kernels_that_do_not_work_on_a_gpu_leave_it_to_torch(monkeypatch, caplog, failure):
-    class Kernels:
-        @staticmethod
-        def self_check(device):
-            if failure == "raises":
-                raise RuntimeError("PTX for sm_61 is not supported")
-            return False
+    def self_check(kernels, device):
+        if failure == "raises":
+            raise RuntimeError("PTX for sm_61 is not supported")
+        return False
 
-    monkeypatch.setattr(fast_decode, "kernel_module", lambda: Kernels)
+    monkeypatch.setattr(fast_decode, "kernels_agree_with_torch", self_check)
     fast_decode.kernels_work_on.cache_clear()
     try:
         assert not fast_decode.kernels_work_on(torch.device("cuda", 3))
