@@ -65,15 +65,19 @@ def test_only_the_last_call_is_remembered_and_a_shifted_window_reuses_nothing(li
     assert tiles.reused == 0
 
 
-@pytest.mark.parametrize("variant", ["original", "f1"])
+@pytest.mark.parametrize(("variant", "spatial_tiles"), [("original", False), ("f1", False), ("original", True)])
 def test_a_render_reuses_tiles_and_its_video_is_the_one_decoded_from_scratch(
-        tiny_models_dir, tmp_path, monkeypatch, variant):
+        tiny_models_dir, tmp_path, monkeypatch, variant, spatial_tiles):
     models = load_models(variant, "cpu", tiny_models_dir, options=EngineOptions(memory_mode="high"))
     tiles = models.encoders.vae.decoder._framepack_decoded_tiles
+    if spatial_tiles:  # as a low plan's 256 px tiles would cut a larger picture: 4 tiles a temporal tile
+        models.encoders.vae.enable_tiling(tile_sample_min_height=48, tile_sample_min_width=48,
+                                          tile_sample_stride_height=32, tile_sample_stride_width=32)
     request = RenderRequest(prompt="a cat dances", steps=2, resolution=64, variant=variant, seconds=4.8, seed=2)
     assert section_count(request.seconds, request.window) >= 4
     reusing = render(models, make_picture(), request, tmp_path / "reusing", tmp_path / "reusing.mp4")
     assert tiles.reused >= 2
+    assert {decoded.key[0] for decoded in tiles.current} == {"spatial tiles" if spatial_tiles else "decoder"}
     reused = tiles.reused
     monkeypatch.setattr(DecodedTiles, "start_call", DecodedTiles.forget)  # every decode from scratch
     scratch = render(models, make_picture(), request, tmp_path / "scratch", tmp_path / "scratch.mp4")
