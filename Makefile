@@ -32,8 +32,9 @@ E2E_ON_POSTGRES_S3 := tests/test_telegram.py tests/test_discord.py tests/test_te
 	tests/test_discord_extend.py tests/test_worker.py tests/test_lora_jobs.py
 
 # Two test processes (pytest-xdist), each test file whole in one of them (its module fixtures built once): the
-# suite waits on subprocesses, servers and sockets as much as it computes, so two run in about 15 minutes on two
-# cores what one runs in 20. TEST_PROCESSES=0 runs in this process.
+# suite waits on subprocesses, servers and sockets as much as it computes. tests/conftest.py gives each process
+# its share of the cores as torch threads (one each on CI's two cores), and the same to the processes they start.
+# TEST_PROCESSES=0 runs in this process.
 TEST_PROCESSES ?= 2
 PYTEST := $(BIN)/python -m pytest -q -n $(TEST_PROCESSES) --dist loadfile
 

@@ -20,6 +20,14 @@ os.environ["ENGINE_WARM_UP"] = "false"
 # frame (the H.264 encoder turns the fast decoder's one-level differences into larger ones); the fast decoder
 # has tests of its own against diffusers' pixels (tests/test_fast_decode.py).
 os.environ["ENGINE_FAST_DECODE"] = "false"
+# Each test process takes its share of the cores as torch threads (one each for the Makefile's two processes on
+# CI's two cores), and so do the workers and CLIs it starts: two processes of two threads each on two cores
+# fought over them (the first pass took 819 s so, 605 s with one thread each). The golden tests set the two
+# threads their files were made with themselves.
+_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+_TEST_THREADS = max(1, _CORES // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+torch.set_num_threads(_TEST_THREADS)
+os.environ["OMP_NUM_THREADS"] = str(_TEST_THREADS)
 # Without a GPU, Triton's kernels (engine/decode_kernels.py) run in its interpreter. Triton reads this as it
 # decorates each kernel, its own library's included, so it is set before anything imports triton.
 if not torch.cuda.is_available():
