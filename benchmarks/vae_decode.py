@@ -85,6 +85,16 @@ def profile(vae, latents, path: Path, tile: int | None = None) -> None:
     print(table, flush=True)
 
 
+def fast_vae(vae, way: str, batch: int):
+    """A copy of `vae` decoding the `way` way ("fast", "fast-torch", "fast-reuse"), `batch` tiles a call."""
+    fast = copy.deepcopy(vae)
+    speed_up_decoder(fast, kernels="-torch" not in way)
+    decode_tiles_in_batches(fast, batch)
+    if way.endswith("-reuse"):
+        reuse_decoded_tiles(fast)
+    return fast
+
+
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     """Pixels in [-1, 1]: a peak-to-peak of 2."""
     mse = torch.mean((a.float().clamp(-1, 1) - b.float().clamp(-1, 1)) ** 2).item()
@@ -144,28 +154,16 @@ def main() -> None:
         for tile in tiles:
             record("eager", tile)
         fast_ways = [way for way in ways if way.startswith("fast")]
+        batches = [1, *(int(b) for b in args.tile_batches.split(",") if b)]
         for way in fast_ways:  # each against the eager decode with the same tiles as well
-            fast = copy.deepcopy(vae)
-            speed_up_decoder(fast, kernels="-torch" not in way)
-            if way.endswith("-reuse"):
-                reuse_decoded_tiles(fast)
-            for tile in [None, *tiles]:
-                record(way, tile, on=fast)
-            if args.profile is not None:
-                profile(fast, latents, args.profile.with_name(f"{args.profile.name}.{way}"), args.profile_tile)
-            for batch in (int(b) for b in args.tile_batches.split(",") if b):
-                batched = copy.deepcopy(vae)
-                speed_up_decoder(batched, kernels="-torch" not in way)
-                decode_tiles_in_batches(batched, batch)
-                if way.endswith("-reuse"):
-                    reuse_decoded_tiles(batched)
-                for tile in tiles:
-                    record(way, tile, on=batched, batch=batch)
+            for batch in batches:  # one tile a decoder call untiled and in tiles, then batches of tiles
+                fast = fast_vae(vae, way, batch)
+                for tile in [None, *tiles] if batch == 1 else tiles:
+                    record(way, tile, on=fast, batch=batch)
                 if args.profile is not None:
-                    profile(batched, latents, args.profile.with_name(f"{args.profile.name}.{way}.batch{batch}"),
-                            args.profile_tile)
-                del batched
-            del fast
+                    name = f"{args.profile.name}.{way}" + (f".batch{batch}" if batch > 1 else "")
+                    profile(fast, latents, args.profile.with_name(name), args.profile_tile)
+                del fast
         if fast_ways:
             return
         if "static" in ways:

@@ -123,7 +123,7 @@ async def run_jobs(settings: Settings, models: ModelCache, jobs: int, params: Jo
                 raise RuntimeError(problem)
             if not jobs:  # the start-up alone: run twice on one --work folder, a restart's on the cache
                 return [{"bench": "worker_jobs", "summary": "warm_up", "start_up_s": round(time.time() - started, 2),
-                         "compile_cache": worker.warmed_up.describe(settings.compile_cache_dir)}]
+                         "compile_cache": worker.warm_up_report}]
             await worker.run(max_jobs=jobs)
         finished = [await store.get(job_id) for job_id in ids]
     finally:

@@ -185,8 +185,9 @@ def group_moments(x: torch.Tensor, groups: int, in_bias: torch.Tensor | None = N
 
 def norm_silu_pad(x: torch.Tensor, norm: torch.nn.GroupNorm, pad: tuple[int, ...],
                   in_bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.pad(silu(norm(x + in_bias)), pad, mode="replicate") for a contiguous 5-D (N, C, T, H, W) tensor and an
+    """F.pad(silu(norm(x + in_bias)), pad, mode="replicate") for a 5-D (N, C, T, H, W) tensor and an
     optional per-channel `in_bias`."""
+    x = x.contiguous()  # once, for both passes
     mean, var = group_moments(x, norm.num_groups, in_bias)
     return _pad_launch(x, pad, norm=norm, moments=(mean, torch.rsqrt(var + norm.eps)), in_bias=in_bias)
 

@@ -196,7 +196,7 @@ class Worker:
         self.reported: str | None = None  # the problem last logged, so a lasting one is logged once
         self.checked_at = -float("inf")  # when the device and the weights were last found in place
         self.warmed = not settings.engine_warm_up  # warmed up: compiled and tuned, ready for the first claim
-        self.warmed_up = None  # engine.warmup.WarmUp: what the warm-up took
+        self.warm_up_report: str | None = None  # what the warm-up took and whether the compile cache was hit
         self.finishing: set[asyncio.Task] = set()  # rendered jobs getting their upload copies, off the GPU's path
         self.gpu = threading.Lock()  # held by the job doing GPU work (engine/gpu_turn.py)
         self.past_the_gpu: set[asyncio.Future] = set()  # renders writing their last output, the GPU given up
@@ -316,9 +316,9 @@ class Worker:
         except Exception as error:
             log.exception("%s: warm-up failed", self.name)
             return f"Starting up failed: {type(error).__name__}: {error}"
-        self.warmed, self.warmed_up = True, done
-        log.info("%s: %s", self.name, done.describe(self.settings.compile_cache_dir if self.settings.engine_compile
-                                                    else None))
+        self.warmed = True
+        self.warm_up_report = done.describe(self.settings.compile_cache_dir if self.settings.engine_compile else None)
+        log.info("%s: %s", self.name, self.warm_up_report)
         return None
 
     async def _pause(self, seconds: float) -> None:
