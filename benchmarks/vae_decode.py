@@ -2,13 +2,16 @@
 eager and compiled, with the time, the peak memory above the weights, and the PSNR against today's decodes.
 
     python -m benchmarks.vae_decode --out results.jsonl [--tiles 256,320,384,512] [--compiled 256,384]
-        [--ways fast,fast-torch,fast-reuse|static] [--profile FILE]
+        [--ways fast,fast-torch,fast-reuse|static] [--edge-tiles skip,keep] [--tile-batches 2,3]
+        [--profile FILE [--profile-tile T]]
 
 The window is the 18 latent frames the demos decode after a section, at 640x608 (76x80 latents). "untiled" is
 diffusers' default decode (frame-wise, in temporal tiles of 16 frames); a tile size T decodes spatial tiles of
 T px every T - 64 px, diffusers' default overlap (256 every 192 is its default tiling). `--ways fast` times the
-decoder of engine/fast_decode.py (same tiles, same pixels up to rounding) untiled and at --tiles, with its
-norms in engine/decode_kernels.py's Triton kernels ("fast-torch": in torch's kernels); "fast-reuse"
+decoder of engine/fast_decode.py untiled and at --tiles, with its norms in engine/decode_kernels.py's Triton
+kernels ("fast-torch": in torch's kernels), in tiles without the edge strips another tile covers as jobs decode
+(`--edge-tiles skip`, engine/spatial_tiles.py) and/or in diffusers' tiles (`keep`: the same pixels as eager
+up to rounding); "fast-reuse"
 the fast decoder right after the previous section's window (9 frames on), reusing
 the tiles the two share (engine/decoded_tiles.py); "static" the decoder compiled for fixed shapes (the
 first call, the compile, timed apart); `--profile` writes the eager untiled decode's top kernels by GPU
@@ -27,9 +30,9 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKLHunyuanVideo
 
-from engine.batched_tiles import decode_tiles_in_batches
 from engine.decoded_tiles import reuse_decoded_tiles
 from engine.fast_decode import speed_up_decoder
+from engine.spatial_tiles import decode_in_spatial_tiles
 from engine.speed import compile_vae_decoder
 from engine.stitch import vae_decode
 
@@ -85,11 +88,12 @@ def profile(vae, latents, path: Path, tile: int | None = None) -> None:
     print(table, flush=True)
 
 
-def fast_vae(vae, way: str, batch: int):
-    """A copy of `vae` decoding the `way` way ("fast", "fast-torch", "fast-reuse"), `batch` tiles a call."""
+def fast_vae(vae, way: str, batch: int, skip_covered: bool):
+    """A copy of `vae` decoding the `way` way ("fast", "fast-torch", "fast-reuse"), `batch` tiles a call,
+    skipping the edge tiles a tile covers or not."""
     fast = copy.deepcopy(vae)
     speed_up_decoder(fast, kernels="-torch" not in way)
-    decode_tiles_in_batches(fast, batch)
+    decode_in_spatial_tiles(fast, batch, skip_covered)
     if way.endswith("-reuse"):
         reuse_decoded_tiles(fast)
     return fast
@@ -114,7 +118,9 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, default=None,
                         help="write each way's untiled decode's top kernels (FILE, FILE.fast, FILE.fast-reuse)")
     parser.add_argument("--tile-batches", default="", help="also time each fast way's tiled decodes with up to "
-                        "this many tiles of one shape a decoder call (engine/batched_tiles.py), e.g. 2,3,6")
+                        "this many tiles of one shape a decoder call (engine/spatial_tiles.py), e.g. 2,3,6")
+    parser.add_argument("--edge-tiles", default="skip", help="skip and/or keep: the fast ways' tiled decodes "
+                        "without the edge strips a tile covers (the jobs' way) or with them (diffusers' tiles)")
     parser.add_argument("--profile-tile", type=int, default=None, help="profile the fast ways in tiles of this size")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
@@ -127,12 +133,13 @@ def main() -> None:
     latents, previous = history[:, :, :args.frames], history[:, :, 9:args.frames + 9]
     reference: dict[str, torch.Tensor] = {}
 
-    def record(kind: str, tile: int | None, decode=vae_decode, on=vae, batch: int = 1) -> None:
+    def record(kind: str, tile: int | None, decode=vae_decode, on=vae, batch: int = 1, edges: str = "keep") -> None:
         before = (lambda: vae_decode(previous, on)) if kind.endswith("-reuse") else None
         pixels, (first_call, *times), peak = timed(on, latents, tile, args.repeats, decode, before)
         name = "untiled" if tile is None else f"tiles {tile}/{tile - OVERLAP}"
         reference.setdefault(f"{kind} {name}", pixels)
-        row = {"bench": "vae_decode", "kind": kind, "decode": name, "tile_batch": batch, "latent_frames": args.frames,
+        row = {"bench": "vae_decode", "kind": kind, "decode": name, "tile_batch": batch, "edge_tiles": edges,
+               "latent_frames": args.frames,
                "first_call_s": round(first_call, 2),
                "seconds": [round(t, 3) for t in times], "best_s": round(min(times), 3),
                "peak_above_weights_gib": round(peak, 2),
@@ -155,13 +162,15 @@ def main() -> None:
             record("eager", tile)
         fast_ways = [way for way in ways if way.startswith("fast")]
         batches = [1, *(int(b) for b in args.tile_batches.split(",") if b)]
-        for way in fast_ways:  # each against the eager decode with the same tiles as well
-            for batch in batches:  # one tile a decoder call untiled and in tiles, then batches of tiles
-                fast = fast_vae(vae, way, batch)
-                for tile in [None, *tiles] if batch == 1 else tiles:
-                    record(way, tile, on=fast, batch=batch)
+        layouts = [(batch, edges) for edges in args.edge_tiles.split(",") for batch in batches]
+        for way in fast_ways:  # each against the eager decode in diffusers' tiles of that size as well
+            for batch, edges in layouts:  # untiled once, then in tiles: one a decoder call, then in batches
+                fast = fast_vae(vae, way, batch, edges == "skip")
+                untiled_too = (batch, edges) == layouts[0]
+                for tile in [None, *tiles] if untiled_too else tiles:
+                    record(way, tile, on=fast, batch=batch, edges=edges)
                 if args.profile is not None:
-                    name = f"{args.profile.name}.{way}" + (f".batch{batch}" if batch > 1 else "")
+                    name = f"{args.profile.name}.{way}" + (f".batch{batch}" if batch > 1 else "") + f".{edges}"
                     profile(fast, latents, args.profile.with_name(name), args.profile_tile)
                 del fast
         if fast_ways:

@@ -28,6 +28,7 @@ from engine.memory_plan import (
     plan_memory,
 )
 from engine.offload import BlockStreamer
+from engine.spatial_tiles import decode_in_spatial_tiles
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +163,8 @@ def prepare_encoders(encoders, device: torch.device, options: EngineOptions, pla
         encoders.vae.enable_tiling(tile_sample_min_height=tile, tile_sample_min_width=tile,
                                    tile_sample_stride_height=tile - TILE_OVERLAP,
                                    tile_sample_stride_width=tile - TILE_OVERLAP)
+        # without the edge strips a whole tile already covers, unless the decode is to be diffusers' exactly
+        decode_in_spatial_tiles(encoders.vae, skip_covered=options.fast_decode)
     if options.compile and options.compile_vae and device.type == "cuda":
         from engine.speed import compile_vae_decoder
 

@@ -80,14 +80,21 @@ def test_the_engine_tiles_the_vae_as_the_plan_says():
     vae = AutoencoderKLHunyuanVideo(block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4,
                                     down_block_types=("HunyuanVideoDownBlock3D",) * 4,
                                     up_block_types=("HunyuanVideoUpBlock3D",) * 4)
-    for tile in (256, 384):
+    for tile, fast in ((256, True), (384, True), (256, False)):
         plan = dataclasses.replace(plan_memory(Budget(40 * GB, 64 * GB)), vae_tile=tile, llama="gpu")
         encoders = Encoders(None, torch.nn.Linear(1, 1), None, torch.nn.Linear(1, 1), None, torch.nn.Linear(1, 1),
                             copy.deepcopy(vae))
-        prepare_encoders(encoders, torch.device("cpu"), EngineOptions(compile=False), plan)
+        prepare_encoders(encoders, torch.device("cpu"), EngineOptions(compile=False, fast_decode=fast), plan)
         tiled = encoders.vae
         assert tiled.use_tiling and tiled.tile_sample_min_height == tiled.tile_sample_min_width == tile
         assert tiled.tile_sample_stride_height == tiled.tile_sample_stride_width == tile - 64
+        # 640x608 px: 3 x 3 tiles of 256 px, 2 x 2 of 384; diffusers' decode (no fast decode) adds 7 edge
+        # strips to the 256 px ones, which the third row and column cover
+        calls, forward = [], tiled.decoder.forward
+        tiled.decoder.forward = lambda latents, calls=calls, forward=forward: calls.append(1) or forward(latents)
+        with torch.no_grad():
+            assert tiled.decode(torch.randn(1, 16, 1, 76, 80)).sample.shape[-2:] == (608, 640)
+        assert len(calls) == {(256, True): 9, (384, True): 4, (256, False): 16}[tile, fast]
 
 
 def test_the_targets_private_memory():
