@@ -55,7 +55,7 @@ def measure(shape: tuple[int, int, int, int], configs: list[str], factors=None) 
     row = {"bench": "decode_kernels", "work": "norm-silu-pad" if factors is None else f"upsample {factors}-pad",
            "shape": list(shape), "torch_s": round(seconds(in_torch), 5)}
     if factors is None:
-        row["triton_stats_s"] = round(seconds(lambda: decode_kernels.group_moments(x, 32)), 5)
+        row["triton_stats_s"] = round(seconds(lambda: decode_kernels.group_moments(x, 32, 1e-6)), 5)
     if configs:  # rows x columns of a padding program, in place of engine/decode_kernels.py's choice
         blocks = decode_kernels._pad_blocks
         for config in configs:

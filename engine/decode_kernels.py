@@ -5,7 +5,8 @@ outside the convolutions (benchmarks/results/2026-12-04_vae_decode_profile_fast_
 the same tensors: GroupNorm's sum, its deviations and their norm, the batch-norm pass, the SiLU into the
 padded buffer, the edge copies, the upsampling copies and cuDNN's separate bias additions. Here:
 
-- a norm's statistics take one read (per-lane Welford, merged by Chan's formula, fp32: no cancellation);
+- a norm's statistics take one read (per-lane Welford, merged by Chan's formula, fp32: no cancellation) and
+  one tiny launch to merge each group's partials;
 - its normalisation, affine and SiLU one read and one write, straight into the causal convolution's
   replicate-padded input; the same padding kernel upsamples straight into the upsamplers' padded input;
 - a resnet's convolutions run without bias: conv1's is added inside norm2, conv2's and the shortcut's in one
@@ -31,7 +32,8 @@ WARPS = 4
 # the decoder's tile widths made the low plan's fresh warm-up 39 s longer. Only the sizes that set a load's
 # alignment (a plane's size, a row's width) are worth a compile of their own.
 _ALIGNMENT_ONLY = {"do_not_specialize": ["channels", "per_group", "frames", "height", "frames_out", "height_out",
-                                         "rows_out", "front", "top", "parts"]}
+                                         "rows_out", "front", "top", "parts", "length"]}
+MERGE_BLOCK = 256  # partial statistics per step of a group's merge
 
 
 @triton.jit(**_ALIGNMENT_ONLY)
@@ -69,6 +71,34 @@ def _plane_partials(x_ptr, bias_ptr, mean_ptr, m2_ptr, count_ptr, plane_size, ch
     tl.store(mean_ptr + out, mean)
     tl.store(m2_ptr + out, m2)
     tl.store(count_ptr + out, count)
+
+
+@triton.jit(**_ALIGNMENT_ONLY)
+def _merge_group(mean_ptr, m2_ptr, count_ptr, group_mean_ptr, group_rstd_ptr, length, eps,
+                 BLOCK: tl.constexpr):
+    """One group's mean and 1 / sqrt(variance + eps) from its `length` consecutive partial statistics (Chan's
+    formula again), in one launch where torch's ops took a dozen tiny ones a norm."""
+    group = tl.program_id(0).to(tl.int64)
+    first = group * length
+    lanes = tl.arange(0, BLOCK)
+    total = tl.zeros([BLOCK], dtype=tl.float32)
+    weighted = tl.zeros([BLOCK], dtype=tl.float32)
+    for start in range(0, length, BLOCK):
+        inside = start + lanes < length
+        count = tl.load(count_ptr + first + start + lanes, mask=inside, other=0.0)
+        total += count
+        weighted += count * tl.load(mean_ptr + first + start + lanes, mask=inside, other=0.0)
+    length_total = tl.sum(total, axis=0)
+    mean = tl.sum(weighted, axis=0) / length_total
+    spread = tl.zeros([BLOCK], dtype=tl.float32)
+    for start in range(0, length, BLOCK):
+        inside = start + lanes < length
+        count = tl.load(count_ptr + first + start + lanes, mask=inside, other=0.0)
+        deviation = tl.load(mean_ptr + first + start + lanes, mask=inside, other=0.0) - mean
+        spread += tl.load(m2_ptr + first + start + lanes, mask=inside, other=0.0) + count * deviation * deviation
+    var = tl.sum(spread, axis=0) / length_total
+    tl.store(group_mean_ptr + group, mean)
+    tl.store(group_rstd_ptr + group, 1.0 / tl.sqrt(var + eps))
 
 
 @triton.jit(**_ALIGNMENT_ONLY)
@@ -165,9 +195,9 @@ def _pad_launch(x: torch.Tensor, pad: tuple[int, ...], factors=(1, 1, 1), norm=N
     return out
 
 
-def group_moments(x: torch.Tensor, groups: int, in_bias: torch.Tensor | None = None):
-    """fp32 mean and biased variance of each group of channels of a contiguous (N, C, ...) tensor (plus a
-    per-channel `in_bias`), in one read of it: (N * groups,) each."""
+def group_moments(x: torch.Tensor, groups: int, eps: float, in_bias: torch.Tensor | None = None):
+    """fp32 mean and 1 / sqrt(biased variance + eps) of each group of channels of a contiguous (N, C, ...)
+    tensor (plus a per-channel `in_bias`), in one read of it: (N * groups,) each."""
     x = x.contiguous()
     n, channels = x.shape[:2]
     plane_size = x[0, 0].numel()
@@ -176,11 +206,11 @@ def group_moments(x: torch.Tensor, groups: int, in_bias: torch.Tensor | None = N
     _plane_partials[(n * channels, parts)](x, in_bias if in_bias is not None else x, partial[0], partial[1],
                                            partial[2], plane_size, channels, parts, HAS_BIAS=in_bias is not None,
                                            BLOCK=STATS_BLOCK, STEPS=STATS_STEPS, num_warps=WARPS)
-    means, squares, counts = partial.view(3, n * groups, -1)  # a group's planes are consecutive
-    length = counts.sum(1)
-    mean = (means * counts).sum(1) / length
-    spread = squares.sum(1) + (counts * (means - mean[:, None]).square()).sum(1)
-    return mean, spread / length
+    mean, rstd = torch.empty((2, n * groups), dtype=torch.float32, device=x.device)
+    # a group's planes are consecutive: its partials are (channels // groups) * parts consecutive values
+    _merge_group[(n * groups,)](partial[0], partial[1], partial[2], mean, rstd, channels // groups * parts, eps,
+                                BLOCK=MERGE_BLOCK, num_warps=WARPS)
+    return mean, rstd
 
 
 def norm_silu_pad(x: torch.Tensor, norm: torch.nn.GroupNorm, pad: tuple[int, ...],
@@ -188,8 +218,8 @@ def norm_silu_pad(x: torch.Tensor, norm: torch.nn.GroupNorm, pad: tuple[int, ...
     """F.pad(silu(norm(x + in_bias)), pad, mode="replicate") for a 5-D (N, C, T, H, W) tensor and an
     optional per-channel `in_bias`."""
     x = x.contiguous()  # once, for both passes
-    mean, var = group_moments(x, norm.num_groups, in_bias)
-    return _pad_launch(x, pad, norm=norm, moments=(mean, torch.rsqrt(var + norm.eps)), in_bias=in_bias)
+    return _pad_launch(x, pad, norm=norm, moments=group_moments(x, norm.num_groups, norm.eps, in_bias),
+                       in_bias=in_bias)
 
 
 def upsample_pad(x: torch.Tensor, factors: tuple[int, int, int], pad: tuple[int, ...]) -> torch.Tensor:

@@ -57,15 +57,27 @@ def per_channel(bias: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
                                                (3.0, 0.05, torch.float16), (-20.0, 4.0, torch.float32)])
 @pytest.mark.parametrize("plane", [1, 191, 192, 1000])  # one part, a full one, several with a part-filled last
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_group_moments_are_each_groups_mean_and_variance(small_blocks, mean, spread, dtype, plane, with_bias):
+def test_group_moments_are_each_groups_mean_and_inverse_deviation(small_blocks, mean, spread, dtype, plane,
+                                                                   with_bias):
     torch.manual_seed(plane)
     x = (torch.randn(2, 6, plane) * spread + mean).to(dtype)
     bias = torch.randn(6) * 3 if with_bias else None
-    got_mean, got_var = small_blocks.group_moments(x, 3, bias)
+    got_mean, got_rstd = small_blocks.group_moments(x, 3, 1e-6, bias)
     exact = x.double() + (per_channel(bias.double(), x) if with_bias else 0)
     exact = exact.reshape(6, -1)  # (sample, group) rows of 2 channels' planes
     torch.testing.assert_close(got_mean.double(), exact.mean(1), rtol=1e-6, atol=1e-6 * spread)
-    torch.testing.assert_close(got_var.double(), exact.var(1, unbiased=False), rtol=1e-4, atol=1e-6 * spread ** 2)
+    got_var = got_rstd.double() ** -2 - 1e-6
+    torch.testing.assert_close(got_var, exact.var(1, unbiased=False), rtol=1e-4, atol=1e-6 * spread ** 2)
+
+
+def test_a_groups_partials_are_merged_in_several_steps(small_blocks, monkeypatch):
+    """More partial statistics in a group than one merge step takes: 4 channels of 5 parts against 8 lanes."""
+    monkeypatch.setattr(small_blocks, "MERGE_BLOCK", 8)
+    x = torch.randn(1, 8, 900) * 3 + 5
+    got_mean, got_rstd = small_blocks.group_moments(x, 2, 1e-6)
+    exact = x.double().reshape(2, -1)
+    torch.testing.assert_close(got_mean.double(), exact.mean(1), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(got_rstd.double(), (exact.var(1, unbiased=False) + 1e-6).rsqrt(), rtol=1e-4, atol=0)
 
 
 @pytest.mark.parametrize("pad", PADS)
