@@ -10,12 +10,17 @@ them with its full context instead of a blend with the strip. A call costs about
 size, so a strip costs about half a full tile (a fit of the H200's decodes in 256 and 384 px tiles to a time
 per call plus a time per latent pixel: notes/issue21_speed.md).
 
+The blends are diffusers' arithmetic in a few kernels each, where diffusers' loop launches four a blended row (in
+its 256 px tiles at 640x608, 8448 rows a section's decode).
+
 Tiles of one shape can also go through the decoder together (at most `batch` of them); a batch of b tiles
 needs about b tiles' activations, so the plans decode one at a time until a GPU says batches gain and fit
 (`benchmarks/vae_decode.py --tile-batches`).
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -29,6 +34,30 @@ def tile_starts(length: int, tile: int, stride: int, skip_covered: bool) -> list
     while starts[-1] + tile < length:
         starts.append(starts[-1] + stride)
     return starts
+
+
+@functools.cache
+def _ramps(extent: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weights diffusers' blends give the earlier tile and the later one at each of `extent` steps: its
+    Python floats 1 - y / extent and y / extent, as the fp32 its kernels compute with (made on the device: a copy
+    from pageable memory would wait for the GPU's queue)."""
+    later = torch.arange(extent, dtype=torch.float64, device=device) / extent
+    return (1 - later).float(), later.float()
+
+
+def blend(a: torch.Tensor, b: torch.Tensor, extent: int, dim: int) -> torch.Tensor:
+    """diffusers' blend_v (dim -2), blend_h (-1) or blend_t (-3), bit for bit, in a few kernels where it takes
+    four per row: b's first `extent` rows along `dim` become a ramp from a's last rows to b's own, in place."""
+    extent = min(a.shape[dim], b.shape[dim], extent)
+    if extent <= 0:
+        return b
+    shape = [1] * b.dim()
+    shape[dim] = extent
+    before, after = (ramp.view(shape) for ramp in _ramps(extent, b.device))
+    head = b.narrow(dim, 0, extent)
+    # each product rounded to b's dtype before the sum, as a half tensor times a Python float is
+    head.copy_((a.narrow(dim, a.shape[dim] - extent, extent) * before).to(b.dtype) + (head * after).to(b.dtype))
+    return b
 
 
 def _decode_in_batches(vae, z: torch.Tensor, corners: list[tuple[int, int]], tile: tuple[int, int],
@@ -55,8 +84,8 @@ def tiled_decode(vae, z: torch.Tensor, return_dict: bool = True, batch: int = 1,
     ratio = vae.spatial_compression_ratio
     tile = (vae.tile_sample_min_height // ratio, vae.tile_sample_min_width // ratio)
     stride = (vae.tile_sample_stride_height // ratio, vae.tile_sample_stride_width // ratio)
-    blend = (vae.tile_sample_min_height - vae.tile_sample_stride_height,
-             vae.tile_sample_min_width - vae.tile_sample_stride_width)
+    extents = (vae.tile_sample_min_height - vae.tile_sample_stride_height,
+               vae.tile_sample_min_width - vae.tile_sample_stride_width)
     starts = [tile_starts(z.shape[axis], tile[k], stride[k], skip_covered) for k, axis in enumerate((-2, -1))]
     grid = [[(i, j) for j in starts[1]] for i in starts[0]]
     decoded = _decode_in_batches(vae, z, [corner for row in grid for corner in row], tile, batch)
@@ -69,9 +98,9 @@ def tiled_decode(vae, z: torch.Tensor, return_dict: bool = True, batch: int = 1,
         kept = []
         for j, pixels in enumerate(row):
             if i > 0:
-                pixels = vae.blend_v(rows[i - 1][j], pixels, blend[0])
+                pixels = blend(rows[i - 1][j], pixels, extents[0], -2)
             if j > 0:
-                pixels = vae.blend_h(row[j - 1], pixels, blend[1])
+                pixels = blend(row[j - 1], pixels, extents[1], -1)
             height = None if i == len(rows) - 1 else vae.tile_sample_stride_height
             width = None if j == len(row) - 1 else vae.tile_sample_stride_width
             kept.append(pixels[..., :height, :width])

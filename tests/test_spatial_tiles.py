@@ -12,7 +12,7 @@ import torch
 
 from engine.decoded_tiles import reuse_decoded_tiles
 from engine.fast_decode import speed_up_decoder
-from engine.spatial_tiles import decode_in_spatial_tiles, tile_starts, tiled_decode
+from engine.spatial_tiles import blend, decode_in_spatial_tiles, tile_starts, tiled_decode
 
 
 def _tiled(vae, tile: int, stride: int):
@@ -28,6 +28,21 @@ def _counting_calls(vae) -> list[int]:
     forward = vae.decoder.forward
     vae.decoder.forward = lambda tiles: batches.append(tiles.shape[0]) or forward(tiles)
     return batches
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("extent", [64, 7, 200, 0])  # 200: clipped to the tiles' size
+@pytest.mark.parametrize("dim,name", [(-2, "blend_v"), (-1, "blend_h"), (-3, "blend_t")])
+def test_blend_is_diffusers_blend_bit_for_bit(lively_vae, dtype, extent, dim, name):
+    generator = torch.Generator().manual_seed(extent)
+    shape = [1, 3, 6, 40, 48]
+    a = (torch.randn(shape, generator=generator) * 3).to(dtype)
+    shape[dim] -= 4  # a thinner later tile, as at an edge
+    b = torch.randn(shape, generator=generator).to(dtype)
+    expected = getattr(lively_vae, name)(a.clone(), b.clone(), extent)
+    got = b.clone()
+    assert blend(a.clone(), got, extent, dim) is got  # in place, as diffusers'
+    assert torch.equal(got, expected)
 
 
 def test_tile_starts_stop_at_the_first_tile_reaching_the_edge():
