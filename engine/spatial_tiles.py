@@ -6,12 +6,13 @@ reaches the edge, the last one is a thin strip that only re-decodes what it cove
 a 640x608 section's temporal tile takes 16 decoder calls, 7 of them strips of 4 or 8 latent rows or columns,
 each with 32-64 px of context). Skipping them, each row and column's last tile is kept whole: 9 calls, the
 same tiles and blends as diffusers everywhere but the edge strips, whose pixels come from the tile that covers
-them with its full context instead of a blend with the strip. A call costs about 14 ms in launches whatever its
-size, so a strip costs about half a full tile (a fit of the H200's decodes in 256 and 384 px tiles to a time
-per call plus a time per latent pixel: notes/issue21_speed.md).
+them with its full context instead of a blend with the strip. On the H200 a call cost about 14 ms whatever its
+size (a fit of the decodes in 256 and 384 px tiles to a time per call plus a time per latent pixel), so a strip
+cost about half a full tile: mostly kernel launches, about 880 a call (benchmarks/decode_launches.py,
+notes/issue21_speed.md).
 
 The blends are diffusers' arithmetic in a few kernels each, where diffusers' loop launches four a blended row (in
-its 256 px tiles at 640x608, 8448 rows a section's decode).
+its 256 px tiles at 640x608, 8448 rows a section's decode, about 370 launches a decoder call).
 
 Tiles of one shape can also go through the decoder together (at most `batch` of them); a batch of b tiles
 needs about b tiles' activations, so the plans decode one at a time until a GPU says batches gain and fit
@@ -46,8 +47,9 @@ def _ramps(extent: int, device: torch.device) -> tuple[torch.Tensor, torch.Tenso
 
 
 def blend(a: torch.Tensor, b: torch.Tensor, extent: int, dim: int) -> torch.Tensor:
-    """diffusers' blend_v (dim -2), blend_h (-1) or blend_t (-3), bit for bit, in a few kernels where it takes
-    four per row: b's first `extent` rows along `dim` become a ramp from a's last rows to b's own, in place."""
+    """diffusers' blend_v (dim -2), blend_h (-1) or blend_t (-3), bit for bit for fp32, fp16 and bf16 tiles, in a
+    few kernels where it takes four per row: b's first `extent` rows along `dim` become a ramp from a's last rows
+    to b's own, in place."""
     extent = min(a.shape[dim], b.shape[dim], extent)
     if extent <= 0:
         return b
