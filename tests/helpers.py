@@ -116,3 +116,11 @@ async def stored_job_and_video(store, tmp_path: Path, platform: str, **made_with
                        "cfg": 3.0, "negative_prompt": "blur", "version": "0.1.0", "job_id": job_id,
                        "platform": platform, **made_with_changes})
     return job_id, video_with_settings(tmp_path, made)
+
+
+def counting_decoder_calls(vae) -> list[int]:
+    """The batch size of each call of the VAE's decoder from now on (its forward wrapped in place)."""
+    batches = []
+    forward = vae.decoder.forward
+    vae.decoder.forward = lambda tiles: batches.append(tiles.shape[0]) or forward(tiles)
+    return batches

@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import make_picture
 from engine_inputs import forward_inputs, stock, tiny_transformer
-from helpers import video_frames
+from helpers import counting_decoder_calls, video_frames
 
 from engine.engine_options import EngineOptions, choose_plan
 from engine.memory_modes import Offloaded
@@ -90,8 +90,7 @@ def test_the_engine_tiles_the_vae_as_the_plan_says():
         assert tiled.tile_sample_stride_height == tiled.tile_sample_stride_width == tile - 64
         # 640x608 px: 3 x 3 tiles of 256 px, 2 x 2 of 384; diffusers' decode (no fast decode) adds 7 edge
         # strips to the 256 px ones, which the third row and column cover
-        calls, forward = [], tiled.decoder.forward
-        tiled.decoder.forward = lambda latents, calls=calls, forward=forward: calls.append(1) or forward(latents)
+        calls = counting_decoder_calls(tiled)
         with torch.no_grad():
             assert tiled.decode(torch.randn(1, 16, 1, 76, 80)).sample.shape[-2:] == (608, 640)
         assert len(calls) == {(256, True): 9, (384, True): 4, (256, False): 16}[tile, fast]

@@ -9,6 +9,7 @@ import copy
 
 import pytest
 import torch
+from helpers import counting_decoder_calls
 
 from engine.decoded_tiles import reuse_decoded_tiles
 from engine.fast_decode import speed_up_decoder
@@ -20,14 +21,6 @@ def _tiled(vae, tile: int, stride: int):
     vae.enable_tiling(tile_sample_min_height=tile, tile_sample_min_width=tile,
                       tile_sample_stride_height=stride, tile_sample_stride_width=stride)
     return vae
-
-
-def _counting_calls(vae) -> list[int]:
-    """The batch size of each decoder call from now on."""
-    batches = []
-    forward = vae.decoder.forward
-    vae.decoder.forward = lambda tiles: batches.append(tiles.shape[0]) or forward(tiles)
-    return batches
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -69,7 +62,7 @@ def test_without_skipping_one_tile_at_a_time_is_diffusers_tiled_decode_bit_for_b
 def test_skipping_covered_tiles_changes_only_the_edge_strips_to_the_covering_tiles_pixels(lively_vae, size):
     vae = _tiled(lively_vae, 24, 16)  # tiles of 3 latents every 2
     z = torch.randn(1, 16, 3, *size, generator=torch.Generator().manual_seed(11))
-    calls = _counting_calls(vae)
+    calls = counting_decoder_calls(vae)
     with torch.no_grad():
         expected = vae.tiled_decode(z).sample
         diffusers_calls = len(calls)
@@ -108,7 +101,7 @@ def test_batches_of_tiles_give_the_same_pixels_in_fewer_decoder_calls(lively_vae
     z = torch.randn(1, 16, 3, 5, 7, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         expected = tiled_decode(vae, z, skip_covered=skip_covered).sample
-        batches = _counting_calls(vae)
+        batches = counting_decoder_calls(vae)
         got = tiled_decode(vae, z, batch=batch, skip_covered=skip_covered).sample
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     # diffusers: corners 0, 2, 4 down and 0, 2, 4, 6 across, tiles 3x3 (6 of them), 3x1 (2), 1x3 (3), 1x1 (1);
