@@ -105,6 +105,11 @@ class FakeMessage:
         return {"content": self.content, "embeds": self.embeds, "components": self.components,
                 "attachments": list(self.attachments), "flags": self.flags}
 
+    def ever_said(self, text: str) -> bool:
+        """Whether this or an earlier version of the message held `text`: a test polling the content can miss a
+        version that the next edit replaced within one poll."""
+        return any(text in version["content"] for version in (*self.history, self.snapshot()))
+
     def custom_ids(self) -> dict[str, int]:
         """custom_id -> component type for every interactive component, however deeply nested."""
         found: dict[str, int] = {}

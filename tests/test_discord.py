@@ -357,7 +357,7 @@ async def test_deleted_progress_message_and_rate_limits_do_not_stop_the_job(env)
     fake.rate_limit_next("/messages", times=2)
     env.start_worker()
     fresh = await fake.wait_for(lambda: next((m for m in fake.messages.values() if not m.deleted
-                                              and "Job 1: section" in m.content and m.id != status.id), None), 120)
+                                              and m.ever_said("Job 1: section") and m.id != status.id), None), 120)
     assert (await store.get(1)).status_message == str(fresh.id)
     await fake.wait_for(lambda: _video_message(fake, 1), 120)
     await _delivered(store, 1, fake)
@@ -383,11 +383,11 @@ async def test_a_preview_reaches_a_new_message_and_the_channel_whole(env, tmp_pa
 
 async def test_an_interaction_token_that_stops_working_falls_back_to_the_channel(env):
     fake, store = env.fake, env.store
-    interaction = await env.animate(seconds=1.0)
+    interaction = await env.animate(seconds=2.4)  # two sections: progress shows over several watcher ticks
     status = await fake.wait_for(lambda: (m := interaction.original()) and "Job 1" in m.content and m)
     fake.token_lifetime = 0.0  # every webhook call with this token now gets 401 Invalid Webhook Token
     env.start_worker()
-    await fake.wait_for(lambda: "Job 1: section" in status.content, 120)
+    await fake.wait_for(lambda: status.ever_said("Job 1: section"), 120)
     assert fake.requests_to(f"PATCH /api/v10/channels/{fake.channel_id}/messages/{status.id}")
     await fake.wait_for(lambda: _video_message(fake, 1), 120)
     await _delivered(store, 1, fake)
@@ -418,7 +418,7 @@ async def test_restart_delivers_finished_jobs_and_resumes_progress(env):
     await _delivered(store, 1, fake)
     edits_before = waiting_status.edits
     env.start_worker()  # job 2 renders under the new bot, which edits the status message the old one sent
-    await fake.wait_for(lambda: waiting_status.edits > edits_before and "Job 2: section" in waiting_status.content,
+    await fake.wait_for(lambda: waiting_status.edits > edits_before and waiting_status.ever_said("Job 2: section"),
                         120)
     assert fake.requests_to(f"PATCH /api/v10/channels/{fake.channel_id}/messages/{waiting_status.id}")
     await fake.wait_for(lambda: _video_message(fake, 2), 120)
