@@ -188,7 +188,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--work", type=Path, default=Path("/tmp/worker_jobs"))
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    # Timestamps: a run cut off by the device's time limit still tells, from its log, when each job ended.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     device = "cpu" if args.tiny else "cuda"
     settings = Settings(data_dir=args.work / "data", engine_attention=args.attention, engine_device=device,
                         engine_warm_up=not args.no_warm_up, engine_compile=not args.tiny,
