@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING
 
 from storage.inputs import InputError
-from storage.settings import Settings
+
+if TYPE_CHECKING:  # storage.settings checks its values against the bounds below
+    from storage.settings import Settings
 
 VARIANTS = ("original", "f1")
 MAX_KEYFRAMES = 4  # Discord's keyframe command takes 4 attachments; a Telegram album holds start + 4
@@ -59,7 +62,7 @@ class Limits:
 LIMIT_NAMES = tuple(f.name for f in fields(Limits))
 
 # Hard bounds: what the engine can do at all, whatever an admin types.
-_BOUNDS = {
+BOUNDS = {
     "max_seconds": (1.0, 120.0),
     "max_steps": (1, 100),
     "max_queued_per_user": (0, 1000),
@@ -89,7 +92,7 @@ def parse_limit(name: str, raw: str):
         if word not in _ON + _OFF:
             raise InputError(f"{name} is on or off, not {raw!r}.")
         return name, word in _ON
-    low, high = _BOUNDS[name]
+    low, high = BOUNDS[name]
     kind = float if isinstance(low, float) else int
     try:
         value = kind(raw.strip().replace("_", ""))

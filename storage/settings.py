@@ -15,6 +15,8 @@ from dotenv import dotenv_values  # pydantic-settings reads .env with it
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from storage.limits import BOUNDS, VARIANTS, parse_variants
+
 log = logging.getLogger(__name__)
 
 # The engine's names (engine/memory_modes.py, engine/speed.py; a test keeps them in step), here so that a
@@ -54,7 +56,7 @@ class Settings(BaseSettings):
     lora_dir: Path | None = None
 
     # Limits: the defaults; admins change them at runtime (stored in the database). The ranges of the
-    # ones admins change are storage/limits.py's _BOUNDS, checked below.
+    # ones admins change are storage/limits.py's BOUNDS, checked below.
     max_image_pixels: int = 40_000_000
     max_image_bytes: int = 30_000_000
     max_prompt_chars: int = Field(1_000, ge=1, le=10_000)
@@ -198,9 +200,7 @@ class Settings(BaseSettings):
     @field_validator("max_seconds", "max_steps", "max_queued_per_user", "max_image_pixels", "max_image_bytes")
     @classmethod
     def _within_the_hard_bounds(cls, value: float, info: ValidationInfo) -> float:
-        from storage.limits import _BOUNDS  # here: storage.limits imports this module
-
-        low, high = _BOUNDS[info.field_name]
+        low, high = BOUNDS[info.field_name]
         if info.field_name == "max_queued_per_user":
             high = math.inf  # no ceiling here: admins stop at 1000, but tests/test_storage.py queues 10000
         if not low <= value <= high:
@@ -212,11 +212,9 @@ class Settings(BaseSettings):
     @field_validator("default_seconds", "default_steps")
     @classmethod
     def _within_the_maximum(cls, value: float, info: ValidationInfo) -> float:
-        from storage.limits import _BOUNDS
-
         name = "max_" + info.field_name.removeprefix("default_")
         # Validated above, in field order; absent when it was itself refused (its own error says why).
-        maximum = info.data.get(name, _BOUNDS[name][1])
+        maximum = info.data.get(name, BOUNDS[name][1])
         if not 1 <= value <= maximum:
             raise ValueError(f"must be between 1 and {name.upper()} ({maximum:g})")
         return value
@@ -232,8 +230,6 @@ class Settings(BaseSettings):
     @field_validator("allowed_variants")
     @classmethod
     def _variants(cls, value: str) -> str:
-        from storage.limits import VARIANTS, parse_variants
-
         try:
             return ",".join(parse_variants(value))
         except ValueError:

@@ -161,9 +161,9 @@ def test_our_pixel_limit_overrules_pillows_bomb_guard():
 
 def test_pillows_guard_stays_above_every_limit_an_admin_can_set():
     from storage.inputs import HIGHEST_PIXEL_LIMIT
-    from storage.limits import _BOUNDS
+    from storage.limits import BOUNDS
 
-    assert _BOUNDS["max_image_pixels"][1] == HIGHEST_PIXEL_LIMIT
+    assert BOUNDS["max_image_pixels"][1] == HIGHEST_PIXEL_LIMIT
     assert 2 * Image.MAX_IMAGE_PIXELS == HIGHEST_PIXEL_LIMIT  # Pillow's error: only over the highest limit
 
 
