@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import TYPE_CHECKING
 
 from storage.inputs import InputError
-
-if TYPE_CHECKING:  # storage.settings checks its values against the bounds below
-    from storage.settings import Settings
 
 VARIANTS = ("original", "f1")
 MAX_KEYFRAMES = 4  # Discord's keyframe command takes 4 attachments; a Telegram album holds start + 4
@@ -30,17 +26,6 @@ class Limits:
     timed_prompts: bool = True
     cfg: bool = True  # real CFG and the negative prompt (twice the render time)
     loop: bool = True
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Limits:
-        return cls(
-            max_seconds=settings.max_seconds,
-            max_steps=settings.max_steps,
-            max_queued_per_user=settings.max_queued_per_user,
-            max_image_pixels=settings.max_image_pixels,
-            max_image_bytes=settings.max_image_bytes,
-            allowed_variants=tuple(parse_variants(settings.allowed_variants)),
-        )
 
     def with_value(self, name: str, value) -> Limits:
         return Limits(**{**asdict(self), name: value})

@@ -15,7 +15,7 @@ from dotenv import dotenv_values  # pydantic-settings reads .env with it
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from storage.limits import BOUNDS, VARIANTS, parse_variants
+from storage.limits import BOUNDS, VARIANTS, Limits, parse_variants
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +145,13 @@ class Settings(BaseSettings):
     @property
     def compile_cache_dir(self) -> Path:
         return self.engine_compile_cache_dir or Path(self.data_dir) / "cache" / "torch-compile"
+
+    def starting_limits(self) -> Limits:
+        """The limits as configured, before any admin command changes them."""
+        return Limits(max_seconds=self.max_seconds, max_steps=self.max_steps,
+                      max_queued_per_user=self.max_queued_per_user, max_image_pixels=self.max_image_pixels,
+                      max_image_bytes=self.max_image_bytes,
+                      allowed_variants=tuple(parse_variants(self.allowed_variants)))
 
     @field_validator("engine_memory_mode", "engine_attention")
     @classmethod

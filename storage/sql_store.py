@@ -47,7 +47,7 @@ class SqlJobStore(WorkerSide):
     # ----- limits ---------------------------------------------------------------------------------
 
     async def get_limits(self) -> Limits:
-        limits = Limits.from_settings(self.settings)
+        limits = self.settings.starting_limits()
         for name, value in await self._all("SELECT name, value FROM limits"):
             if name in LIMIT_NAMES:
                 decoded = json.loads(value)
