@@ -18,6 +18,29 @@ GOLDEN_DIR = Path(__file__).parent / "golden"
 SAMPLES = 64
 
 
+def cpu_kernels(capability: str | None = None, flags: set[str] | None = None) -> str:
+    """The CPU kernel family that sets the last bits of bf16 and fp16 work (this machine's by default), which
+    names its set of case goldens: torch's vector width ("avx2", "avx512"), then "-bf16" and "-amx" where the
+    CPU has the native bf16 dot products and tiles that oneDNN's kernels use (a Zen 4 EPYC: "avx512-bf16")."""
+    capability = capability or torch.backends.cpu.get_cpu_capability()
+    flags = _cpu_flags() if flags is None else flags
+    extras = [suffix for flag, suffix in (("avx512_bf16", "bf16"), ("amx_bf16", "amx")) if flag in flags]
+    return "-".join([capability.lower().replace(" ", "_"), *extras])
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:  # not Linux: the vector width alone
+        return set()
+    return next((set(line.split(":", 1)[1].split()) for line in lines if line.startswith("flags")), set())
+
+
+def case_results(kernels: str | None = None) -> Path:
+    """Where the official demos' case results for this CPU kernel family are (tests/golden/README.md)."""
+    return GOLDEN_DIR / "results" / (kernels or cpu_kernels())
+
+
 def load_cases() -> list[dict]:
     spec = json.loads((GOLDEN_DIR / "cases.json").read_text())
     return [{**spec["defaults"], **case} for case in spec["cases"]]

@@ -1,6 +1,8 @@
 """Turns run_official.py's records into the committed golden files (see ../README.md).
 
-Usage, in the project's venv:  .venv/bin/python tests/golden/make/write_goldens.py RECORDS_DIR
+Usage, in the project's venv, on the machine that made the records:
+    .venv/bin/python tests/golden/make/write_goldens.py RECORDS_DIR
+The case goldens go to results/<CPU kernel family>/ (tests/golden_files.cpu_kernels).
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ import torch
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from golden_files import GOLDEN_DIR, digest, load_cases  # noqa: E402
+from golden_files import case_results, cpu_kernels, digest, load_cases  # noqa: E402
 
 
 def main(records: Path) -> None:
-    results = GOLDEN_DIR / "results"
-    results.mkdir(exist_ok=True)
+    """On the machine the records were made on: the case goldens are its CPU kernel family's."""
+    results = case_results()
+    results.mkdir(parents=True, exist_ok=True)
     for case in load_cases():
         record = torch.load(records / f"{case['name']}.pt", weights_only=False)
         (llama, mask), *negative = record["padded"]
@@ -38,6 +41,7 @@ def main(records: Path) -> None:
             "previews": [digest(torch.from_numpy(p)) for p in record["previews"]],
             "transformer_calls": record["transformer_calls"],
             "teacache_skipped_calls": record["transformer_calls"] - record["block_runs"],
+            "cpu_kernels": cpu_kernels(),
         }
         (results / f"{case['name']}.json").write_text(json.dumps(summary, indent=1) + "\n")
         print(case["name"], len(summary["sections"]), "sections,", summary["teacache_skipped_calls"], "skipped calls")
