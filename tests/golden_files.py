@@ -36,9 +36,14 @@ def _cpu_flags() -> set[str]:
     return next((set(line.split(":", 1)[1].split()) for line in lines if line.startswith("flags")), set())
 
 
-def case_results(kernels: str | None = None) -> Path:
-    """Where the official demos' case results for this CPU kernel family are (tests/golden/README.md)."""
-    return GOLDEN_DIR / "results" / (kernels or cpu_kernels())
+def case_results() -> Path:
+    """Where the official demos' case results for this machine's CPU kernel family are (tests/golden/README.md)."""
+    return GOLDEN_DIR / "results" / cpu_kernels()
+
+
+def golden_sets() -> list[Path]:
+    """Every kernel family's folder of case results, by name."""
+    return sorted(path for path in (GOLDEN_DIR / "results").iterdir() if path.is_dir())
 
 
 def load_cases() -> list[dict]:

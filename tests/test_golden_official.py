@@ -14,7 +14,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from golden_files import GOLDEN_DIR, case_results, cpu_kernels, load_cases, mismatch
+from golden_files import GOLDEN_DIR, case_results, cpu_kernels, golden_sets, load_cases, mismatch
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -26,12 +26,11 @@ from engine.section_sampler import SectionSampler, encode_conditioning
 
 CASES = load_cases()
 RESULTS = case_results()
-KNOWN_KERNELS = sorted(path.name for path in (GOLDEN_DIR / "results").iterdir() if path.is_dir())
 # The last bits of bf16 and fp16 products are the CPU kernels' (tests/golden/README.md): each kernel family
 # has goldens the official demos computed on it; a machine of another family cannot check exact parity.
 pytestmark = pytest.mark.skipif(
     not RESULTS.is_dir(), reason=f"no goldens for this CPU's kernels ({cpu_kernels()}; goldens exist for "
-    f"{', '.join(KNOWN_KERNELS)}): tests/golden/README.md says how to make them")
+    f"{', '.join(path.name for path in golden_sets())}): tests/golden/README.md says how to make them")
 DEMO_TEACACHE_THRESHOLD = 0.15  # the demos' checkbox turns TeaCache on at this threshold
 GOLDEN_THREADS = 2
 

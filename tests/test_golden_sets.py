@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from golden_files import GOLDEN_DIR, cpu_kernels, load_cases
+from golden_files import cpu_kernels, golden_sets, load_cases
 
 
 @pytest.mark.parametrize(("capability", "flags", "name"), [
@@ -21,7 +21,7 @@ def test_a_kernel_family_is_named_by_vector_width_and_native_bf16(capability, fl
 def test_each_set_holds_every_case_and_agrees_where_kernels_cannot_matter():
     """Every set has every case; the picture crop and the start latent (computed before any bf16 product) and
     the TeaCache skip counts are the same in all of them."""
-    sets = sorted(path for path in (GOLDEN_DIR / "results").iterdir() if path.is_dir())
+    sets = golden_sets()
     assert {path.name for path in sets} >= {"avx2", "avx512-bf16"}
     for case in load_cases():
         goldens = [json.loads((path / f"{case['name']}.json").read_text()) for path in sets]
