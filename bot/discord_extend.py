@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
+import aiohttp
 import discord
 from discord import app_commands
 
@@ -16,18 +18,37 @@ from bot.discord_views import ExtendModal
 from bot.downloads import download_capped
 from bot.extending import extension_job, is_video, job_of_video, parse_extension, plain_prompt, rerolled_extension
 from bot.options import Request
+from storage.files import JobFiles
 from storage.inputs import InputError
-from storage.jobs import Enqueued, Extends, Job, NewJob
-
-if TYPE_CHECKING:
-    from bot.discord_frontend import DiscordBot
+from storage.jobs import Enqueued, Extends, GuidePictures, Job, JobParams, JobPictures, NewJob
+from storage.settings import Settings
+from storage.store import JobStore
 
 PLATFORM = "discord"
 DOWNLOAD_SECONDS = 120.0
 
 
+class ExtensionHost(Protocol):
+    """What the extensions take from their frontend (bot/discord_frontend.py's DiscordBot): its stores, and
+    its way of making, queueing and answering for a job."""
+
+    settings: Settings
+    store: JobStore
+    files: JobFiles
+    session: aiohttp.ClientSession | None
+
+    def new_job(self, interaction: discord.Interaction, prompt: str, params: JobParams,
+                guides: GuidePictures | None = None) -> NewJob: ...
+    def params_for(self, interaction: discord.Interaction, request: Request) -> JobParams: ...
+    async def queue_job(self, interaction: discord.Interaction, job: NewJob,
+                        fetch_picture: Callable[[], Awaitable[bytes | JobPictures | None]]) -> None: ...
+    async def show_queued(self, interaction: discord.Interaction, enqueued: Enqueued) -> None: ...
+    async def refuse_after_defer(self, interaction: discord.Interaction, text: str) -> None: ...
+    async def tell(self, interaction: discord.Interaction, text: str) -> None: ...
+
+
 class DiscordExtensions:
-    def __init__(self, bot: DiscordBot):
+    def __init__(self, bot: ExtensionHost):
         self.bot = bot
 
     def add_command(self, tree: app_commands.CommandTree) -> None:
@@ -85,7 +106,7 @@ class DiscordExtensions:
             await self._tell(interaction, str(error))
             return
         job = rerolled_extension(self._base(interaction), old)
-        await self.bot._queue(interaction, job, lambda: asyncio.sleep(0, video))
+        await self.bot.queue_job(interaction, job, lambda: asyncio.sleep(0, video))
 
     # ----- the two sources ------------------------------------------------------------------------
 
@@ -95,7 +116,7 @@ class DiscordExtensions:
         except texts.REFUSED as error:
             await self._tell(interaction, str(error))
             return
-        await self.bot._queue(interaction, job, lambda: asyncio.sleep(0, None))
+        await self.bot.queue_job(interaction, job, lambda: asyncio.sleep(0, None))
 
     async def extend_video(self, interaction: discord.Interaction, attachment: discord.Attachment,
                            request: Request) -> None:
@@ -119,9 +140,9 @@ class DiscordExtensions:
                                          DOWNLOAD_SECONDS, what="video")
             enqueued = await self._enqueue_video(interaction, request, attachment, data, checked)
         except texts.REFUSED as error:
-            await self.bot._refuse_after_defer(interaction, str(error))
+            await self.bot.refuse_after_defer(interaction, str(error))
             return
-        await self.bot._show_queued(interaction, enqueued)
+        await self.bot.show_queued(interaction, enqueued)
 
     def _check_declared(self, attachment: discord.Attachment) -> None:
         limit = self.bot.settings.max_extend_video_bytes
@@ -159,7 +180,7 @@ class DiscordExtensions:
 
     def _base(self, interaction: discord.Interaction) -> NewJob:
         """Who asks, where, and the upload limit of their chat."""
-        return self.bot._new_job(interaction, "", self.bot._params(interaction, Request("")))
+        return self.bot.new_job(interaction, "", self.bot.params_for(interaction, Request("")))
 
     async def _stored_video(self, old: Job) -> bytes | None:
         if not old.extends.from_video:
@@ -171,4 +192,4 @@ class DiscordExtensions:
             raise InputError("That video is no longer stored; send it again with /extend.") from None
 
     async def _tell(self, interaction: discord.Interaction, text: str) -> None:
-        await self.bot._tell(interaction, text)
+        await self.bot.tell(interaction, text)

@@ -330,12 +330,12 @@ class DiscordBot:
 
     async def on_command_error(self, interaction: discord.Interaction, error: Exception) -> None:
         if isinstance(error, app_commands.TransformerError):  # e.g. a number outside the option's range
-            await self._tell(interaction, f"{error.value!r} is not a value this option takes. /help lists them.")
+            await self.tell(interaction, f"{error.value!r} is not a value this option takes. /help lists them.")
             return
         log.error("discord: command failed", exc_info=error)
-        await self._tell(interaction, "Something went wrong on my side. /queue shows what is queued.")
+        await self.tell(interaction, "Something went wrong on my side. /queue shows what is queued.")
 
-    async def _tell(self, interaction: discord.Interaction, text: str) -> None:
+    async def tell(self, interaction: discord.Interaction, text: str) -> None:
         """An ephemeral answer, whether or not the interaction was answered already."""
         with contextlib.suppress(discord.HTTPException):
             if interaction.response.is_done():
@@ -363,8 +363,8 @@ class DiscordBot:
 
     # ----- making jobs ----------------------------------------------------------------------------
 
-    def _new_job(self, interaction: discord.Interaction, prompt: str, params: JobParams,
-                 guides: GuidePictures | None = None) -> NewJob:
+    def new_job(self, interaction: discord.Interaction, prompt: str, params: JobParams,
+                guides: GuidePictures | None = None) -> NewJob:
         return NewJob(
             platform=PLATFORM, chat_id=str(interaction.channel_id), user_id=str(interaction.user.id),
             prompt=prompt, params=params, user_name=interaction.user.name,
@@ -372,8 +372,8 @@ class DiscordBot:
             guides=guides or GuidePictures(),
         )
 
-    def _params(self, interaction: discord.Interaction, request: Request, loras: tuple[JobLora, ...] = ()
-                ) -> JobParams:
+    def params_for(self, interaction: discord.Interaction, request: Request, loras: tuple[JobLora, ...] = ()
+                   ) -> JobParams:
         upload_limit = getattr(interaction, "filesize_limit", None) or DEFAULT_UPLOAD_LIMIT
         return job_params(request, self.settings, upload_limit, loras=loras)
 
@@ -409,12 +409,12 @@ class DiscordBot:
         except InputError as error:
             await interaction.response.send_message(str(error), ephemeral=True)
             return
-        job = self._new_job(interaction, request.prompt, self._params(interaction, request, loras), guides)
-        await self._queue(interaction, job, fetch, check)
+        job = self.new_job(interaction, request.prompt, self.params_for(interaction, request, loras), guides)
+        await self.queue_job(interaction, job, fetch, check)
 
-    async def _queue(self, interaction: discord.Interaction, job: NewJob,
-                     fetch_picture: Callable[[], Awaitable[bytes | JobPictures]],
-                     check: Callable[[], None] = lambda: None) -> None:
+    async def queue_job(self, interaction: discord.Interaction, job: NewJob,
+                        fetch_picture: Callable[[], Awaitable[bytes | JobPictures | None]],
+                        check: Callable[[], None] = lambda: None) -> None:
         """Refuse on the cheap checks at once, else defer, fetch the picture, enqueue and show the status."""
         try:
             check()
@@ -427,17 +427,17 @@ class DiscordBot:
         try:
             enqueued = await enqueue(job, await fetch_picture())
         except texts.REFUSED as error:
-            await self._refuse_after_defer(interaction, str(error))
+            await self.refuse_after_defer(interaction, str(error))
             return
-        await self._show_queued(interaction, enqueued)
+        await self.show_queued(interaction, enqueued)
 
-    async def _refuse_after_defer(self, interaction: discord.Interaction, text: str) -> None:
+    async def refuse_after_defer(self, interaction: discord.Interaction, text: str) -> None:
         """Only the person sees why: the public "thinking" reply goes, an ephemeral one says why."""
         with contextlib.suppress(discord.HTTPException):
             await interaction.delete_original_response()
         await interaction.followup.send(text, ephemeral=True)
 
-    async def _show_queued(self, interaction: discord.Interaction, enqueued: Enqueued) -> None:
+    async def show_queued(self, interaction: discord.Interaction, enqueued: Enqueued) -> None:
         text = texts.queued(enqueued.job_id, enqueued.position, enqueued.eta_seconds)
         message = await interaction.edit_original_response(content=text, view=cancel_view(enqueued.job_id))
         self.interactions[enqueued.job_id] = (interaction, time.monotonic() + TOKEN_SECONDS)
@@ -498,7 +498,7 @@ class DiscordBot:
     async def on_component_error(self, interaction: discord.Interaction, error: Exception) -> None:
         """A button or modal whose handler failed: logged, and the person gets an answer, not "interaction failed"."""
         log.error("discord: a button or modal failed", exc_info=error)
-        await self._tell(interaction, "Something went wrong on my side. /queue shows what is queued.")
+        await self.tell(interaction, "Something went wrong on my side. /queue shows what is queued.")
 
     async def on_cancel_button(self, interaction: discord.Interaction, job_id: int) -> None:
         await self._cancel(interaction, job_id)
@@ -521,9 +521,9 @@ class DiscordBot:
         # Every setting but the seed is kept (end picture, keyframes, cfg, negative prompt, loop); the upload
         # limit is the clicker's chat's.
         params = dataclasses.replace(old.params, seed=new_seed(),
-                                     upload_limits=self._params(interaction, Request(old.prompt)).upload_limits)
-        job = self._new_job(interaction, old.prompt, params, old.guides)
-        await self._queue(interaction, job, lambda: asyncio.sleep(0, pictures))
+                                     upload_limits=self.params_for(interaction, Request(old.prompt)).upload_limits)
+        job = self.new_job(interaction, old.prompt, params, old.guides)
+        await self.queue_job(interaction, job, lambda: asyncio.sleep(0, pictures))
 
     # ----- progress and delivery (called by the watcher) -------------------------------------------
 

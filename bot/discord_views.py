@@ -7,15 +7,31 @@ any later run of the bot, not only by the process that sent the message.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import discord
 
-if TYPE_CHECKING:
-    from bot.discord_frontend import DiscordBot
+
+class ExtendHandlers(Protocol):
+    """bot/discord_extend.py's DiscordExtensions, as the Extend button and form call it."""
+
+    async def on_button(self, interaction: discord.Interaction, job_id: int) -> None: ...
+    async def on_modal(self, interaction: discord.Interaction, job_id: int, seconds: str, prompt: str) -> None: ...
 
 
-def _frontend(interaction: discord.Interaction) -> DiscordBot:
+class ComponentHandlers(Protocol):
+    """bot/discord_frontend.py's DiscordBot, as the buttons and forms call it."""
+
+    extensions: ExtendHandlers
+
+    async def on_component_error(self, interaction: discord.Interaction, error: Exception) -> None: ...
+    async def on_cancel_button(self, interaction: discord.Interaction, job_id: int) -> None: ...
+    async def on_reroll_button(self, interaction: discord.Interaction, job_id: int) -> None: ...
+    async def on_prompt_modal(self, interaction: discord.Interaction, attachment: discord.Attachment,
+                              prompt: str, seconds: str) -> None: ...
+
+
+def _frontend(interaction: discord.Interaction) -> ComponentHandlers:
     return interaction.client.framepack  # set by FramePackClient
 
 

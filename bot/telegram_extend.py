@@ -7,27 +7,40 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from telegram import ForceReply, Message, Update
+from telegram import ForceReply, InlineKeyboardMarkup, Message, Update
 from telegram.constants import ChatType
 from telegram.ext import Application, CommandHandler, ContextTypes, MessageHandler, filters
 
 from bot import texts
 from bot.extending import extension_job, is_video, job_of_video, parse_extension, plain_prompt, rerolled_extension
 from bot.options import Request
+from storage.files import JobFiles
 from storage.inputs import InputError
 from storage.jobs import Extends, GuidePictures, Job, NewJob, parse_job_id
-
-if TYPE_CHECKING:
-    from bot.telegram_frontend import TelegramBot
+from storage.settings import Settings
+from storage.store import JobStore
 
 PLATFORM = "telegram"
 _ASKED = re.compile(r"^Extending job (\d+):")
 
 
+class ExtensionHost(Protocol):
+    """What the extensions take from their frontend (bot/telegram_frontend.py's TelegramBot)."""
+
+    settings: Settings
+    store: JobStore
+    files: JobFiles
+    app: Application
+
+    def buttons(self, job_id: int, done: bool = False) -> InlineKeyboardMarkup: ...
+    def new_job(self, message: Message, user, request: Request, guides: GuidePictures) -> NewJob: ...
+    def download_limit(self) -> int | None: ...
+
+
 class TelegramExtensions:
-    def __init__(self, bot: TelegramBot):
+    def __init__(self, bot: ExtensionHost):
         self.bot = bot
 
     def add_handlers(self, app: Application) -> None:
@@ -141,10 +154,10 @@ class TelegramExtensions:
         return extension_job(self._base(message, user), request, self.bot.settings, Extends(job_id), source)
 
     def _base(self, message: Message, user) -> NewJob:
-        return self.bot._new_job(message, user, Request(""), GuidePictures())
+        return self.bot.new_job(message, user, Request(""), GuidePictures())
 
     async def _download(self, video) -> bytes:
-        limits = [limit for limit in (self.bot.settings.max_extend_video_bytes, self.bot._download_limit()) if limit]
+        limits = [limit for limit in (self.bot.settings.max_extend_video_bytes, self.bot.download_limit()) if limit]
         size = video.file_size
         if size and size > min(limits):
             raise InputError(texts.video_too_big(size, min(limits)))

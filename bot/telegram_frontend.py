@@ -183,7 +183,7 @@ class TelegramBot:
             size = item.file_size
         if size and size > limits.max_image_bytes:
             raise InputError(f"The picture is {size / 1e6:.1f} MB; the limit is {limits.max_image_bytes / 1e6:g} MB.")
-        download_limit = self._download_limit()
+        download_limit = self.download_limit()
         if size and download_limit and size > download_limit:
             raise InputError(f"The file is {size / 1e6:.1f} MB, and Telegram lets bots download files of up to "
                              f"{download_limit / 2**20:g} MB. Send it as a photo, or a smaller file.")
@@ -198,7 +198,7 @@ class TelegramBot:
             if not request.prompt:
                 raise InputError("The prompt is empty.\n" + EXAMPLE)
             guides = album_guides(request, len(sources))
-            job = self._new_job(reply_to, user, request, guides, await chosen_loras(request, self.settings))
+            job = self.new_job(reply_to, user, request, guides, await chosen_loras(request, self.settings))
             await self.store.check_request(job)  # before a byte is downloaded
             pictures = await self._download_pictures(sources, guides)
             enqueued = await self.store.enqueue(job, pictures)
@@ -220,15 +220,15 @@ class TelegramBot:
         end = await self._download(sources[-1]) if guides.end else None
         return JobPictures(start, end, keyframes)
 
-    def _download_limit(self) -> int | None:
+    def download_limit(self) -> int | None:
         """TELEGRAM_DOWNLOAD_LIMIT, else the cloud Bot API's 20 MB when that is the server, else none."""
         configured = self.settings.telegram_download_limit
         if configured is not None:
             return configured or None
         return CLOUD_DOWNLOAD_LIMIT if CLOUD_API_HOST in self.settings.telegram_api_url else None
 
-    def _new_job(self, message: Message, user, request: Request, guides: GuidePictures,
-                 loras: tuple[JobLora, ...] = ()) -> NewJob:
+    def new_job(self, message: Message, user, request: Request, guides: GuidePictures,
+                loras: tuple[JobLora, ...] = ()) -> NewJob:
         params = job_params(request, self.settings, self.settings.telegram_upload_limit, loras=loras)
         return NewJob(
             platform=PLATFORM, chat_id=str(message.chat_id), user_id=str(user.id), prompt=request.prompt,
@@ -285,7 +285,7 @@ class TelegramBot:
 
     async def _download_video(self, video) -> bytes:
         """The video's bytes, refused before getFile when it is over our limit or Telegram's."""
-        limits = [limit for limit in (self.settings.max_info_video_bytes, self._download_limit()) if limit]
+        limits = [limit for limit in (self.settings.max_info_video_bytes, self.download_limit()) if limit]
         size = video.file_size
         if size and size > min(limits):
             raise InputError(f"The video is {size / 1e6:.1f} MB; I can read videos of up to {min(limits) / 1e6:g} MB.")

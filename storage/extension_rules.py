@@ -8,7 +8,7 @@ from storage.files import JobFiles
 from storage.inputs import InputError
 from storage.jobs import Job, JobState, NewJob
 from storage.limits import Limits
-from storage.retention import DAY_SECONDS
+from storage.retention import expiry_cutoff
 
 # What a finished render or extension keeps for the next one (engine/continuation.py FILE_NAME; a test keeps
 # the two in step).
@@ -44,8 +44,8 @@ def check_extension_source(job: NewJob, source: Job | None, files: JobFiles, ret
         raise InputError(f"Job {source_id} is not finished yet; extend it once its video is here.")
     if source.state is not JobState.DONE:
         raise InputError(f"Job {source_id} has no video to extend (it was {source.state.value}).")
-    expiring = (retention_days > 0 and source.finished_at is not None
-                and source.finished_at < now - retention_days * DAY_SECONDS)
+    cutoff = expiry_cutoff(retention_days, now)
+    expiring = cutoff is not None and source.finished_at is not None and source.finished_at < cutoff
     if source.files_removed_at is not None or expiring:
         raise InputError(REMOVED.format(job=source_id))
     if not (files.work_dir(source_id) / KEPT_LATENTS).is_file():

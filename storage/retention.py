@@ -12,24 +12,37 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Protocol
 
 from storage.files import JobFiles
 from storage.object_store import ObjectStoreError
-from storage.store import JobStore
 
 log = logging.getLogger(__name__)
 
 DAY_SECONDS = 86_400.0
 
 
-async def remove_expired(store: JobStore, files: JobFiles, retention_days: float,
+class ExpiringJobs(Protocol):
+    """The part of the JobStore (storage/store.py) the cleanup uses; the stores' own checks use this module's
+    cutoff, so it names only these two rather than importing the store."""
+
+    async def expired_jobs(self, finished_before: float) -> list[int]: ...
+    async def mark_files_removed(self, job_ids: list[int]) -> None: ...
+
+
+def expiry_cutoff(retention_days: float, now: float) -> float | None:
+    """Jobs finished before this time are due for deletion; None where RESULT_RETENTION_DAYS keeps everything."""
+    return now - retention_days * DAY_SECONDS if retention_days > 0 else None
+
+
+async def remove_expired(store: ExpiringJobs, files: JobFiles, retention_days: float,
                          now: float | None = None) -> list[int]:
     """Delete the folders of the jobs finished more than `retention_days` ago whose delivery is over, and mark
     them; returns their ids. 0 days keeps everything. Running it again removes nothing more (idempotent); a
     folder that cannot be deleted is logged and tried again on the next run."""
-    if retention_days <= 0:
+    finished_before = expiry_cutoff(retention_days, time.time() if now is None else now)
+    if finished_before is None:
         return []
-    finished_before = (time.time() if now is None else now) - retention_days * DAY_SECONDS
     job_sync = getattr(store, "job_sync", None)  # STORAGE_URL: storage/synced_store.py's SyncedJobStore
     removed = []
     for job_id in await store.expired_jobs(finished_before):
