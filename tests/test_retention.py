@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from bot.serve import clean_up_periodically
 from bot.video_info import video_info
 from storage.jobs import JobParams, JobState, NewJob
-from storage.retention import DAY_SECONDS, remove_expired
+from storage.retention import DAY_SECONDS, expiry_cutoff, remove_expired
 from storage.schema import MIGRATIONS
 from storage.settings import Settings, describe
 from storage.sqlite_store import SqliteJobStore
@@ -261,3 +261,10 @@ async def test_a_database_from_schema_version_5_is_migrated_and_its_finished_job
         assert (await store.get(1)).files_removed_at is not None
     finally:
         await store.close()
+
+
+def test_the_cutoff_is_the_keeping_period_back_from_now_and_none_keeps_everything():
+    # the cleanup and the extension check (storage/extension_rules.py) both take the cutoff from here
+    assert expiry_cutoff(7, now=LATER) == LATER - 7 * DAY_SECONDS
+    assert expiry_cutoff(0.5, now=1_000_000.0) == 1_000_000.0 - 43_200.0
+    assert expiry_cutoff(0, now=LATER) is None
