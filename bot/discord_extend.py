@@ -19,7 +19,7 @@ from bot.downloads import download_capped
 from bot.extending import extension_job, is_video, job_of_video, parse_extension, plain_prompt, rerolled_extension
 from bot.options import Request
 from storage.files import JobFiles
-from storage.inputs import InputError
+from storage.inputs import InputError, quoted
 from storage.jobs import Enqueued, Extends, GuidePictures, Job, JobParams, JobPictures, NewJob
 from storage.settings import Settings
 from storage.store import JobStore
@@ -94,7 +94,7 @@ class DiscordExtensions:
                 request = dataclasses.replace(request, seconds=float(seconds.strip().rstrip("sS").replace(",", ".")))
         except ValueError as error:  # InputError is a ValueError
             await self._tell(interaction, str(error) if isinstance(error, InputError)
-                             else texts.EXTEND_SECONDS.format(raw=seconds))
+                             else texts.EXTEND_SECONDS.format(raw=quoted(seconds)))
             return
         await self.extend_job(interaction, job_id, request)
 

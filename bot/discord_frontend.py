@@ -42,7 +42,7 @@ from bot.options import Request, job_params, new_seed, parse_caption
 from bot.video_info import NO_VIDEO, is_video_name, video_info
 from bot.watcher import STOP_GRACE_SECONDS, Frontend, Undeliverable, Watcher
 from storage.files import JobFiles
-from storage.inputs import InputError
+from storage.inputs import InputError, quoted
 from storage.jobs import Enqueued, GuidePictures, Job, JobLora, JobParams, JobPictures, JobState, NewJob
 from storage.limits import LIMIT_NAMES, Limits
 from storage.lora_catalog import matching_names
@@ -330,7 +330,7 @@ class DiscordBot:
 
     async def on_command_error(self, interaction: discord.Interaction, error: Exception) -> None:
         if isinstance(error, app_commands.TransformerError):  # e.g. a number outside the option's range
-            await self.tell(interaction, f"{error.value!r} is not a value this option takes. /help lists them.")
+            await self.tell(interaction, f"{error.value!r:.60} is not a value this option takes. /help lists them.")
             return
         log.error("discord: command failed", exc_info=error)
         await self.tell(interaction, "Something went wrong on my side. /queue shows what is queued.")
@@ -490,7 +490,7 @@ class DiscordBot:
             if seconds.strip():
                 request = Request(**{**request.__dict__, "seconds": float(seconds.replace(",", "."))})
         except ValueError as error:  # InputError is a ValueError
-            text = str(error) if isinstance(error, InputError) else f"Seconds takes a number, not {seconds!r}."
+            text = str(error) if isinstance(error, InputError) else f"Seconds takes a number, not {quoted(seconds)}."
             await interaction.response.send_message(text, ephemeral=True)
             return
         await self.submit_attachments(interaction, request, attachment)

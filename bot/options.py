@@ -9,13 +9,13 @@ import re
 import shlex
 from dataclasses import dataclass
 
-from storage.inputs import InputError
+from storage.inputs import InputError, quoted
 from storage.jobs import GuidePictures, JobLora, JobParams
 from storage.limits import MAX_KEYFRAMES
 from storage.settings import Settings
 
 FAST_TEACACHE = 0.15  # the FramePack demos' TeaCache threshold: about 2x, with small visible changes
-_OPTION = re.compile(r"(?:^|\s)--[a-z]")
+_OPTION = re.compile(r"(?:^|\s)--[a-z]", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,16 @@ class Request:
 def parse_caption(text: str) -> Request:
     """Split a caption into the prompt and its options; raise InputError on a bad option."""
     text = (text or "").strip()
+    dashed = _DASHED_OPTION.sub("--", text)
+    if dashed != text:
+        try:
+            return _parse(dashed)
+        except InputError:
+            pass  # a dash in the prose after all ("a knock —at the door"): read as typed
+    return _parse(text)
+
+
+def _parse(text: str) -> Request:
     match = _OPTION.search(text)
     prompt, rest = (text[: match.start()].strip(), text[match.start():]) if match else (text, "")
     try:
@@ -54,9 +64,9 @@ def parse_caption(text: str) -> Request:
             i += 1
             continue
         if word not in _VALUED:
-            raise InputError(f"Unknown option {words[i]}. Options: {OPTIONS_HELP}")
+            raise InputError(f"Unknown option {quoted(words[i])}. Options: {OPTIONS_HELP}")
         if i + 1 >= len(words):
-            raise InputError(f"{words[i]} needs a value.")
+            raise InputError(f"{quoted(words[i])} needs a value.")
         _read_value(word, words[i + 1], values)
         i += 2
     if "seed" in values and not 0 <= values["seed"] < 2**63:
@@ -70,6 +80,9 @@ _FLAGS = {"--f1": {"variant": "f1"}, "--original": {"variant": "original"}, "--f
           "--loop": {"loop": True}, "--end": {"end": True}}
 _VALUED = ("--seconds", "--seed", "--steps", "--variant", "--negative", "--cfg", "--cfg-rescale", "--end-strength",
            "--at", "--lora")
+# Phone keyboards turn a typed "--" into a dash ("—seconds 5"): before an option's name it still means the option.
+_NAMES = sorted((name[2:] for name in [*_FLAGS, *_VALUED]), key=len, reverse=True)
+_DASHED_OPTION = re.compile(rf"(?:^|(?<=\s))[\u2014\u2013](?=(?:{'|'.join(_NAMES)})(?:\s|$))", re.IGNORECASE)
 
 
 def _read_value(option: str, raw: str, values: dict) -> None:
@@ -91,7 +104,7 @@ def _read_value(option: str, raw: str, values: dict) -> None:
             values[option[2:]] = int(raw)
     except ValueError:
         what = "seconds, e.g. --at 3s" if option == "--at" else "a number"
-        raise InputError(f"{option} takes {what}, not {raw!r}.") from None
+        raise InputError(f"{option} takes {what}, not {quoted(raw)}.") from None
 
 
 def parse_lora(raw: str) -> tuple[str, float]:
@@ -103,7 +116,7 @@ def parse_lora(raw: str) -> tuple[str, float]:
         return name.strip(), float(strength.replace(",", "."))
     except ValueError:
         raise InputError(f"--lora takes NAME or NAME:STRENGTH, e.g. --lora {name.strip()[:40] or 'style'}:0.8, "
-                         f"not {raw[:80]!r}.") from None
+                         f"not {quoted(raw)}.") from None
 
 
 def parse_seconds(raw: str) -> float:

@@ -173,7 +173,7 @@ EXTEND_USAGE_DISCORD = "Attach a video (video:) or name one of the bot's jobs (j
 EXTEND_ONE_SOURCE = "Give either a video or a job number to extend, not both."
 NOT_A_VIDEO = "That file is not a video. Send an MP4 or WebM video to extend."
 EXTEND_QUEUED = "Queued: the video will be extended."
-EXTEND_SECONDS = "Seconds takes a number, not {raw!r}."
+EXTEND_SECONDS = "Seconds takes a number, not {raw}."
 
 
 def video_too_big(size: int, limit: int) -> str:

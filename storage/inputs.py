@@ -30,6 +30,13 @@ class InputError(ValueError):
     """Bad input from a person; the message is written for them."""
 
 
+def quoted(raw: str, limit: int = 40) -> str:
+    """What a person typed, quoted for an answer that says what was wrong with it: clipped, since the chats
+    refuse a message over their length limit (Discord 2000 characters, Telegram 4096) and repr spells out
+    each invisible character in up to ten."""
+    return repr(raw if len(raw) <= limit else raw[:limit] + "…")
+
+
 def check_prompt(prompt: str, max_chars: int) -> str:
     """The prompt without surrounding whitespace, or an InputError that says what is wrong with it."""
     if len(prompt) > max_chars:
@@ -78,6 +85,7 @@ def load_image(source: str | Path | bytes, max_pixels: int, max_bytes: int | Non
             image = Image.open(opener, formats=list(FORMATS))
             _check_size(*image.size, max_pixels)
             image.load()
+            image = ImageOps.exif_transpose(image)  # phone photos are stored sideways with a rotation tag
     except InputError:
         raise
     except Image.DecompressionBombError:
@@ -88,7 +96,6 @@ def load_image(source: str | Path | bytes, max_pixels: int, max_bytes: int | Non
         raise InputError("That file is not an image I can read (PNG, JPEG, WebP, GIF, BMP or TIFF).") from None
     except (OSError, SyntaxError, ValueError):
         raise InputError("The image is damaged or truncated and could not be decoded.") from None
-    image = ImageOps.exif_transpose(image)  # phone photos are stored sideways with a rotation tag
     if image.mode in ("RGBA", "LA", "P"):
         image = image.convert("RGBA")
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-from storage.inputs import InputError
+from storage.inputs import InputError, quoted
 
 VARIANTS = ("original", "f1")
 MAX_KEYFRAMES = 4  # Discord's keyframe command takes 4 attachments; a Telegram album holds start + 4
@@ -61,7 +61,7 @@ def parse_variants(raw: str) -> list[str]:
     names = [v.strip().lower() for v in raw.replace(" ", ",").split(",") if v.strip()]
     unknown = [n for n in names if n not in VARIANTS]
     if unknown or not names:
-        raise InputError(f"allowed_variants takes a comma list of {', '.join(VARIANTS)}; got {raw!r}.")
+        raise InputError(f"allowed_variants takes a comma list of {', '.join(VARIANTS)}; got {quoted(raw)}.")
     return list(dict.fromkeys(names))
 
 
@@ -69,20 +69,21 @@ def parse_limit(name: str, raw: str):
     """The typed value for `name`, or an InputError that says what is allowed."""
     name = name.strip().lower().replace("-", "_")
     if name not in LIMIT_NAMES:
-        raise InputError(f"Unknown limit {name!r}. Limits: {', '.join(LIMIT_NAMES)}.")
+        raise InputError(f"Unknown limit {quoted(name)}. Limits: {', '.join(LIMIT_NAMES)}.")
     if name == "allowed_variants":
         return name, tuple(parse_variants(raw))
     if name in SWITCHES:
         word = raw.strip().lower()
         if word not in _ON + _OFF:
-            raise InputError(f"{name} is on or off, not {raw!r}.")
+            raise InputError(f"{name} is on or off, not {quoted(raw)}.")
         return name, word in _ON
     low, high = BOUNDS[name]
     kind = float if isinstance(low, float) else int
     try:
         value = kind(raw.strip().replace("_", ""))
     except ValueError:
-        raise InputError(f"{name} must be a {'number' if kind is float else 'whole number'}, not {raw!r}.") from None
+        kind_name = "number" if kind is float else "whole number"
+        raise InputError(f"{name} must be a {kind_name}, not {quoted(raw)}.") from None
     if not low <= value <= high:
         raise InputError(f"{name} must be between {low:g} and {high:g}, not {value:g}.")
     return name, value

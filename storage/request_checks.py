@@ -6,7 +6,7 @@ import errno
 
 from storage.direction_rules import check_direction
 from storage.extension_rules import check_extension_request
-from storage.inputs import InputError, check_prompt, load_image
+from storage.inputs import InputError, check_prompt, load_image, quoted
 from storage.jobs import GuidePictures, JobPictures, NewJob
 from storage.limits import VARIANTS, Limits
 from storage.settings import Settings
@@ -18,7 +18,7 @@ def check_request(job: NewJob, limits: Limits, settings: Settings) -> None:
     if job.extends is not None:  # first: its own words for what an extension cannot take
         check_extension_request(job, limits)
     if p.variant not in VARIANTS:
-        raise InputError(f"Unknown variant {p.variant!r}; the variants are {', '.join(VARIANTS)}.")
+        raise InputError(f"Unknown variant {quoted(p.variant)}; the variants are {', '.join(VARIANTS)}.")
     if not 0 <= p.seed < 2**63:
         raise InputError("The seed must be a whole number from 0 to 2^63-1.")
     if not 0.0 <= p.teacache <= 1.0:

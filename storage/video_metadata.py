@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import struct
 import subprocess
@@ -66,7 +67,7 @@ class MadeWith:
         """The settings in a comment written by `to_comment`; None for any other comment, or a damaged one."""
         try:
             data = json.loads(text or "")
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
             return None
         if not isinstance(data, dict) or data.get("made_by") != MADE_BY:
             return None
@@ -113,7 +114,13 @@ def _checked(name: str, value):
 
 
 def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite number that fits a float: JSON's integers have no bound, and it reads NaN and Infinity."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 def project_version() -> str:

@@ -89,6 +89,15 @@ def test_exif_rotation_is_applied():
     assert load_image(buffer.getvalue(), max_pixels=10**6).size == (20, 40)
 
 
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
+def test_a_damaged_exif_block_is_a_damaged_picture_not_a_crash(fmt):
+    # Pillow reads these formats' EXIF only when the rotation is applied, and raises SyntaxError on garbage
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 20), (10, 20, 30)).save(buffer, format=fmt, exif=b"garbage!")
+    with pytest.raises(InputError, match="damaged or truncated"):
+        load_image(buffer.getvalue(), max_pixels=10**6)
+
+
 def test_bucket_choice_follows_spec():
     assert nearest_bucket(1000, 1000) == (640, 608)  # square: the last tie wins
     assert nearest_bucket(1080, 1920) == (480, 832)

@@ -53,6 +53,13 @@ def test_ffmpeg_itself_reads_the_comment_as_one_json_object(tmp_path):
     assert json.loads(read_comment(video))["prompt"] == SETTINGS.prompt
 
 
+def _comment(**raw) -> str:
+    """A comment as a forger might write it: our fields, with `raw` JSON text for some values."""
+    fields = {"prompt": '"x"', "seed": "1", "variant": '"f1"', "steps": "1", "seconds": "1", **raw}
+    pairs = [("made_by", '"framepack-bot"'), *fields.items()]
+    return "{" + ", ".join(f'"{name}": {value}' for name, value in pairs) + "}"
+
+
 def test_videos_without_our_settings_and_files_that_are_not_mp4(tmp_path):
     plain = _video(tmp_path / "v.mp4")
     assert read_comment(plain) is None and read_made_with(plain) is None
@@ -61,8 +68,12 @@ def test_videos_without_our_settings_and_files_that_are_not_mp4(tmp_path):
     assert read_comment(tmp_path / "other.mp4") == "shot on my phone"
     assert read_made_with(tmp_path / "other.mp4") is None
     for forged in ['{"made_by": "framepack-bot", "prompt": 3, "seed": 1, "variant": "f1", "steps": 1, "seconds": 1}',
-                   '{"made_by": "framepack-bot", "prompt": "x"}', "[1, 2]"]:
+                   '{"made_by": "framepack-bot", "prompt": "x"}', "[1, 2]",
+                   # numbers no float holds, or not finite; and nesting deeper than Python's recursion limit
+                   _comment(seconds=10**400), _comment(seconds="NaN"), _comment(cfg="Infinity"),
+                   _comment(keyframes=f"[1, {10**400}]"), '{"made_by": "framepack-bot", "x": ' + "[" * 100_000]:
         assert MadeWith.from_comment(forged) is None
+    assert MadeWith.from_comment(_comment(seconds=2.5)).seconds == 2.5  # the same comment with a plain number
     for not_mp4 in [b"", b"GIF89a" + bytes(100), b"\x1aE\xdf\xa3" + bytes(100), plain.read_bytes()[:200]]:
         with pytest.raises(NotAnMp4):
             read_made_with(not_mp4)
