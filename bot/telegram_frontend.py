@@ -39,6 +39,7 @@ from storage.store import JobStore
 log = logging.getLogger(__name__)
 
 PLATFORM = "telegram"
+MESSAGE_LIMIT = 4096  # characters in one Telegram message
 EXAMPLE = "Send a photo with a caption, e.g. \"The girl dances gracefully\" --seconds 5"
 PRIVATE_EDIT_SECONDS, GROUP_EDIT_SECONDS = 5.0, 15.0
 # The cloud Bot API lets bots download files of up to 20 MB (getFile fails above that); a self-hosted Bot API
@@ -244,7 +245,7 @@ class TelegramBot:
     async def on_queue(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         jobs = await self.store.user_jobs(PLATFORM, str(update.effective_user.id))
         text = texts.queue_summary(jobs, await self.store.positions(), await self.store.queue_length(),
-                                       await self.store.worker_status())
+                                   await self.store.worker_status(), max_chars=MESSAGE_LIMIT)
         await update.effective_message.reply_text(text)
 
     async def on_cancel(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -324,13 +325,13 @@ class TelegramBot:
         if not await self._require_admin(update):
             return
         if [word.lower() for word in context.args or []] == ["workers"]:
-            await update.effective_message.reply_text(texts.workers_list(await self.store.workers())[:4096])
+            await update.effective_message.reply_text(texts.workers_list(await self.store.workers())[:MESSAGE_LIMIT])
             return
         if [word.lower() for word in context.args or []] != ["loras"]:
             await update.effective_message.reply_text(texts.ADMIN_USAGE_TELEGRAM)
             return
         listing = await lora_listing(self.settings)
-        await update.effective_message.reply_text(listing[:4096])
+        await update.effective_message.reply_text(listing[:MESSAGE_LIMIT])
 
     async def on_button(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         query = update.callback_query

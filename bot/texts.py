@@ -115,16 +115,24 @@ def direction_help(values: Limits, discord: bool) -> str:
 
 
 def queue_summary(jobs: list[Job], positions: dict[int, tuple[int, float]], total: int,
-                  workers: WorkerStatus | None = None) -> str:
-    """A person's waiting and running jobs, each with its place and time, then the queue's length."""
-    lines = []
-    for job in jobs:
-        position, eta = positions.get(job.id, (0, 0.0))
-        lines.append(progress(job, eta) if position == 0 else queued(job.id, position, eta))
-    everyone = f"{total} job(s) waiting in all."
-    summary = "\n".join([*lines, everyone]) if jobs else f"You have no jobs. {everyone}"
+                  workers: WorkerStatus | None = None, max_chars: int = 2000) -> str:
+    """A person's waiting and running jobs, each with its place and time, then the queue's length; the jobs
+    that would take it past the chat's `max_chars` (an admin may allow many) are counted, not listed."""
     note = waiting_note(workers) if workers is not None else ""
-    return summary + ("\n" + note if note else "")
+    everyone = f"{total} job(s) waiting in all." + ("\n" + note if note else "")
+    if not jobs:
+        return f"You have no jobs. {everyone}"
+    lines = []
+    room = max_chars - len(everyone) - len("\n… and 99999 more of yours.\n")
+    for listed, job in enumerate(jobs):
+        position, eta = positions.get(job.id, (0, 0.0))
+        line = progress(job, eta) if position == 0 else queued(job.id, position, eta)
+        room -= len(line) + 1
+        if room < 0:
+            lines.append(f"… and {len(jobs) - listed} more of yours.")
+            break
+        lines.append(line)
+    return "\n".join([*lines, everyone])
 
 
 VIDEO_LOST = "Job {job} finished, but its video file was lost on the server. Re-roll it, or try again."

@@ -498,3 +498,21 @@ def _tiny_render_with_turn(models, tmp_path: Path, name: str, turn):
 
     request = RenderRequest(prompt="a lighthouse blinks", steps=2, resolution=64, seconds=3.6, seed=5)
     return render(models, make_picture(), request, tmp_path / name, tmp_path / f"{name}.mp4", gpu_turn=turn)
+
+
+@pytest.mark.parametrize("max_chars", [2000, 4096])  # Discord's message limit, Telegram's
+async def test_a_long_queue_is_listed_as_far_as_one_message_holds(stores, tmp_path, max_chars):
+    from bot import texts
+
+    store = await stores(Settings(data_dir=tmp_path / "d", max_queued_per_user=200))
+    for _ in range(120):  # an admin raised the quota
+        job = NewJob("telegram", "c", "u0", "a boat drifts", JobParams(**{"seconds": 1.0, **TINY}))
+        await store.enqueue(job, picture_bytes())
+    await store.heartbeat("gpu0", "FramePack weights are missing")
+    jobs = await store.user_jobs("telegram", "u0")
+    text = texts.queue_summary(jobs, await store.positions(), await store.queue_length(), await store.worker_status(),
+                               max_chars=max_chars)
+    listed = text.count("in the queue;") + text.count("next in line;")
+    assert len(text) <= max_chars and 10 < listed < 120
+    assert f"… and {120 - listed} more of yours." in text
+    assert text.endswith("120 job(s) waiting in all.\n" + texts.NO_WORKER)
