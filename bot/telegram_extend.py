@@ -9,16 +9,17 @@ import dataclasses
 import re
 from typing import Protocol
 
-from telegram import ForceReply, InlineKeyboardMarkup, Message, Update
+from telegram import ForceReply, Message, Update
 from telegram.constants import ChatType
 from telegram.ext import Application, CommandHandler, ContextTypes, MessageHandler, filters
 
 from bot import texts
 from bot.extending import extension_job, is_video, job_of_video, parse_extension, plain_prompt, rerolled_extension
 from bot.options import Request
+from bot.telegram_addressing import command_text
 from storage.files import JobFiles
 from storage.inputs import InputError
-from storage.jobs import Extends, GuidePictures, Job, NewJob, parse_job_id
+from storage.jobs import Enqueued, Extends, GuidePictures, Job, NewJob, parse_job_id
 from storage.settings import Settings
 from storage.store import JobStore
 
@@ -34,9 +35,9 @@ class ExtensionHost(Protocol):
     files: JobFiles
     app: Application
 
-    def buttons(self, job_id: int, done: bool = False) -> InlineKeyboardMarkup: ...
     def new_job(self, message: Message, user, request: Request, guides: GuidePictures) -> NewJob: ...
     def download_limit(self) -> int | None: ...
+    async def post_status(self, reply_to: Message, enqueued: Enqueued) -> None: ...
 
 
 class TelegramExtensions:
@@ -81,9 +82,9 @@ class TelegramExtensions:
     async def on_video(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """A video with the caption `/extend ...`; in a private chat, one without it is told how."""
         message = update.effective_message
-        caption = (message.caption or "").replace(f"@{self.bot.app.bot.username}", " ").strip()
-        if caption.lower().startswith("/extend"):
-            await self._extend_video(message, _video_of(message), caption[len("/extend"):])
+        text = command_text(message.caption or "", "extend", self.bot.app.bot.username)
+        if text is not None:
+            await self._extend_video(message, _video_of(message), text)
         elif message.chat.type == ChatType.PRIVATE:
             await message.reply_text(texts.EXTEND_USAGE_TELEGRAM)
 
@@ -176,9 +177,7 @@ class TelegramExtensions:
             if answer:
                 await message.reply_text(str(error))
             return str(error)
-        status = await message.reply_text(texts.queued(enqueued.job_id, enqueued.position, enqueued.eta_seconds),
-                                          reply_markup=self.bot.buttons(enqueued.job_id))
-        await self.bot.store.set_status_message(enqueued.job_id, f"t:{status.message_id}")
+        await self.bot.post_status(message, enqueued)
         return None
 
 

@@ -16,6 +16,7 @@ from telegram.error import BadRequest, Forbidden, RetryAfter, TelegramError
 from telegram.ext import (
     Application,
     ApplicationBuilder,
+    ApplicationHandlerStop,
     CallbackQueryHandler,
     CommandHandler,
     ContextTypes,
@@ -27,12 +28,13 @@ from bot import texts
 from bot.albums import AlbumCollector
 from bot.loras import chosen_loras, lora_listing
 from bot.options import Request, album_guides, job_params, new_seed, parse_caption
+from bot.telegram_addressing import command_text, mentions, without_mentions
 from bot.telegram_extend import TelegramExtensions
 from bot.video_info import is_video_name, video_info
 from bot.watcher import Frontend, Undeliverable, Watcher
 from storage.files import JobFiles
 from storage.inputs import InputError
-from storage.jobs import GuidePictures, Job, JobLora, JobParams, JobPictures, JobState, NewJob, parse_job_id
+from storage.jobs import Enqueued, GuidePictures, Job, JobLora, JobParams, JobPictures, JobState, NewJob, parse_job_id
 from storage.settings import Settings
 from storage.store import JobStore
 
@@ -40,6 +42,8 @@ log = logging.getLogger(__name__)
 
 PLATFORM = "telegram"
 MESSAGE_LIMIT = 4096  # characters in one Telegram message
+# A job's status message that could not be posted when it was queued: the watcher's next progress posts it.
+UNPOSTED = "t:unposted"
 EXAMPLE = "Send a photo with a caption, e.g. \"The girl dances gracefully\" --seconds 5"
 PRIVATE_EDIT_SECONDS, GROUP_EDIT_SECONDS = 5.0, 15.0
 # The cloud Bot API lets bots download files of up to 20 MB (getFile fails above that); a self-hosted Bot API
@@ -85,6 +89,9 @@ class TelegramBot:
                                                notify_admins=self.notify_admins if self.admins else None,
                                                is_permanent=is_permanent))
         app = self.app
+        # First: an edit, or a channel's post, is read by nothing below (a second job from a fixed typo).
+        app.add_handler(MessageHandler(filters.UpdateType.EDITED | filters.UpdateType.CHANNEL_POSTS, self.on_edited),
+                        group=-1)
         app.add_handler(CommandHandler(["start", "help"], self.on_help))
         app.add_handler(CommandHandler("queue", self.on_queue))
         app.add_handler(CommandHandler("cancel", self.on_cancel))
@@ -96,11 +103,11 @@ class TelegramBot:
         self.albums = AlbumCollector(self.on_album)
         app.add_handler(MessageHandler(_InAlbum(), self.on_album_part))
         self.files = JobFiles(settings.data_dir)
-        self.buttons = _buttons
         self.extensions = TelegramExtensions(self)
         self.extensions.add_handlers(app)
         app.add_handler(MessageHandler(filters.PHOTO | filters.Document.IMAGE, self.on_picture))
         app.add_handler(MessageHandler(filters.Document.ALL, self.on_not_a_picture))
+        app.add_handler(MessageHandler(filters.ChatType.PRIVATE, self.on_anything_else))  # what no handler took
         app.add_handler(CallbackQueryHandler(self.on_button))
         app.add_error_handler(self.on_error)
 
@@ -120,16 +127,16 @@ class TelegramBot:
     # ----- requests -------------------------------------------------------------------------------
 
     def _addressed(self, message: Message, text: str) -> bool:
-        """In groups, only captions that start with /animate or mention the bot are for us."""
+        """In groups, only captions that start with our /animate or mention the bot are for us."""
         if message.chat.type == ChatType.PRIVATE:
             return True
-        mention = f"@{self.app.bot.username}".lower()
-        return text.lower().startswith("/animate") or mention in text.lower()
+        username = self.app.bot.username
+        return command_text(text, "animate", username) is not None or mentions(text, username)
 
     def _clean_caption(self, text: str) -> str:
-        mention = f"@{self.app.bot.username}"
-        text = text.replace(mention, " ").replace(mention.lower(), " ").strip()
-        return text[len("/animate"):].strip() if text.lower().startswith("/animate") else text
+        username = self.app.bot.username
+        after_command = command_text(text, "animate", username)
+        return without_mentions(text if after_command is None else after_command, username)
 
     async def on_picture(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         message = update.effective_message
@@ -142,7 +149,11 @@ class TelegramBot:
     async def on_album(self, messages: list[Message]) -> None:
         """A whole album: the caption (on one of its parts) says what the pictures are for."""
         captioned = [m for m in messages if m.caption]
-        await self._submit_captioned(captioned[0] if captioned else messages[0], messages, "album")
+        anchor = captioned[0] if captioned else messages[0]
+        try:
+            await self._submit_captioned(anchor, messages, "album")
+        except Exception as error:  # an album is handled outside the application: on_error never sees it
+            await self._answer_failure(anchor, error)
 
     async def _submit_captioned(self, anchor: Message, messages: list[Message], what: str) -> None:
         """The pictures of `messages`, if `anchor`'s caption is addressed to the bot and holds a prompt."""
@@ -169,10 +180,28 @@ class TelegramBot:
 
     async def on_not_a_picture(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         message = update.effective_message
-        if (message.caption or "").lower().startswith("/extend"):
+        if command_text(message.caption or "", "extend", self.app.bot.username) is not None:
             await message.reply_text(texts.NOT_A_VIDEO)
         elif self._addressed(message, message.caption or ""):
             await message.reply_text("That file is not a picture. Send a photo (or an image file) with a caption.")
+
+    async def on_anything_else(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """A private message no handler took (a sticker, a voice note, plain text, an unknown command): say what
+        the bot reads rather than nothing."""
+        message = update.effective_message
+        word = (message.text or "").split(maxsplit=1)[0] if (message.text or "").startswith("/") else ""
+        if word:
+            await message.reply_text(f"I don't know {word[:40]}. /help lists what I do.")
+        else:
+            await message.reply_text(EXAMPLE + "\n/help lists the rest.")
+
+    async def on_edited(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """An edited message changes nothing: its job was queued from what it first said. Said where the message
+        was for the bot; a channel's post is not (the bot serves people in chats and groups)."""
+        message = update.edited_message
+        if message is not None and self._addressed(message, message.caption or message.text or ""):
+            await message.reply_text(texts.EDIT_NOT_READ)
+        raise ApplicationHandlerStop
 
     async def _download(self, source: Message) -> bytes:
         limits = await self.store.get_limits()
@@ -206,11 +235,22 @@ class TelegramBot:
         except texts.REFUSED as error:
             await reply_to.reply_text(str(error))
             return
-        status = await reply_to.reply_text(
-            texts.queued(enqueued.job_id, enqueued.position, enqueued.eta_seconds),
-            reply_markup=_buttons(enqueued.job_id),
-        )
-        await self.store.set_status_message(enqueued.job_id, f"t:{status.message_id}")
+        await self.post_status(reply_to, enqueued)
+
+    async def post_status(self, reply_to: Message, enqueued: Enqueued) -> None:
+        """The queued job's status message, with its Cancel button. The job is queued whatever happens here: a
+        reply Telegram fails is posted by the progress later, never answered with an error (a retry by the
+        person would queue the job twice)."""
+        job_id = enqueued.job_id
+        try:
+            status = await reply_to.reply_text(texts.queued(job_id, enqueued.position, enqueued.eta_seconds),
+                                               reply_markup=_buttons(job_id))
+        except TelegramError as error:
+            log.warning("telegram: job %d is queued; its status message failed (%s) and comes with the progress",
+                        job_id, error)
+            await self.store.set_status_message(job_id, UNPOSTED)
+            return
+        await self.store.set_status_message(job_id, f"t:{status.message_id}")
 
     async def _download_pictures(self, sources: list[Message], guides: GuidePictures) -> JobPictures:
         for number, source in enumerate(sources, start=1):
@@ -376,15 +416,15 @@ class TelegramBot:
             enqueued = await self.store.enqueue(job, pictures)
         except texts.REFUSED as error:
             return str(error)
-        status = await message.reply_text(texts.queued(enqueued.job_id, enqueued.position, enqueued.eta_seconds),
-                                          reply_markup=_buttons(enqueued.job_id))
-        await self.store.set_status_message(enqueued.job_id, f"t:{status.message_id}")
+        await self.post_status(message, enqueued)
         return None
 
     async def on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+        await self._answer_failure(update.effective_message if isinstance(update, Update) else None, context.error)
+
+    async def _answer_failure(self, message: Message | None, error: BaseException) -> None:
         """Anything a handler did not expect: logged, and the person gets an answer instead of silence."""
-        log.error("telegram: handling an update failed: %s", context.error, exc_info=context.error)
-        message = update.effective_message if isinstance(update, Update) else None
+        log.error("telegram: handling an update failed: %s", error, exc_info=error)
         if message is not None:
             await _quietly(message.reply_text("Something went wrong on my side. Please try again in a moment."))
 
@@ -398,6 +438,12 @@ class TelegramBot:
         return PRIVATE_EDIT_SECONDS if int(job.chat_id) > 0 else GROUP_EDIT_SECONDS
 
     async def show_progress(self, job: Job, text: str, preview: str | None) -> None:
+        if job.status_message == UNPOSTED:
+            sent = await self.app.bot.send_message(
+                job.chat_id, text, reply_markup=_buttons(job.id), allow_sending_without_reply=True,
+                reply_to_message_id=int(job.reply_to) if job.reply_to else None)
+            await self.store.set_status_message(job.id, f"t:{sent.message_id}")
+            return
         kind, _, raw = job.status_message.partition(":")
         message_id = int(raw)
         bot = self.app.bot
@@ -451,7 +497,7 @@ class TelegramBot:
             except RetryAfter as wait:  # never drop a finished video: wait as long as Telegram asks
                 log.info("telegram: flood control, delivering job %d in %s s", job.id, wait.retry_after)
                 await asyncio.sleep(_seconds(wait.retry_after))
-        if job.status_message:
+        if job.status_message and job.status_message != UNPOSTED:
             kind, _, raw = job.status_message.partition(":")
             await _quietly(bot.delete_message(job.chat_id, int(raw)))
 

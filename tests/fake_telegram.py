@@ -14,6 +14,7 @@ import time
 from aiohttp import web
 
 DOWNLOAD_LIMIT = 20 * 1024 * 1024
+TEXT_LIMIT, CAPTION_LIMIT = 4096, 1024  # characters, as the Bot API refuses longer ones
 
 
 class BadRequestError(Exception):
@@ -114,6 +115,25 @@ class FakeTelegram:
         self._push({"message": message})
         return message
 
+    def send(self, chat_id: int, user_id: int, **fields) -> dict:
+        """Any other message: a sticker, a voice note, plain text without a command's entity."""
+        message = self.message(chat_id, user_id, **fields)
+        self._push({"message": message})
+        return message
+
+    def edit(self, message: dict, **changes) -> dict:
+        """The person edits a message they sent (its caption or text): Telegram sends it again as an edit."""
+        edited = {**message, **changes, "edit_date": int(time.time())}
+        self._push({"edited_message": edited})
+        return edited
+
+    def post_in_channel(self, chat_id: int, **fields) -> dict:
+        """A channel's post, where the bot is an admin: no sender."""
+        post = {"message_id": next(self.ids), "date": int(time.time()),
+                "chat": {"id": chat_id, "type": "channel", "title": "channel"}, **fields}
+        self._push({"channel_post": post})
+        return post
+
     def click(self, chat_id: int, user_id: int, message_id: int, data: str) -> None:
         message = {"message_id": message_id, "date": int(time.time()), "chat": self._chat(chat_id),
                    "from": BOT_USER, "text": "status"}
@@ -210,14 +230,14 @@ class FakeTelegram:
         return web.Response(body=self.files[file_id])
 
     async def m_sendMessage(self, params):
-        return self._sent(params, text=params.get("text", ""))
+        return self._sent(params, text=_text(params, "text", TEXT_LIMIT))
 
     async def m_editMessageText(self, params):
-        return self._sent(params, text=params.get("text", ""), message_id=int(params["message_id"]))
+        return self._sent(params, text=_text(params, "text", TEXT_LIMIT), message_id=int(params["message_id"]))
 
     async def m_sendAnimation(self, params):
         animation = {"file_id": "anim", "file_unique_id": "anim", "width": 64, "height": 64, "duration": 1}
-        return self._sent(params, animation=animation, caption=params.get("caption", ""))
+        return self._sent(params, animation=animation, caption=_text(params, "caption", CAPTION_LIMIT))
 
     async def m_editMessageMedia(self, params):
         animation = {"file_id": "anim", "file_unique_id": "anim", "width": 64, "height": 64, "duration": 1}
@@ -225,4 +245,12 @@ class FakeTelegram:
 
     async def m_sendVideo(self, params):
         video = {"file_id": "vid", "file_unique_id": "vid", "width": 64, "height": 64, "duration": 1}
-        return self._sent(params, video=video, caption=params.get("caption", ""))
+        return self._sent(params, video=video, caption=_text(params, "caption", CAPTION_LIMIT))
+
+
+def _text(params: dict, field: str, limit: int) -> str:
+    text = params.get(field, "")
+    if len(text) > limit:
+        raise BadRequestError("Bad Request: message is too long" if field == "text" else
+                              "Bad Request: message caption is too long")
+    return text

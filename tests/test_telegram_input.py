@@ -1,0 +1,221 @@
+"""Telegram messages that are not a plain new photo with a caption: edits, other bots' messages in a group, a
+channel's posts, stickers and other things the bot does not take, failures around the queueing. Each gets a clear
+answer or, where the message was not for the bot, none; none makes a second job or loses one. The real
+python-telegram-bot against the fake Bot API; no worker, so the jobs stay queued."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+from fake_telegram import FakeTelegram
+from helpers import picture_bytes, wait_for
+
+from bot import texts
+from bot.telegram_addressing import command_text, mentions
+from bot.telegram_frontend import UNPOSTED, TelegramBot
+from storage.settings import Settings
+
+TOKEN = "123456:TEST-token"
+OWNER, OTHER = 501, 502
+GROUP = -100
+GENERIC = "Something went wrong on my side"
+
+
+@pytest.fixture()
+async def chat(stores, tmp_path):
+    fake = FakeTelegram(TOKEN)
+    url = await fake.start()
+    settings = Settings(data_dir=tmp_path / "data", telegram_token=TOKEN, telegram_api_url=url,
+                        max_queued_per_user=10, telegram_download_limit=20 * 2**20)
+    store = await stores(settings)
+    bot = TelegramBot(settings, store)
+    bot.watcher.poll = 0.1
+    stop = asyncio.Event()
+    task = asyncio.create_task(bot.run(stop))
+    await fake.wait_for("getMe", timeout=30)
+    yield type("Chat", (), {"fake": fake, "store": store, "bot": bot})()
+    stop.set()
+    await asyncio.wait_for(task, 30)
+    await fake.stop()
+
+
+def _replies(fake, chat_id: int) -> list[str]:
+    return [p.get("text", "") for p in fake.calls_to("sendMessage") if int(p["chat_id"]) == chat_id]
+
+
+async def _replied(fake, count: int, chat_id: int = OWNER) -> list[str]:
+    async def enough():
+        return len(_replies(fake, chat_id)) >= count
+
+    await wait_for(enough, timeout=30)
+    return _replies(fake, chat_id)
+
+
+async def _settled(fake, chat_id: int = OWNER) -> None:
+    """Every update sent so far handled: a /help sent last is answered, and updates are handled concurrently,
+    so a moment more for the others."""
+    fake.send_text(chat_id, OWNER, "/help")
+    await fake.wait_for("sendMessage", lambda p: "--seconds" in p.get("text", "") and int(p["chat_id"]) == chat_id,
+                        timeout=30)
+    await asyncio.sleep(0.5)
+
+
+# ----- edits -------------------------------------------------------------------------------------------
+
+
+async def test_an_edited_caption_makes_no_second_job_and_says_edits_are_not_read(chat):
+    fake, store = chat.fake, chat.store
+    photo = fake.send_photo(OWNER, OWNER, picture_bytes(), caption="a cat --seconds 1")
+    await fake.wait_for("sendMessage", lambda p: "Job 1" in p.get("text", ""))
+    fake.edit(photo, caption="a cat dances --seconds 1")
+    await fake.wait_for("sendMessage", lambda p: p.get("text") == texts.EDIT_NOT_READ)
+    await _settled(fake)
+    assert await store.queue_length() == 1 and (await store.get(1)).prompt == "a cat"
+
+
+async def test_an_edited_animate_command_or_album_part_makes_no_job(chat):
+    fake, store = chat.fake, chat.store
+    photo = fake.send_photo(OWNER, OWNER, picture_bytes())
+    await fake.wait_for("sendMessage", lambda p: "Add a caption" in p.get("text", ""))
+    command = fake.send_text(OWNER, OWNER, "/animate the sea --seconds 1", reply_to=photo)
+    await fake.wait_for("sendMessage", lambda p: "Job 1" in p.get("text", ""))
+    fake.edit(command, text="/animate the sea glitters --seconds 1")
+    first = fake.send_photo(OWNER, OWNER, picture_bytes(), caption="she turns --seconds 2", media_group_id="g1")
+    fake.send_photo(OWNER, OWNER, picture_bytes(), media_group_id="g1")
+    await fake.wait_for("sendMessage", lambda p: "Job 2" in p.get("text", ""))
+    fake.edit(first, caption="she turns around --seconds 2")
+    await fake.wait_for("sendMessage", lambda p: p.get("text") == texts.EDIT_NOT_READ
+                        and _replies(fake, OWNER).count(texts.EDIT_NOT_READ) == 2, timeout=30)
+    await _settled(fake)
+    assert await store.queue_length() == 2 and (await store.get(2)).guides.end
+
+
+async def test_an_edit_in_a_group_is_answered_only_where_it_was_for_the_bot(chat):
+    fake = chat.fake
+    chatter = fake.send_text(GROUP, OTHER, "nice weather")
+    fake.edit(chatter, text="nice weather today")
+    photo = fake.send_photo(GROUP, OWNER, picture_bytes(), caption="/animate a cat --seconds 1")
+    await fake.wait_for("sendMessage", lambda p: "Job 1" in p.get("text", ""))
+    fake.edit(photo, caption="/animate a dog --seconds 1")
+    await fake.wait_for("sendMessage", lambda p: p.get("text") == texts.EDIT_NOT_READ)
+    await _settled(fake, GROUP)
+    assert _replies(fake, GROUP).count(texts.EDIT_NOT_READ) == 1
+
+
+# ----- whose message it is -------------------------------------------------------------------------------
+
+
+async def test_in_a_group_captions_for_other_bots_are_left_alone(chat):
+    fake, store = chat.fake, chat.store
+    for caption in ["/animate@other_bot a cat", "@framepack_test_bot_beta a dog", "/animated_gif_bot make a gif",
+                    "hi @other_bot", "email me at someone@framepack_test_bot.org"]:
+        fake.send_photo(GROUP, OWNER, picture_bytes(), caption=caption)
+    video_file = fake.add_file(b"\0" * 1000)
+    fake.send(GROUP, OWNER, caption="/extend@other_bot 5 more",
+              video={"file_id": video_file, "file_unique_id": "v", "width": 64, "height": 64, "duration": 1,
+                     "file_size": 1000})
+    fake.send_document(GROUP, OWNER, b"%PDF-1.4", "application/pdf", "/extend@other_bot please")
+    await _settled(fake, GROUP)
+    assert await store.queue_length() == 0 and not fake.calls_to("getFile")
+    assert [t for t in _replies(fake, GROUP) if "--seconds" not in t] == []  # only /help was answered
+
+
+async def test_in_a_group_our_command_and_mention_are_read_in_any_case(chat):
+    fake, store = chat.fake, chat.store
+    fake.send_photo(GROUP, OWNER, picture_bytes(), caption="/animate@FramePack_Test_Bot a cat --seconds 1")
+    await fake.wait_for("sendMessage", lambda p: "Job 1" in p.get("text", ""))
+    fake.send_photo(GROUP, OWNER, picture_bytes(), caption="@FRAMEPACK_TEST_BOT a dog, @framepack_test_bot!")
+    await fake.wait_for("sendMessage", lambda p: "Job 2" in p.get("text", ""))
+    assert [(await store.get(i)).prompt for i in (1, 2)] == ["a cat", "a dog, !"]
+
+
+async def test_a_channels_post_is_not_read(chat, caplog):
+    fake, store = chat.fake, chat.store
+    fake.post_in_channel(-1001, caption="/animate a cat", photo=[
+        {"file_id": fake.add_file(picture_bytes()), "file_unique_id": "p", "width": 64, "height": 64}])
+    await _settled(fake)
+    assert await store.queue_length() == 0 and _replies(fake, -1001) == []
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+# ----- what the bot does not take --------------------------------------------------------------------------
+
+
+async def test_a_private_message_the_bot_cannot_use_is_told_what_it_can(chat):
+    fake = chat.fake
+    fake.send(OWNER, OWNER, sticker={"file_id": "s1", "file_unique_id": "s1", "type": "regular", "width": 512,
+                                     "height": 512, "is_animated": False, "is_video": False})
+    await _replied(fake, 1)
+    fake.send(OWNER, OWNER, text="hello")
+    await _replied(fake, 2)
+    fake.send_text(OWNER, OWNER, "/frobnicate now")
+    sticker, hello, unknown = await _replied(fake, 3)
+    assert "Send a photo with a caption" in sticker and sticker == hello
+    assert unknown == "I don't know /frobnicate. /help lists what I do."
+
+
+async def test_a_group_message_the_bot_cannot_use_gets_no_answer(chat):
+    fake = chat.fake
+    fake.send(GROUP, OTHER, text="hello all")
+    fake.send(GROUP, OTHER, sticker={"file_id": "s1", "file_unique_id": "s1", "type": "regular", "width": 512,
+                                     "height": 512, "is_animated": False, "is_video": False})
+    await _settled(fake, GROUP)
+    assert [t for t in _replies(fake, GROUP) if "--seconds" not in t] == []
+
+
+async def test_a_refusal_quoting_a_long_option_value_can_be_sent(chat):
+    fake = chat.fake
+    fake.send_photo(OWNER, OWNER, picture_bytes(), caption="a cat --seconds " + "\u200b" * 1000)
+    reply = await fake.wait_for("sendMessage", lambda p: "--seconds takes" in p.get("text", ""), timeout=30)
+    assert len(reply["text"]) < 400  # 6033 characters before, which Telegram refuses
+
+
+# ----- failures around the queueing ------------------------------------------------------------------------
+
+
+async def test_a_status_reply_that_fails_leaves_the_job_queued_and_the_progress_posts_it(chat):
+    fake, store = chat.fake, chat.store
+    fake.server_errors["sendMessage"] = 1  # a passing 500 on "Job 1 is next in line"
+    photo = fake.send_photo(OWNER, OWNER, picture_bytes(), caption="a cat --seconds 1")
+    posted = await _replied(fake, 2)  # the failed reply, then the progress's post
+    assert all("Job 1 is next in line" in text for text in posted)
+    status = fake.calls_to("sendMessage")[-1]
+    assert status["reply_markup"]["inline_keyboard"][0][0]["callback_data"] == "cancel:1"
+    assert int(status["reply_parameters"]["message_id"]) == photo["message_id"]
+    await wait_for(lambda: _status_of(store, 1), timeout=10)
+    await _settled(fake)
+    assert not [t for t in _replies(fake, OWNER) if GENERIC in t]
+    assert await store.queue_length() == 1
+
+
+async def _status_of(store, job_id: int) -> bool:
+    status = (await store.get(job_id)).status_message
+    return status is not None and status != UNPOSTED and status.startswith("t:")
+
+
+async def test_an_album_that_fails_unexpectedly_is_answered(chat):
+    fake, store = chat.fake, chat.store
+    fake.server_errors["getFile"] = 5
+    fake.send_photo(OWNER, OWNER, picture_bytes(), caption="she turns --seconds 2", media_group_id="g1")
+    fake.send_photo(OWNER, OWNER, picture_bytes(), media_group_id="g1")
+    await fake.wait_for("sendMessage", lambda p: GENERIC in p.get("text", ""), timeout=30)
+    assert await store.queue_length() == 0
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("/animate a cat", "a cat"), ("/animate@framepack_test_bot a cat", "a cat"), ("/ANIMATE@FramePack_Test_Bot", ""),
+    ("  /animate\na cat", "a cat"), ("/animate@other_bot a cat", None), ("/animated_gif_bot a cat", None),
+    ("a cat /animate", None), ("/extend 5", None),
+])
+def test_the_command_of_a_caption(text, expected):
+    assert command_text(text, "animate", "framepack_test_bot") == expected
+
+
+@pytest.mark.parametrize(("text", "ours"), [
+    ("@framepack_test_bot a cat", True), ("a cat @FramePack_Test_Bot.", True), ("@framepack_test_bot_beta x", False),
+    ("me@framepack_test_bot", False), ("@@framepack_test_bot", False), ("framepack_test_bot", False),
+])
+def test_a_mention_of_the_bot_is_a_whole_word_in_any_case(text, ours):
+    assert mentions(text, "framepack_test_bot") is ours
