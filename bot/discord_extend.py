@@ -42,8 +42,8 @@ class ExtensionHost(Protocol):
     def params_for(self, interaction: discord.Interaction, request: Request) -> JobParams: ...
     async def queue_job(self, interaction: discord.Interaction, job: NewJob,
                         fetch_picture: Callable[[], Awaitable[bytes | JobPictures | None]]) -> None: ...
-    async def show_queued(self, interaction: discord.Interaction, enqueued: Enqueued) -> None: ...
-    async def refuse_after_defer(self, interaction: discord.Interaction, text: str) -> None: ...
+    async def queue_after_defer(self, interaction: discord.Interaction,
+                                enqueue: Callable[[], Awaitable[Enqueued]]) -> None: ...
     async def tell(self, interaction: discord.Interaction, text: str) -> None: ...
 
 
@@ -135,14 +135,13 @@ class DiscordExtensions:
             return
         # 2. Answer within Discord's 3 seconds, then download and queue.
         await interaction.response.defer(thinking=True)
-        try:
+
+        async def download_and_enqueue() -> Enqueued:
             data = await download_capped(self.bot.session, attachment.url, self.bot.settings.max_extend_video_bytes,
                                          DOWNLOAD_SECONDS, what="video")
-            enqueued = await self._enqueue_video(interaction, request, attachment, data, checked)
-        except texts.REFUSED as error:
-            await self.bot.refuse_after_defer(interaction, str(error))
-            return
-        await self.bot.show_queued(interaction, enqueued)
+            return await self._enqueue_video(interaction, request, attachment, data, checked)
+
+        await self.bot.queue_after_defer(interaction, download_and_enqueue)
 
     def _check_declared(self, attachment: discord.Attachment) -> None:
         limit = self.bot.settings.max_extend_video_bytes

@@ -57,6 +57,9 @@ EDIT_SECONDS = 5.0  # Discord allows about 5 message edits per 5 s per channel; 
 TOKEN_SECONDS = 14 * 60  # interaction tokens expire after 15 minutes
 DOWNLOAD_SECONDS = 60.0
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+SOMETHING_WRONG = "Something went wrong on my side. /queue shows what is queued."
+# A job's status that could not be shown when it was queued: the watcher's next progress shows it.
+UNPOSTED = "unposted"
 EXAMPLE = '/animate image:<your picture> prompt:"The girl dances gracefully, with clear movements" seconds:5'
 SHARED_LIMITS = ("Limits are shared by every server the bot is in, so only the bot's own admins "
                  "(DISCORD_ADMIN_USER_IDS) can change them.")
@@ -333,7 +336,7 @@ class DiscordBot:
             await self.tell(interaction, f"{error.value!r:.60} is not a value this option takes. /help lists them.")
             return
         log.error("discord: command failed", exc_info=error)
-        await self.tell(interaction, "Something went wrong on my side. /queue shows what is queued.")
+        await self.tell(interaction, SOMETHING_WRONG)
 
     async def tell(self, interaction: discord.Interaction, text: str) -> None:
         """An ephemeral answer, whether or not the interaction was answered already."""
@@ -424,10 +427,25 @@ class DiscordBot:
             return
         await interaction.response.defer(thinking=True)
         enqueue = self.store.enqueue_extension if job.extends is not None else self.store.enqueue
+
+        async def fetch_and_enqueue() -> Enqueued:
+            return await enqueue(job, await fetch_picture())
+
+        await self.queue_after_defer(interaction, fetch_and_enqueue)
+
+    async def queue_after_defer(self, interaction: discord.Interaction,
+                                enqueue: Callable[[], Awaitable[Enqueued]]) -> None:
+        """Under the public "thinking" reply: queue the job and show its status there. A refusal, or a failure
+        before the job is queued, is said to the person alone: the thinking reply goes, where a follow-up would
+        have shown it to the channel."""
         try:
-            enqueued = await enqueue(job, await fetch_picture())
+            enqueued = await enqueue()
         except texts.REFUSED as error:
             await self.refuse_after_defer(interaction, str(error))
+            return
+        except Exception as error:
+            log.error("discord: queueing a job failed", exc_info=error)
+            await self.refuse_after_defer(interaction, SOMETHING_WRONG)
             return
         await self.show_queued(interaction, enqueued)
 
@@ -438,10 +456,20 @@ class DiscordBot:
         await interaction.followup.send(text, ephemeral=True)
 
     async def show_queued(self, interaction: discord.Interaction, enqueued: Enqueued) -> None:
-        text = texts.queued(enqueued.job_id, enqueued.position, enqueued.eta_seconds)
-        message = await interaction.edit_original_response(content=text, view=cancel_view(enqueued.job_id))
-        self.interactions[enqueued.job_id] = (interaction, time.monotonic() + TOKEN_SECONDS)
-        await self.store.set_status_message(enqueued.job_id, str(message.id))
+        """The queued job's status in the thinking reply. The job is queued whatever happens here: an edit
+        Discord fails is made by the progress later (through the same token while it lasts), never answered
+        with an error (a retry by the person would queue the job twice)."""
+        job_id = enqueued.job_id
+        self.interactions[job_id] = (interaction, time.monotonic() + TOKEN_SECONDS)
+        text = texts.queued(job_id, enqueued.position, enqueued.eta_seconds)
+        try:
+            message = await interaction.edit_original_response(content=text, view=cancel_view(job_id))
+        except discord.HTTPException as error:
+            log.warning("discord: job %d is queued; showing its status failed (%s) and comes with the progress",
+                        job_id, error)
+            await self.store.set_status_message(job_id, UNPOSTED)
+            return
+        await self.store.set_status_message(job_id, str(message.id))
 
     async def on_animate_message(self, interaction: discord.Interaction, message: discord.Message) -> None:
         pictures = [a for a in message.attachments if declared_picture(a)]
@@ -498,7 +526,7 @@ class DiscordBot:
     async def on_component_error(self, interaction: discord.Interaction, error: Exception) -> None:
         """A button or modal whose handler failed: logged, and the person gets an answer, not "interaction failed"."""
         log.error("discord: a button or modal failed", exc_info=error)
-        await self.tell(interaction, "Something went wrong on my side. /queue shows what is queued.")
+        await self.tell(interaction, SOMETHING_WRONG)
 
     async def on_cancel_button(self, interaction: discord.Interaction, job_id: int) -> None:
         await self._cancel(interaction, job_id)
@@ -545,13 +573,19 @@ class DiscordBot:
         interaction = self._fresh_interaction(job.id)
         if interaction is not None:
             try:
-                await interaction.edit_original_response(**fields())
-                return
+                message = await interaction.edit_original_response(**fields())
             except discord.HTTPException as error:
                 if error.code == 10008:  # Unknown Message: deleted, the channel would not find it either
                     raise
                 log.info("discord: job %d: the interaction token failed (%s); using the channel", job.id, error)
                 self.interactions.pop(job.id, None)
+            else:
+                if job.status_message == UNPOSTED:  # shown at last: now its id is known
+                    await self.store.set_status_message(job.id, str(message.id))
+                return
+        if job.status_message == UNPOSTED:  # never shown, and no token to show it: a message of its own
+            await self._post_status(job, fields)
+            return
         await self._channel(job).get_partial_message(int(job.status_message)).edit(**fields())
 
     async def show_progress(self, job: Job, text: str, preview: str | None) -> None:
@@ -565,17 +599,21 @@ class DiscordBot:
             await self._edit_status(job, fields)
         except discord.NotFound:  # the person deleted the message: post a new one
             self.interactions.pop(job.id, None)
-            message = fields()
-            files = message.pop("attachments", [])
-            try:
-                sent = await self._channel(job).send(files=files, **message)
-            except discord.HTTPException as error:  # cannot post here: carry on silently, deliver at the end
-                log.info("discord: no progress message for job %d: %s", job.id, error)
-                await self.store.set_status_message(job.id, None)
-                return
-            await self.store.set_status_message(job.id, str(sent.id))
+            await self._post_status(job, fields)
         except discord.Forbidden as error:
             log.info("discord: progress for job %d not shown: %s", job.id, error)
+
+    async def _post_status(self, job: Job, fields: Callable[[], dict]) -> None:
+        """A new status message in the job's channel."""
+        message = fields()
+        files = message.pop("attachments", [])
+        try:
+            sent = await self._channel(job).send(files=files, **message)
+        except discord.HTTPException as error:  # cannot post here: carry on silently, deliver at the end
+            log.info("discord: no progress message for job %d: %s", job.id, error)
+            await self.store.set_status_message(job.id, None)
+            return
+        await self.store.set_status_message(job.id, str(sent.id))
 
     async def deliver(self, job: Job) -> None:
         limit = job.params.upload_limits[0] if job.params.upload_limits else DEFAULT_UPLOAD_LIMIT
@@ -599,14 +637,14 @@ class DiscordBot:
             return [discord.File(path, filename=f"framepack_{job.id}.mp4")] if path else []
 
         reference = None
-        if job.status_message:
+        if job.status_message and job.status_message != UNPOSTED:
             reference = discord.MessageReference(message_id=int(job.status_message), channel_id=int(job.chat_id),
                                                  fail_if_not_exists=False)
         try:
             await self._channel(job).send(files=files(), reference=reference, **message)
         except (discord.Forbidden, discord.NotFound):  # no Send Messages there, or the channel is gone
             await self._deliver_elsewhere(job, files, message)
-        if job.status_message:
+        if job.status_message and job.status_message != UNPOSTED:
             with contextlib.suppress(discord.HTTPException):
                 await self._edit_status(job, lambda: {"content": texts.finished(job)[:2000], "attachments": [],
                                                       "view": None})

@@ -245,6 +245,7 @@ class FakeDiscord:
         self.files: dict[int, tuple[str, bytes, str]] = {}  # attachment id -> (filename, data, content type)
         self._roles: dict[int, dict] = {}  # permission bits -> the role that grants them
         self._rate_limits: list[list] = []  # [route substring, times left, retry_after]
+        self._failures: list[list] = []  # [route substring, times left, DiscordError]
         self._ids = itertools.count()
         self._gateway: _Gateway | None = None  # the connection the session's events go to
         self._session: _Session | None = None
@@ -354,6 +355,10 @@ class FakeDiscord:
     def rate_limit_next(self, route_substring: str, times: int = 1, retry_after: float = 0.05) -> None:
         """The next `times` REST calls whose "METHOD /path" contains route_substring get a 429."""
         self._rate_limits.append([route_substring, times, retry_after])
+
+    def fail_next(self, route_substring: str, error: DiscordError, times: int = 1) -> None:
+        """The next `times` REST calls whose "METHOD /path" contains route_substring get `error`."""
+        self._failures.append([route_substring, times, error])
 
     def expire_token(self, interaction: FakeInteraction) -> None:
         """As if 15 minutes had passed: the interaction's webhook calls get 401 Invalid Webhook Token."""
@@ -872,6 +877,10 @@ class FakeDiscord:
             if limit[1] > 0 and limit[0] in route:
                 limit[1] -= 1
                 return self._too_many_requests(limit[2], bucket=limit[0])
+        for failure in self._failures:
+            if failure[1] > 0 and failure[0] in route:
+                failure[1] -= 1
+                return failure[2].response()
         public = ("/interactions/", "/webhooks/")
         if not request.headers.get("Authorization", "").startswith("Bot ") and not any(
                 p in request.path for p in public):
