@@ -63,6 +63,9 @@ def _parse(text: str) -> Request:
             values.update(_FLAGS[word])
             i += 1
             continue
+        if not word.startswith("-"):  # prose after the options: "--seconds 5 a cat", "a cat --f1 dancing"
+            raise InputError(f"{quoted(words[i])} is not an option: write the prompt first and the options after "
+                             "it, e.g. a cat dances --seconds 5")
         if word not in _VALUED:
             raise InputError(f"Unknown option {quoted(words[i])}. Options: {OPTIONS_HELP}")
         if i + 1 >= len(words):

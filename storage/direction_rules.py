@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from storage.inputs import InputError
+from storage.inputs import InputError, has_control_characters
 from storage.jobs import GuidePictures, JobParams
 from storage.limits import Limits
 
@@ -110,6 +110,9 @@ def check_direction(prompt: str, params: JobParams, guides: GuidePictures, limit
                          "add a cfg above 1 (3, say).")
     if len(params.negative_prompt) > max_prompt_chars:
         raise InputError(f"The negative prompt is longer than {max_prompt_chars} characters.")
+    if has_control_characters(params.negative_prompt):
+        raise InputError("The negative prompt contains invisible control characters; please type it again without "
+                         "them.")
     if not 0.0 < params.end_strength <= 1.0:
         raise InputError(f"The end frame strength must be above 0 and at most 1, not {params.end_strength:g}.")
     original = params.variant == "original"

@@ -44,9 +44,14 @@ def check_prompt(prompt: str, max_chars: int) -> str:
                          "characters.")
     if not "".join(c for c in prompt if c not in ZERO_WIDTH).strip():
         raise InputError("The prompt is empty.")
-    if any(unicodedata.category(c) == "Cc" and c not in _ALLOWED_CONTROLS for c in prompt):
+    if has_control_characters(prompt):
         raise InputError("The prompt contains invisible control characters; please type it again without them.")
     return prompt.strip()
+
+
+def has_control_characters(text: str) -> bool:
+    """Control characters besides newlines and tabs: never typed, and the tokenizer's to guess at."""
+    return any(unicodedata.category(c) == "Cc" and c not in _ALLOWED_CONTROLS for c in text)
 
 
 def _check_size(width: int, height: int, max_pixels: int) -> None:

@@ -88,7 +88,9 @@ def choose_loras(wanted: Sequence[tuple[str, float]], lora_dir: Path) -> tuple[J
 def unknown_lora(typed: str, names: list[str]) -> str:
     if not names:
         return f"There is no LoRA named {typed[:60]!r}: this bot has no LoRAs installed."
-    shown = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+    # Each name clipped: twenty file names of any length must still fit one chat message.
+    shown = ", ".join(name if len(name) <= 60 else name[:59] + "…" for name in names[:20])
+    shown += f" and {len(names) - 20} more" if len(names) > 20 else ""
     return f"There is no LoRA named {typed[:60]!r}. LoRAs here: {shown}."
 
 

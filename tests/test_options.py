@@ -8,6 +8,7 @@ from bot.options import parse_caption
 from storage.inputs import InputError, quoted
 from storage.jobs import JobParams, NewJob
 from storage.limits import parse_limit
+from storage.lora_catalog import unknown_lora
 from storage.request_checks import check_request
 from storage.settings import Settings
 
@@ -68,3 +69,22 @@ def test_quoted_keeps_short_text_whole_and_marks_a_cut():
     assert quoted("ten") == "'ten'"
     assert quoted("x" * 50) == repr("x" * 40 + "…")
     assert len(quoted(INVISIBLE)) < 300
+
+
+@pytest.mark.parametrize("caption", ["--seconds 5 a cat", "a cat --f1 dancing"])
+def test_prose_among_the_options_is_answered_with_the_order_they_take(caption):
+    with pytest.raises(InputError, match="is not an option: write the prompt first and the options after it"):
+        parse_caption(caption)
+
+
+def test_a_negative_prompt_with_control_characters_is_refused_like_a_prompt():
+    settings = Settings()
+    job = NewJob("telegram", "c", "u", "a cat", JobParams(seconds=1.0, steps=2, cfg=3.0, negative_prompt="blur\x07"))
+    with pytest.raises(InputError, match="negative prompt contains invisible control characters"):
+        check_request(job, settings.starting_limits(), settings)
+
+
+def test_the_answer_about_an_unknown_lora_fits_a_message_whatever_the_file_names():
+    names = [f"style_{i}_" + "x" * 240 for i in range(30)]
+    answer = unknown_lora("nope", names)
+    assert len(answer) < DISCORD_MESSAGE_LIMIT and "style_19_" in answer and "and 10 more" in answer
