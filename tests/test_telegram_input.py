@@ -9,36 +9,21 @@ import asyncio
 import logging
 
 import pytest
-from fake_telegram import FakeTelegram
 from helpers import picture_bytes, wait_for
+from test_telegram import telegram  # noqa: F401  (the fake Bot API)
 
 from bot import texts
 from bot.telegram_addressing import command_text, mentions
-from bot.telegram_frontend import UNPOSTED, TelegramBot
-from storage.settings import Settings
+from bot.telegram_frontend import UNPOSTED
 
-TOKEN = "123456:TEST-token"
 OWNER, OTHER = 501, 502
 GROUP = -100
 GENERIC = "Something went wrong on my side"
 
 
 @pytest.fixture()
-async def chat(stores, tmp_path):
-    fake = FakeTelegram(TOKEN)
-    url = await fake.start()
-    settings = Settings(data_dir=tmp_path / "data", telegram_token=TOKEN, telegram_api_url=url,
-                        max_queued_per_user=10, telegram_download_limit=20 * 2**20)
-    store = await stores(settings)
-    bot = TelegramBot(settings, store)
-    bot.watcher.poll = 0.1
-    stop = asyncio.Event()
-    task = asyncio.create_task(bot.run(stop))
-    await fake.wait_for("getMe", timeout=30)
-    yield type("Chat", (), {"fake": fake, "store": store, "bot": bot})()
-    stop.set()
-    await asyncio.wait_for(task, 30)
-    await fake.stop()
+def chat(telegram):  # noqa: F811  (test_telegram's bot and fake Bot API, with no worker started)
+    return telegram
 
 
 def _replies(fake, chat_id: int) -> list[str]:
