@@ -108,7 +108,9 @@ class Watcher:
             try:
                 await self.frontend.show_progress(job, text, preview)
             except Exception as error:  # a deleted message or a flaky network must not stop the loop
-                if self._permanent(error):  # e.g. blocked: stop editing; the result is still tried at the end
+                # e.g. blocked: stop editing; the result is still tried at the end. A preview file not found
+                # is not that: the next section's comes.
+                if self._permanent(error) and not isinstance(error, FileNotFoundError):
                     log.warning("job %d: progress can no longer be shown (%s)", job.id, _reason(error))
                     await self.store.set_status_message(job.id, None)
                 else:

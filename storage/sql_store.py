@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 
 from storage.extension_rules import check_extension_source
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 # A delivery that failed for a passing reason waits this long before the next try, doubling up to the cap.
 DELIVERY_RETRY_FIRST, DELIVERY_RETRY_MAX = 5.0, 3600.0
+StoredHook = Callable[[int], Awaitable[None]]  # run with the new job's id before its row is committed
 _IDS_PER_STATEMENT = 500  # mark_files_removed: well under either database's limit on arguments
 
 
@@ -94,12 +96,13 @@ class SqlJobStore(WorkerSide):
         async with self._read() as session:
             await self._check_quota(session, job, limits)
 
-    async def enqueue(self, job: NewJob, pictures: bytes | JobPictures) -> Enqueued:
+    async def enqueue(self, job: NewJob, pictures: bytes | JobPictures, stored: StoredHook | None = None) -> Enqueued:
         """Store the request and its pictures in one transaction; returns the job id and its position.
 
         `pictures` is the start picture's bytes, or a JobPictures with the end picture and keyframes that
         `job.guides` names. Raises InputError for a request over the limits or a picture that does not
-        decode, and QueueFull over the person's quota; nothing is stored then.
+        decode, and QueueFull over the person's quota; nothing is stored then. `stored(job_id)` runs once the
+        files are written, before the row is committed: it may raise Unavailable to store nothing.
         """
         if job.extends is not None:
             raise ValueError("an extension job is queued with enqueue_extension")
@@ -120,13 +123,16 @@ class SqlJobStore(WorkerSide):
             except OSError as error:
                 log.error("job %d: could not store the pictures: %s", job_id, error)
                 raise Unavailable(storage_trouble(error)) from None
+            if stored is not None:
+                await stored(job_id)
         return await self._queued(job, job_id)
 
-    async def enqueue_extension(self, job: NewJob, video: bytes | None = None) -> Enqueued:
+    async def enqueue_extension(self, job: NewJob, video: bytes | None = None,
+                                stored: StoredHook | None = None) -> Enqueued:
         """Store an extension request (`job.extends` names its source) and, for a video a person sent, its
         bytes; returns the job id and its position. The source job must be finished, this person's or shown in
         this chat, and still stored; the video passes storage/uploaded_videos.py's checks. Raises InputError,
-        QueueFull or Unavailable as enqueue does; nothing is stored then."""
+        QueueFull or Unavailable as enqueue does; nothing is stored then. `stored` as for enqueue."""
         if job.extends is None or (video is not None) != job.extends.from_video:
             raise ValueError("an uploaded video goes with an extension of a video, and only there")
         limits = await self.get_limits()
@@ -148,6 +154,8 @@ class SqlJobStore(WorkerSide):
             except OSError as error:
                 log.error("job %d: could not store the video: %s", job_id, error)
                 raise Unavailable(storage_trouble(error)) from None
+            if stored is not None:
+                await stored(job_id)
         return await self._queued(job, job_id)
 
     async def _check_source(self, job: NewJob) -> None:

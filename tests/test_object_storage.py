@@ -273,3 +273,122 @@ async def test_a_frontend_on_another_host_rerolls_and_tells_info_from_the_bucket
     finally:
         await frontend_a.close()
         await frontend_b.close()
+
+
+def _folder_bucket(tmp_path: Path) -> dict:
+    return dict(storage_url=f"file://{tmp_path / 'shared'}")
+
+
+def _flaky(monkeypatch, objects, method: str, failures: int, pause: float = 0.0) -> list[str]:
+    """The bucket's `method` fails `failures` times, then works (each call `pause` seconds late); returns the
+    keys it was called for."""
+    import time
+
+    real, called = getattr(objects, method), []
+
+    def flaky(key, path):
+        called.append(key)
+        time.sleep(pause)
+        if len(called) <= failures:
+            raise ObjectStoreError(f"the bucket did not answer ({method} {key})")
+        return real(key, path)
+
+    monkeypatch.setattr(objects, method, flaky)
+    return called
+
+
+async def test_an_enqueue_whose_inputs_the_bucket_will_not_take_stores_nothing(tmp_path, monkeypatch):
+    from storage import synced_store
+    from storage.jobs import Unavailable
+
+    monkeypatch.setattr(synced_store, "UPLOAD_PAUSES", (0.01, 0.01))
+    database = f"sqlite:///{tmp_path / 'shared.db'}"
+    frontend = await _synced_store(tmp_path / "frontend", database, _folder_bucket(tmp_path))
+    worker = await _synced_store(tmp_path / "worker", database, _folder_bucket(tmp_path))
+    try:
+        params = JobParams(seconds=1.0, resolution=64, steps=2)
+        tries = _flaky(monkeypatch, frontend.job_sync.objects, "put_file", failures=3)
+        with pytest.raises(Unavailable, match="could not store your picture"):
+            await frontend.enqueue(NewJob("telegram", "c", "u", "a cat", params), picture_bytes())
+        assert len(tries) == 3 and await frontend.queue_length() == 0 and await worker.claim("w") is None
+
+        monkeypatch.undo()
+        monkeypatch.setattr(synced_store, "UPLOAD_PAUSES", (0.01, 0.01))
+        _flaky(monkeypatch, frontend.job_sync.objects, "put_file", failures=1)  # a passing hiccup
+        job_id = (await frontend.enqueue(NewJob("telegram", "c", "u", "a dog", params), picture_bytes())).job_id
+        claimed = await worker.claim("w")
+        assert claimed.id == job_id and claimed.prompt == "a dog"
+        assert worker.job_sync.files.input_path(job_id).read_bytes() == picture_bytes()
+    finally:
+        await frontend.close()
+        await worker.close()
+
+
+async def test_a_job_whose_inputs_never_reach_the_bucket_fails_and_the_queue_moves_on(tmp_path, monkeypatch):
+    from storage import synced_store
+
+    database = f"sqlite:///{tmp_path / 'shared.db'}"
+    unsynced = await SqliteJobStore.open(Settings(data_dir=tmp_path / "misconfigured"), tmp_path / "shared.db")
+    frontend = await _synced_store(tmp_path / "frontend", database, _folder_bucket(tmp_path))
+    worker = await _synced_store(tmp_path / "worker", database, _folder_bucket(tmp_path))
+    try:
+        params = JobParams(seconds=1.0, resolution=64, steps=2)
+        lost = (await unsynced.enqueue(NewJob("telegram", "c", "u1", "a cat", params), picture_bytes())).job_id
+        fine = (await frontend.enqueue(NewJob("telegram", "c", "u2", "a dog", params), picture_bytes())).job_id
+        assert await worker.claim("w") is None  # within the grace: back to the queue, as if still uploading
+        assert (await worker.get(lost)).state is JobState.QUEUED
+        monkeypatch.setattr(synced_store, "INPUTS_GRACE_SECONDS", 0.0)
+        assert await worker.claim("w") is None
+        failed = await worker.get(lost)
+        assert failed.state is JobState.FAILED and failed.error == synced_store.INPUTS_MISSING
+        assert (await worker.claim("w")).id == fine
+    finally:
+        for store in (unsynced, frontend, worker):
+            await store.close()
+
+
+async def test_a_bucket_down_while_a_video_is_delivered_delays_it_and_loses_nothing(tmp_path, monkeypatch):
+    database = f"sqlite:///{tmp_path / 'shared.db'}"
+    frontend = await _synced_store(tmp_path / "frontend", database, _folder_bucket(tmp_path))
+    worker = await _synced_store(tmp_path / "worker", database, _folder_bucket(tmp_path))
+    try:
+        params = JobParams(seconds=1.0, resolution=64, steps=2)
+        job_id = (await frontend.enqueue(NewJob("telegram", "c", "u", "a cat", params), picture_bytes())).job_id
+        await worker.claim("w")
+        files = worker.job_sync.files
+        contents = _job_folder(files, job_id)
+        assert await worker.complete(job_id, "w", str(files.video_path(job_id)), {})
+        _flaky(monkeypatch, frontend.job_sync.objects, "get_file", failures=1)
+        assert await frontend.undelivered("telegram") == []  # not this pass: no job with another host's paths
+        (delivered,) = await frontend.undelivered("telegram")
+        assert Path(delivered.video).read_bytes() == contents[f"jobs/{job_id}/video.mp4"]
+    finally:
+        await frontend.close()
+        await worker.close()
+
+
+async def test_the_lease_is_renewed_while_a_claims_files_download(tmp_path, monkeypatch):
+    import asyncio
+
+    database = f"sqlite:///{tmp_path / 'shared.db'}"
+    frontend = await _synced_store(tmp_path / "frontend", database, _folder_bucket(tmp_path))
+    slow = await _synced_store(tmp_path / "slow_worker", database, _folder_bucket(tmp_path))
+    idle = await _synced_store(tmp_path / "idle_worker", database, _folder_bucket(tmp_path))
+    try:
+        params = JobParams(seconds=1.0, resolution=64, steps=2)
+        job_id = (await frontend.enqueue(NewJob("telegram", "c", "u", "a cat", params), picture_bytes())).job_id
+        _job_folder(frontend.job_sync.files, job_id)
+        frontend.job_sync.upload_work(job_id)  # a resumed job: a work folder to fetch, file by file
+        fetched = _flaky(monkeypatch, slow.job_sync.objects, "get_file", failures=0, pause=0.4)
+        claiming = asyncio.ensure_future(slow.claim("slow", lease_seconds=1.0))  # its download takes ~2.5 s
+        while (await frontend.get(job_id)).worker != "slow":
+            await asyncio.sleep(0.01)
+        while not claiming.done():
+            assert await idle.claim("idle", lease_seconds=1.0) is None  # the lease never ran out
+            await asyncio.sleep(0.2)
+        job = claiming.result()
+        assert job.id == job_id and len(fetched) >= 6
+        assert (await slow.get(job_id)).attempts == 1 and (await slow.get(job_id)).worker == "slow"
+    finally:
+        for store in (frontend, slow, idle):
+            await store.close()
