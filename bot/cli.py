@@ -7,7 +7,7 @@ import asyncio
 import os
 import sys
 
-ENGINE_COMMANDS = ("animate", "download", "doctor")
+ENGINE_COMMANDS = ("animate", "extend", "download", "doctor")
 ROLES = ("serve", "worker", "frontends")  # bot/serve.py's ROLES
 
 
@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("worker", help="a GPU host of several: one engine worker per GPU, no chat frontends")
     commands.add_parser("frontends", help="a host without a GPU: the chat frontends and their deliveries only")
     commands.add_parser("animate", help="render one video locally (framepack-bot animate --help)")
+    commands.add_parser("extend", help="continue a video locally (framepack-bot extend --help)")
     commands.add_parser("download", help="fetch the model weights (framepack-bot download --help)")
     commands.add_parser("doctor", help="check this machine: GPUs, memory, weights, the memory plan, the speed")
     args = parser.parse_args(argv)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable
-from urllib.parse import urlsplit
+
+from storage.url_secrets import url_passwords
 
 REDACTED = "***"
 NOISY_LOGGERS = ("httpx", "httpcore")  # one INFO line per HTTP request, with the URL (and the token in it)
@@ -25,11 +26,8 @@ def secrets_of(settings) -> list[str]:
         if token:
             found.append(token)
             found.extend(part for part in token.split(":")[1:] if len(part) >= 8)  # Telegram's id:secret
-    url = getattr(settings, "database_url", None)
-    if url:
-        password = urlsplit(url).password
-        if password:
-            found.append(password)
+    for url in (getattr(settings, "database_url", None), getattr(settings, "storage_url", None)):
+        found.extend(url_passwords(url))
     return sorted({s for s in found if len(s) >= 4}, key=len, reverse=True)  # longest first: no partial leftovers
 
 

@@ -111,7 +111,11 @@ def open_object_store(settings: Settings) -> ObjectStore | None:
         from obstore.store import LocalStore
 
         folder = Path(parts.path)
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            reason = error.strerror or error
+            raise ObjectStoreError(f"STORAGE_URL {url}: the folder cannot be made ({reason})") from None
         return ObjectStore(LocalStore(folder), url)
     from obstore.store import S3Store
 

@@ -8,10 +8,10 @@ pool beside it, and both procrastinate and PgQueuer run on it.
 from __future__ import annotations
 
 import logging
-from urllib.parse import urlsplit, urlunsplit
 
 from storage.jobs import StorageNotWritable
 from storage.log_setup import redact
+from storage.url_secrets import masked_url, url_passwords
 
 log = logging.getLogger(__name__)
 
@@ -31,20 +31,13 @@ def is_postgres_url(url: str | None) -> bool:
 
 
 def safe_url(url: str) -> str:
-    """The URL as a person may see it: user, host, port and database, the password replaced."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    host = f"[{host}]" if ":" in host else host  # an IPv6 address keeps its brackets
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    """The URL as a person may see it: user, hosts, database and parameters, every password replaced."""
+    return masked_url(url)
 
 
 def unreachable(url: str, error: Exception) -> DatabaseUnreachable:
     """libpq's reason for a failed connection, with the password taken out wherever it shows up."""
-    password = urlsplit(url).password
-    reason = redact(str(error).strip(), [password] if password else [])
+    reason = redact(str(error).strip(), url_passwords(url))
     reason = reason.removeprefix("connection failed: ").replace("\n", " ").replace("\t", "")
     return DatabaseUnreachable(
         f"The database at {safe_url(url)} cannot be used: {reason}. Check DATABASE_URL, that the server is "

@@ -16,6 +16,7 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator, mo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from storage.limits import BOUNDS, VARIANTS, Limits, parse_variants
+from storage.url_secrets import bad_hosts, masked_url, split_credentials
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class Settings(BaseSettings):
                                       allow_inf_nan=False)
 
     data_dir: Path = Field(Path("data"), description="Jobs, images, checkpoints and videos live here.")
-    database_url: str | None = None  # default: sqlite:///<data_dir>/framepack.db; or postgresql://...
+    database_url: str | None = Field(None, repr=False)  # default: sqlite:///<data_dir>/framepack.db; or postgresql://
     # Job files in an S3-compatible bucket as well as under data_dir (storage/object_store.py): s3://bucket/prefix,
     # or file:///shared/folder. Unset: data_dir alone. Credentials: the STORAGE_ ones, else AWS_* / the instance's.
     storage_url: str | None = None
@@ -72,12 +73,12 @@ class Settings(BaseSettings):
     extend_video_codecs: str = "h264,hevc,vp8,vp9,av1"
 
     # Chat frontends: each one runs when its token is set.
-    discord_token: str | None = None
+    discord_token: str | None = Field(None, repr=False)
     discord_api_url: str = "https://discord.com/api/v10"  # a proxy or a test server; its /gateway/bot names the gateway
     discord_guild_ids: str = ""  # comma-separated: commands appear there at once (global sync can take an hour)
     discord_admin_user_ids: str = ""  # comma-separated Discord user ids: every job and the limits, everywhere
     discord_manage_server_admins: bool = True  # members with Manage Server may cancel their server's jobs
-    telegram_token: str | None = None
+    telegram_token: str | None = Field(None, repr=False)
     telegram_api_url: str = "https://api.telegram.org"  # a self-hosted Bot API server or a test server
     telegram_admin_ids: str = ""  # comma-separated Telegram user ids
     # bytes; a self-hosted Bot API server allows up to 2 GB
@@ -184,6 +185,8 @@ class Settings(BaseSettings):
         if info.field_name == "database_url" and not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
             raise ValueError("use sqlite:///path/to/file.db or postgresql://user:password@host:5432/database "
                              "(or leave it unset)")
+        if info.field_name == "database_url" and not value.startswith("sqlite:") and (problem := bad_hosts(value)):
+            raise ValueError(problem)
         if info.field_name != "database_url" and any(c.isspace() for c in value):
             raise ValueError("has a space in it; paste the token alone")
         return value
@@ -194,6 +197,9 @@ class Settings(BaseSettings):
         value = (value or "").strip() or None
         if value is not None and not value.startswith(("s3://", "file://")):
             raise ValueError("use s3://bucket/prefix or file:///path/to/folder (or leave it unset)")
+        if value is not None and split_credentials(value)[1] is not None:
+            raise ValueError("holds credentials (name:key@): put them in STORAGE_ACCESS_KEY_ID and "
+                             "STORAGE_SECRET_ACCESS_KEY instead")
         return value
 
     @field_validator("engine_device")
@@ -252,6 +258,8 @@ class Settings(BaseSettings):
         if not all(p.isascii() and p.isdigit() for p in parts):
             what = "GPU numbers, e.g. 0,1" if info.field_name == "engine_gpus" else "numeric ids"
             raise ValueError(f"must be {what} separated by commas")
+        if info.field_name == "engine_gpus" and len({int(p) for p in parts}) < len(parts):
+            raise ValueError("names a GPU twice: each GPU runs one worker")
         return ",".join(parts)
 
     @field_validator("discord_api_url", "telegram_api_url")
@@ -271,7 +279,11 @@ class SettingsError(Exception):
 def describe(error: ValidationError) -> str:
     lines = []
     for e in error.errors():
-        shown = "***" if e["loc"] and e["loc"][0] in SECRETS else e.get("input")
+        shown = e.get("input")
+        if e["loc"] and e["loc"][0] in SECRETS:
+            shown = "***"
+        elif isinstance(shown, str) and "://" in shown:  # STORAGE_URL, say: a key typed into it stays hidden
+            shown = masked_url(shown)
         lines.append(f"{'.'.join(str(p) for p in e['loc']).upper()}: {e['msg']} (got {shown!r})")
     return "Invalid settings (environment or .env):\n  " + "\n  ".join(lines)
 
@@ -296,10 +308,13 @@ def misspelled(keys: Iterable[str]) -> list[str]:
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     env_file = Path(Settings.model_config["env_file"])
-    if env_file.is_file():
-        for warning in misspelled(dotenv_values(env_file, encoding="utf-8")):
-            log.warning(warning)
     try:
+        if env_file.is_file():
+            for warning in misspelled(dotenv_values(env_file, encoding="utf-8")):
+                log.warning(warning)
         return Settings()
     except ValidationError as error:
         raise SettingsError(describe(error)) from None
+    except UnicodeDecodeError as error:
+        raise SettingsError(f"{env_file.resolve()} is not UTF-8 text (byte {error.start} is not): save it as "
+                            "UTF-8") from None

@@ -44,9 +44,13 @@ class SqliteJobStore(SqlJobStore):
     @classmethod
     async def open(cls, settings: Settings, path: Path | None = None) -> SqliteJobStore:
         data_dir = Path(settings.data_dir)
-        data_dir.mkdir(parents=True, exist_ok=True)
         path = path or data_dir / "framepack.db"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        for folder in (data_dir, path.parent):
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise StorageNotWritable(f"The folder {folder} cannot be made ({error.strerror or error}). Check "
+                                         "DATA_DIR (and DATABASE_URL's path) and the permissions above it.") from None
         try:
             db = await aiosqlite.connect(path, isolation_level=None, timeout=30)
         except sqlite3.OperationalError as error:

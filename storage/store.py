@@ -72,9 +72,16 @@ class JobStore(Protocol):
 
 async def open_store(settings: Settings) -> JobStore:
     """The rows' store (see _open_rows), with the job files kept in the bucket too when STORAGE_URL is set."""
+    from storage.jobs import StorageNotWritable
+    from storage.object_store import ObjectStoreError
     from storage.synced_store import with_object_storage
 
-    return with_object_storage(await _open_rows(settings), settings)
+    rows = await _open_rows(settings)
+    try:
+        return with_object_storage(rows, settings)
+    except ObjectStoreError as error:  # a start-up problem like an unwritable database; the rows' store is let go
+        await rows.close()
+        raise StorageNotWritable(str(error)) from None
 
 
 async def _open_rows(settings: Settings) -> JobStore:

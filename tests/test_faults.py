@@ -516,3 +516,16 @@ async def test_a_long_queue_is_listed_as_far_as_one_message_holds(stores, tmp_pa
     assert len(text) <= max_chars and 10 < listed < 120
     assert f"… and {120 - listed} more of yours." in text
     assert text.endswith("120 job(s) waiting in all.\n" + texts.NO_WORKER)
+
+
+@pytest.mark.parametrize("setting", ["DATA_DIR", "STORAGE_URL"])
+def test_a_folder_that_cannot_be_made_refuses_to_start_with_one_message(tmp_path, tiny_models_dir, setting):
+    settings = worker_settings(tmp_path, tiny_models_dir)
+    (tmp_path / "a_file").write_text("not a folder")
+    folder = tmp_path / "a_file" / "below"  # under a file: no permission setting makes it possible, even as root
+    env = worker_env(settings) | {setting: str(folder) if setting == "DATA_DIR" else f"file://{folder}"}
+    done = subprocess.run([sys.executable, "-m", "bot.cli", "frontends"], env=env, cwd=Path(__file__).parents[1],
+                          capture_output=True, text=True, timeout=60)  # a store left open would hang it here
+    output = done.stdout + done.stderr
+    assert done.returncode == 2 and "cannot start" in output and "cannot be made" in output, output
+    assert "Traceback" not in output, output

@@ -157,7 +157,7 @@ def test_the_bot_side_never_imports_torch():
     assert out.stdout.strip() == "False"
 
 
-@pytest.mark.parametrize("command", ["animate", "download"])
+@pytest.mark.parametrize("command", ["animate", "extend", "download"])
 def test_engine_commands_pass_through_the_main_entry_point(command):
     out = subprocess.run([sys.executable, "-m", "bot.cli", command, "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and f"framepack-bot {command}" in out.stdout

@@ -165,3 +165,36 @@ def test_a_misspelled_setting_in_env_is_named(fresh_settings, tmp_path, caplog):
     assert any("MAX_WIDGETS " in w for w in warned)  # our prefix, no close name: still worth a word
     assert len(warned) == 4 and not any("HF_HOME" in w or "FOO" in w for w in warned)
 
+
+
+def test_the_settings_repr_shows_no_secret():
+    from storage.settings import Settings
+
+    shown = repr(Settings(database_url="postgresql://bob:hunter2pw@db/fp", telegram_token="123:hunter2tg",
+                          discord_token="hunter2.dc.token", storage_secret_access_key="hunter2s3"))
+    assert "hunter2" not in shown and "data_dir" in shown
+
+
+@pytest.mark.parametrize(("name", "value", "says"), [
+    ("DATABASE_URL", "postgresql://bob:hunter2@db:notaport/fp", "has a port that is not a number from 1 to 65535"),
+    ("DATABASE_URL", "postgresql://bob:hunter2@db1:5432,db2:99999/fp", "has a port that is not a number"),
+    ("DATABASE_URL", "postgresql://bob:hunter2@[::1/fp", "has an IPv6 host without its closing ]"),
+    ("STORAGE_URL", "s3://AKIAFRAMEPACK:hunter2@bucket/x", "holds credentials (name:key@)"),
+    ("ENGINE_GPUS", "0,1,0", "names a GPU twice"),
+])
+def test_a_malformed_address_or_gpu_list_is_named_and_no_secret_shown(fresh_settings, monkeypatch, name, value,
+                                                                      says):
+    from storage.settings import SettingsError
+
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as raised:
+        fresh_settings()
+    assert f"{name}: Value error, {says}" in str(raised.value) and "hunter2" not in str(raised.value)
+
+
+def test_an_env_file_that_is_not_utf8_is_named(fresh_settings, tmp_path):
+    from storage.settings import SettingsError
+
+    (tmp_path / ".env").write_bytes(b"TELEGRAM_TOKEN=caf\xe9\n")
+    with pytest.raises(SettingsError, match=r"\.env is not UTF-8 text \(byte 18 is not\): save it as UTF-8"):
+        fresh_settings()
