@@ -207,6 +207,7 @@ def _extend(args: argparse.Namespace) -> int:
     from engine.made_with import extension_made_with, stamp
     from engine.render import RenderRequest
     from storage.inputs import InputError, check_prompt
+    from storage.uploaded_videos import check_video
 
     settings = get_settings()
     args.out = args.out or args.video.with_name(args.video.stem + "_extended.mp4")
@@ -220,8 +221,8 @@ def _extend(args: argparse.Namespace) -> int:
             loras=_chosen_loras(args.lora, settings),
         ).checked(settings.max_prompt_chars, settings.max_seconds)
         _check_out_and_device(args)
-        if kept is None and not args.video.is_file():
-            raise InputError(f"No such video file: {args.video}")
+        if kept is None:  # before minutes of loading: a file that is no video, or too long, is refused now
+            check_video(args.video, VideoLimits.from_settings(settings))
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT

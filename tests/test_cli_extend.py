@@ -67,3 +67,10 @@ def test_extend_refuses_bad_input_with_a_message(tiny_models_dir, tmp_path, args
     result = _run(["extend", *args, *TINY, "--models", str(tiny_models_dir)], cwd=tmp_path)
     assert result.returncode == 2 and message in result.stderr, result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.mp4"]
+
+
+def test_a_file_that_is_no_video_is_refused_before_the_models_load(tmp_path):
+    (tmp_path / "notes.mp4").write_text("just words")
+    (tmp_path / "no_models").mkdir()  # loading would fail with missing weights (exit 3): it never starts
+    result = _run(["extend", "notes.mp4", "go on", *TINY, "--models", str(tmp_path / "no_models")], cwd=tmp_path)
+    assert result.returncode == 2 and "not a video I can read" in result.stderr, result.stderr
