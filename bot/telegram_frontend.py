@@ -7,12 +7,13 @@ self-hosted Bot API server (bigger uploads) or a test server can stand in for Te
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup, InputMediaAnimation, Message, Update
 from telegram.constants import ChatType
-from telegram.error import BadRequest, Forbidden, RetryAfter, TelegramError
+from telegram.error import BadRequest, ChatMigrated, Forbidden, RetryAfter, TelegramError
 from telegram.ext import (
     Application,
     ApplicationBuilder,
@@ -438,6 +439,25 @@ class TelegramBot:
         return PRIVATE_EDIT_SECONDS if int(job.chat_id) > 0 else GROUP_EDIT_SECONDS
 
     async def show_progress(self, job: Job, text: str, preview: str | None) -> None:
+        try:
+            await self._show_progress(job, text, preview)
+        except ChatMigrated as moved:  # the status message stayed in the old group: a new one there
+            await self._show_progress(await self._moved(job, moved), text, preview)
+
+    async def deliver(self, job: Job) -> None:
+        try:
+            await self._deliver(job)
+        except ChatMigrated as moved:
+            await self._deliver(await self._moved(job, moved))
+
+    async def _moved(self, job: Job, moved: ChatMigrated) -> Job:
+        """A group upgraded to a supergroup has a new chat id, and its old one takes no message: every job of the
+        group follows it, else no progress or video would ever reach it."""
+        new_chat_id = str(moved.new_chat_id)
+        await self.store.move_chat(PLATFORM, job.chat_id, new_chat_id)
+        return dataclasses.replace(job, chat_id=new_chat_id, status_message=UNPOSTED if job.status_message else None)
+
+    async def _show_progress(self, job: Job, text: str, preview: str | None) -> None:
         if job.status_message == UNPOSTED:
             sent = await self.app.bot.send_message(
                 job.chat_id, text, reply_markup=_buttons(job.id), allow_sending_without_reply=True,
@@ -473,7 +493,7 @@ class TelegramBot:
                 return
             raise
 
-    async def deliver(self, job: Job) -> None:
+    async def _deliver(self, job: Job) -> None:
         bot = self.app.bot
         reply_to = int(job.reply_to) if job.reply_to else None
         video_path = job.video_for_limit(self.settings.telegram_upload_limit)

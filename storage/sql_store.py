@@ -258,6 +258,18 @@ class SqlJobStore(WorkerSide):
         async with self._write() as session:
             await session.execute("UPDATE jobs SET status_message=? WHERE id=?", (message_id, job_id))
 
+    async def move_chat(self, platform: str, old_chat_id: str, new_chat_id: str) -> int:
+        """Every job of a chat that changed its id (a Telegram group upgraded to a supergroup) now in the new one;
+        returns how many."""
+        async with self._write() as session:
+            ids = [row[0] for row in await session.all(
+                "SELECT id FROM jobs WHERE platform=? AND chat_id=?", (platform, old_chat_id))]
+            for job_id in ids:
+                await session.execute("UPDATE jobs SET chat_id=? WHERE id=?", (new_chat_id, job_id))
+                await self._job_changed(session, job_id)
+        log.info("%s chat %s became %s: %d job(s) moved", platform, old_chat_id, new_chat_id, len(ids))
+        return len(ids)
+
     # ----- retention ------------------------------------------------------------------------------
 
     async def expired_jobs(self, finished_before: float) -> list[int]:

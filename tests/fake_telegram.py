@@ -37,6 +37,7 @@ class FakeTelegram:
         self.fail_next: dict[str, int] = {}  # method -> seconds of a 429 retry_after to answer once
         self.blocked: set[int] = set()  # chats whose user blocked the bot: sending there answers 403
         self.server_errors: dict[str, int] = {}  # method -> how many 500s to answer before working again
+        self.migrated: dict[int, int] = {}  # group id -> its supergroup's: the old id takes no message any more
         self.runner: web.AppRunner | None = None
         self.url = ""
 
@@ -193,6 +194,11 @@ class FakeTelegram:
             self.server_errors[method] -= 1
             return web.json_response({"ok": False, "error_code": 500, "description": "Internal Server Error"},
                                      status=500)
+        chat = int(params.get("chat_id") or 0)
+        if method.startswith(("send", "edit", "delete")) and chat in self.migrated:
+            return web.json_response({"ok": False, "error_code": 400,
+                                      "description": "Bad Request: group chat was upgraded to a supergroup chat",
+                                      "parameters": {"migrate_to_chat_id": self.migrated[chat]}}, status=400)
         if method.startswith(("send", "edit")) and int(params.get("chat_id") or 0) in self.blocked:
             return web.json_response({"ok": False, "error_code": 403,
                                       "description": "Forbidden: bot was blocked by the user"}, status=403)

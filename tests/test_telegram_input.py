@@ -204,3 +204,27 @@ def test_the_command_of_a_caption(text, expected):
 ])
 def test_a_mention_of_the_bot_is_a_whole_word_in_any_case(text, ours):
     assert mentions(text, "framepack_test_bot") is ours
+
+
+async def test_a_group_upgraded_to_a_supergroup_gets_its_progress_and_video_there(chat, tmp_path):
+    from storage.jobs import Progress
+
+    fake, store = chat.fake, chat.store
+    supergroup = -1001234
+    fake.send_photo(GROUP, OWNER, picture_bytes(), caption="/animate a cat --seconds 1")
+    await fake.wait_for("sendMessage", lambda p: "Job 1" in p.get("text", ""))
+    job = await store.claim("w")
+    fake.migrated[GROUP] = supergroup  # the group's admins changed a setting: Telegram moved it
+    await store.report_progress(job.id, "w", Progress(1, 2, 1, 2, None), lease=job.lease)
+    status = await fake.wait_for("sendMessage", lambda p: int(p["chat_id"]) == supergroup, timeout=30)
+    assert "Job 1: section 1/2" in status["text"] and (await store.get(job.id)).chat_id == str(supergroup)
+    video = tmp_path / "video.mp4"
+    video.write_bytes(b"\0\0\0\x18ftypmp42" + bytes(64))
+    assert await store.complete(job.id, "w", str(video), {}, lease=job.lease)
+    sent = await fake.wait_for("sendVideo", timeout=30)
+    assert int(sent["chat_id"]) == supergroup
+
+    async def delivered():
+        return (await store.get(job.id)).delivered
+
+    await wait_for(delivered, timeout=30)
