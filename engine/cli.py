@@ -80,10 +80,12 @@ def _load_direction_pictures(args: argparse.Namespace, settings):
 def _parser() -> argparse.ArgumentParser:
     settings = get_settings()
     parser = argparse.ArgumentParser(prog="framepack-bot", description="Animate a picture with FramePack.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what the engine does")
+    # On each command, after its name: `framepack-bot animate -v ...` is how the bot's own entry point passes it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", help="log what the engine does")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    animate = commands.add_parser("animate", help="render one video locally, no chat")
+    animate = commands.add_parser("animate", parents=[common], help="render one video locally, no chat")
     animate.add_argument("image", type=Path)
     animate.add_argument("prompt")
     animate.add_argument("--seconds", type=float, default=settings.default_seconds)
@@ -106,18 +108,19 @@ def _parser() -> argparse.ArgumentParser:
     _add_lora_arg(animate)
     _add_model_args(animate)
 
-    _add_extend_command(commands, settings)
+    _add_extend_command(commands, settings, common)
 
-    commands.add_parser("doctor", help="can the bot run here, with which memory plan, how fast; what to change")
+    commands.add_parser("doctor", parents=[common],
+                        help="can the bot run here, with which memory plan, how fast; what to change")
 
-    download = commands.add_parser("download", help="fetch all model weights ahead of time")
+    download = commands.add_parser("download", parents=[common], help="fetch all model weights ahead of time")
     download.add_argument("--variant", action="append", help="original and/or f1 (default: both)")
     _add_model_args(download)
     return parser
 
 
-def _add_extend_command(commands, settings) -> None:
-    extend = commands.add_parser("extend", help="continue a video by N seconds with the F1 sampler")
+def _add_extend_command(commands, settings, common: argparse.ArgumentParser) -> None:
+    extend = commands.add_parser("extend", parents=[common], help="continue a video by N seconds with the F1 sampler")
     extend.add_argument("video", type=Path, help="an MP4 or WebM, made by the bot or not")
     extend.add_argument("prompt", help="what happens next")
     extend.add_argument("--seconds", type=float, default=settings.default_seconds, help="seconds to add")

@@ -262,6 +262,20 @@ class Settings(BaseSettings):
             raise ValueError("names a GPU twice: each GPU runs one worker")
         return ",".join(parts)
 
+    @field_validator("extend_video_codecs")
+    @classmethod
+    def _codec_names(cls, value: str) -> str:
+        names = [name.strip().lower() for name in value.split(",") if name.strip()]
+        if not names or not all(re.fullmatch(r"[a-z0-9_]+", name) for name in names):
+            raise ValueError("must be ffmpeg codec names separated by commas, e.g. h264,hevc,vp9")
+        return ",".join(names)
+
+    @field_validator("storage_endpoint_url")
+    @classmethod
+    def _an_optional_address(cls, value: str | None) -> str | None:
+        value = (value or "").strip() or None
+        return None if value is None else cls._an_address(value)
+
     @field_validator("discord_api_url", "telegram_api_url")
     @classmethod
     def _an_address(cls, value: str) -> str:

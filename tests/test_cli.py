@@ -179,3 +179,12 @@ def test_doctor_passes_a_cpu_machine_with_its_weights(tmp_path, tiny_models_dir)
     done = _doctor({"FRAMEPACK_MODELS_DIR": str(tiny_models_dir), "ENGINE_DEVICE": "cpu"}, tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "The bot can run here." in done.stdout
+
+
+@pytest.mark.parametrize("command", [["animate", "cat.png", "a cat"], ["extend", "v.mp4", "on"], ["download"],
+                                     ["doctor"]])
+def test_verbose_is_taken_after_the_command_as_framepack_bot_passes_it(command):
+    from engine.cli import _parser
+
+    assert _parser().parse_args([command[0], "-v", *command[1:]]).verbose is True
+    assert _parser().parse_args(command).verbose is False

@@ -91,6 +91,7 @@ def fresh_settings(monkeypatch, tmp_path):
         ("ENGINE_STREAM_SLOTS", "0"), ("DEFAULT_SEED", "-1"), ("MAX_PROMPT_CHARS", "0"),
         ("DISCORD_GUILD_IDS", "my-server"), ("DISCORD_ADMIN_USER_IDS", "@me"), ("TELEGRAM_ADMIN_IDS", "me"),
         ("DISCORD_API_URL", "discord.com/api"), ("TELEGRAM_API_URL", "ftp://api.telegram.org"),
+        ("STORAGE_ENDPOINT_URL", "minio-host:9000"), ("EXTEND_VIDEO_CODECS", "h264,,!!"), ("EXTEND_VIDEO_CODECS", ","),
     ],
 )
 def test_a_value_out_of_range_names_its_setting(fresh_settings, monkeypatch, name, value):
