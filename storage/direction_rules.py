@@ -115,6 +115,8 @@ def check_direction(prompt: str, params: JobParams, guides: GuidePictures, limit
                          "them.")
     if not 0.0 < params.end_strength <= 1.0:
         raise InputError(f"The end frame strength must be above 0 and at most 1, not {params.end_strength:g}.")
+    if params.end_strength != 1.0 and not (guides.end or params.loop):  # else it would do nothing, unsaid
+        raise InputError("An end strength needs an end picture (or a loop) to pull towards.")
     original = params.variant == "original"
     for wanted, what in ((guides.end, "An end frame"), (bool(guides.keyframes), "Keyframes"), (params.loop, "A loop")):
         if wanted and not original:

@@ -88,3 +88,18 @@ def test_the_answer_about_an_unknown_lora_fits_a_message_whatever_the_file_names
     names = [f"style_{i}_" + "x" * 240 for i in range(30)]
     answer = unknown_lora("nope", names)
     assert len(answer) < DISCORD_MESSAGE_LIMIT and "style_19_" in answer and "and 10 more" in answer
+
+
+@pytest.mark.parametrize(("end", "loop", "refused"), [(False, False, True), (True, False, False),
+                                                      (False, True, False)])
+def test_an_end_strength_without_an_end_picture_or_loop_is_refused(end, loop, refused):
+    from storage.jobs import GuidePictures
+
+    settings = Settings()
+    params = JobParams(seconds=2.0, steps=2, end_strength=0.5, loop=loop)
+    job = NewJob("discord", "c", "u", "a cat", params, guides=GuidePictures(end=end))
+    if refused:
+        with pytest.raises(InputError, match="An end strength needs an end picture"):
+            check_request(job, settings.starting_limits(), settings)
+    else:
+        check_request(job, settings.starting_limits(), settings)
