@@ -375,10 +375,10 @@ class DiscordBot:
             guides=guides or GuidePictures(),
         )
 
-    def params_for(self, interaction: discord.Interaction, request: Request, loras: tuple[JobLora, ...] = ()
-                   ) -> JobParams:
+    def params_for(self, interaction: discord.Interaction, request: Request, loras: tuple[JobLora, ...] = (),
+                   limits: Limits | None = None) -> JobParams:
         upload_limit = getattr(interaction, "filesize_limit", None) or DEFAULT_UPLOAD_LIMIT
-        return job_params(request, self.settings, upload_limit, loras=loras)
+        return job_params(request, self.settings, upload_limit, loras=loras, limits=limits)
 
     async def complete_lora(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
         """The LoRA names in LORA_DIR that fit what was typed (Discord shows up to 25)."""
@@ -412,7 +412,7 @@ class DiscordBot:
         except InputError as error:
             await interaction.response.send_message(str(error), ephemeral=True)
             return
-        job = self.new_job(interaction, request.prompt, self.params_for(interaction, request, loras), guides)
+        job = self.new_job(interaction, request.prompt, self.params_for(interaction, request, loras, limits), guides)
         await self.queue_job(interaction, job, fetch, check)
 
     async def queue_job(self, interaction: discord.Interaction, job: NewJob,

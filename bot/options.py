@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from storage.inputs import InputError, quoted
 from storage.jobs import GuidePictures, JobLora, JobParams
-from storage.limits import MAX_KEYFRAMES
+from storage.limits import MAX_KEYFRAMES, Limits
 from storage.settings import Settings
 
 FAST_TEACACHE = 0.15  # the FramePack demos' TeaCache threshold: about 2x, with small visible changes
@@ -159,16 +159,21 @@ def new_seed() -> int:
 
 
 def job_params(request: Request, settings: Settings, upload_limit: int, seed: int | None = None,
-               loras: tuple[JobLora, ...] = ()) -> JobParams:
+               loras: tuple[JobLora, ...] = (), limits: Limits | None = None) -> JobParams:
     """The job's parameters: what the person asked for, the configured defaults for the rest; `loras` are
-    request.loras once checked (bot/loras.py)."""
+    request.loras once checked (bot/loras.py). With the admins' `limits`, a default they lowered the limit under
+    (or a variant they switched off) gives way to the limit, where it would refuse every request that names none."""
     if seed is None:
         seed = request.seed if request.seed is not None else new_seed()
+    seconds, steps, variant = settings.default_seconds, settings.default_steps, "original"
+    if limits is not None:
+        seconds, steps = min(seconds, limits.max_seconds), min(steps, limits.max_steps)
+        variant = variant if variant in limits.allowed_variants else limits.allowed_variants[0]
     return JobParams(
-        seconds=request.seconds if request.seconds is not None else settings.default_seconds,
-        variant=request.variant or "original",
+        seconds=request.seconds if request.seconds is not None else seconds,
+        variant=request.variant or variant,
         seed=seed,
-        steps=request.steps if request.steps is not None else settings.default_steps,
+        steps=request.steps if request.steps is not None else steps,
         resolution=settings.render_resolution,
         upload_limits=(upload_limit,),
         teacache=FAST_TEACACHE if request.fast else 0.0,

@@ -36,6 +36,7 @@ from bot.watcher import Frontend, Undeliverable, Watcher
 from storage.files import JobFiles
 from storage.inputs import InputError
 from storage.jobs import Enqueued, GuidePictures, Job, JobLora, JobParams, JobPictures, JobState, NewJob, parse_job_id
+from storage.limits import Limits
 from storage.settings import Settings
 from storage.store import JobStore
 
@@ -229,7 +230,8 @@ class TelegramBot:
             if not request.prompt:
                 raise InputError("The prompt is empty.\n" + EXAMPLE)
             guides = album_guides(request, len(sources))
-            job = self.new_job(reply_to, user, request, guides, await chosen_loras(request, self.settings))
+            job = self.new_job(reply_to, user, request, guides, await chosen_loras(request, self.settings),
+                               await self.store.get_limits())
             await self.store.check_request(job)  # before a byte is downloaded
             pictures = await self._download_pictures(sources, guides)
             enqueued = await self.store.enqueue(job, pictures)
@@ -270,8 +272,8 @@ class TelegramBot:
         return CLOUD_DOWNLOAD_LIMIT if CLOUD_API_HOST in self.settings.telegram_api_url else None
 
     def new_job(self, message: Message, user, request: Request, guides: GuidePictures,
-                loras: tuple[JobLora, ...] = ()) -> NewJob:
-        params = job_params(request, self.settings, self.settings.telegram_upload_limit, loras=loras)
+                loras: tuple[JobLora, ...] = (), limits: Limits | None = None) -> NewJob:
+        params = job_params(request, self.settings, self.settings.telegram_upload_limit, loras=loras, limits=limits)
         return NewJob(
             platform=PLATFORM, chat_id=str(message.chat_id), user_id=str(user.id), prompt=request.prompt,
             params=params, reply_to=str(message.message_id), user_name=user.username or user.full_name,

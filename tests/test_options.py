@@ -103,3 +103,20 @@ def test_an_end_strength_without_an_end_picture_or_loop_is_refused(end, loop, re
             check_request(job, settings.starting_limits(), settings)
     else:
         check_request(job, settings.starting_limits(), settings)
+
+
+def test_defaults_the_admins_lowered_a_limit_under_give_way_to_it():
+    import dataclasses
+
+    from bot.options import job_params
+
+    settings = Settings(default_seconds=5.0, default_steps=25)
+    limits = dataclasses.replace(settings.starting_limits(), max_seconds=3.0, max_steps=10, allowed_variants=("f1",))
+    plain = job_params(parse_caption("a cat"), settings, 10**7, limits=limits)
+    assert (plain.seconds, plain.steps, plain.variant) == (3.0, 10, "f1")
+    job = NewJob("telegram", "c", "u", "a cat", plain)
+    check_request(job, limits, settings)  # the plain request passes the lowered limits
+    asked = job_params(parse_caption("a cat --seconds 4 --steps 12 --original"), settings, 10**7, limits=limits)
+    assert (asked.seconds, asked.steps, asked.variant) == (4.0, 12, "original")  # still refused, with the reason
+    untouched = job_params(parse_caption("a cat"), settings, 10**7, limits=settings.starting_limits())
+    assert (untouched.seconds, untouched.steps, untouched.variant) == (5.0, 25, "original")

@@ -228,3 +228,13 @@ async def test_a_group_upgraded_to_a_supergroup_gets_its_progress_and_video_ther
         return (await store.get(job.id)).delivered
 
     await wait_for(delivered, timeout=30)
+
+
+async def test_a_plain_request_fits_limits_the_admins_lowered_under_the_defaults(chat):
+    fake, store = chat.fake, chat.store
+    await store.set_limit("max_seconds", "3", "admin")
+    await store.set_limit("allowed_variants", "f1", "admin")
+    fake.send_photo(OWNER, OWNER, picture_bytes(), caption="a cat turns its head")
+    await fake.wait_for("sendMessage", lambda p: "Job 1" in p.get("text", ""), timeout=30)
+    params = (await store.get(1)).params
+    assert (params.seconds, params.variant) == (3.0, "f1")
