@@ -81,6 +81,8 @@ class SqlJobStore(WorkerSide):
             f"SELECT COUNT(*) FROM jobs WHERE platform=? AND user_id=? AND state IN {ACTIVE}",
             (job.platform, job.user_id),
         )
+        if limits.max_queued_per_user == 0:
+            raise QueueFull("The bot takes no new videos right now (its admins paused it). Try again later.")
         if waiting >= limits.max_queued_per_user:
             raise QueueFull(
                 f"You already have {waiting} video(s) waiting; the limit is {limits.max_queued_per_user}. "
@@ -246,7 +248,7 @@ class SqlJobStore(WorkerSide):
                 return None
             (attempts,) = await session.one(
                 "SELECT delivery_attempts FROM jobs WHERE id=?" + self.dialect.for_update(), (job_id,))
-            pause = min(DELIVERY_RETRY_FIRST * 2**attempts, DELIVERY_RETRY_MAX)
+            pause = min(DELIVERY_RETRY_FIRST * 2 ** min(attempts, 30), DELIVERY_RETRY_MAX)  # 2**1024 is no float
             await session.execute(  # the claim goes: the next try may come from any frontend process
                 f"UPDATE jobs SET delivery_attempts=delivery_attempts+1, next_delivery_at={NOW} + ?, "
                 "delivery_claimed_by=NULL, delivery_claim_expires_at=NULL WHERE id=?",

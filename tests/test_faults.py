@@ -23,7 +23,7 @@ import engine.worker as worker_module
 from engine.store_outage import StoreOutage
 from engine.video import probe
 from engine.worker import FAILED_TEXT, Worker
-from storage.jobs import JobParams, JobState, NewJob
+from storage.jobs import JobParams, JobState, NewJob, QueueFull
 from storage.settings import Settings
 
 TINY = dict(resolution=64, steps=2)
@@ -529,3 +529,21 @@ def test_a_folder_that_cannot_be_made_refuses_to_start_with_one_message(tmp_path
     output = done.stdout + done.stderr
     assert done.returncode == 2 and "cannot start" in output and "cannot be made" in output, output
     assert "Traceback" not in output, output
+
+
+async def test_a_quota_of_zero_says_the_bot_is_paused(stores, tmp_path):
+    store = await stores(Settings(data_dir=tmp_path / "d"))
+    await store.set_limit("max_queued_per_user", "0", "admin")
+    job = NewJob("telegram", "c", "u0", "a boat drifts", JobParams(**{"seconds": 1.0, **TINY}))
+    with pytest.raises(QueueFull, match="takes no new videos right now"):
+        await store.enqueue(job, picture_bytes())
+
+
+async def test_a_delivery_failing_for_weeks_keeps_its_hourly_pause(stores, tmp_path):
+    store = await stores(Settings(data_dir=tmp_path / "d"))
+    (job_id,) = await _enqueue(store)
+    for attempts in (0, 12, 1100):  # 2**1100 seconds is no float: the pause stays capped
+        async with store._write() as session:
+            await session.execute("UPDATE jobs SET delivery_attempts=? WHERE id=?", (attempts, job_id))
+        pause = await store.delivery_failed(job_id, "a passing error", permanent=False)
+        assert pause == (5.0 if attempts == 0 else 3600.0)
