@@ -623,7 +623,7 @@ class DiscordBot:
         if lost:  # tell the person rather than nothing, then record why it was not delivered
             content, path = f"<@{job.user_id}> " + texts.VIDEO_LOST.format(job=job.id), None
         if path and os.path.getsize(path) > limit:
-            content += f"\nThe video is larger than this chat's upload limit ({limit / 1e6:g} MB)."
+            content += texts.OVER_UPLOAD_LIMIT.format(mb=limit / 1e6)
             path = None
         message: dict = {
             "content": content[:2000],
@@ -641,7 +641,17 @@ class DiscordBot:
             reference = discord.MessageReference(message_id=int(job.status_message), channel_id=int(job.chat_id),
                                                  fail_if_not_exists=False)
         try:
-            await self._channel(job).send(files=files(), reference=reference, **message)
+            try:
+                await self._channel(job).send(files=files(), reference=reference, **message)
+            except discord.HTTPException as error:
+                if error.status != 413 or not path:
+                    raise
+                # The server's limit is lower than when the job was queued (boosts lapsed): no retry gets the file
+                # through, the text still can.
+                log.warning("discord: job %d: the video was refused as too large (%s)", job.id, error)
+                refused = texts.REFUSED_AS_TOO_LARGE.format(mb=os.path.getsize(path) / 1e6)
+                message["content"], path = (content + refused)[:2000], None
+                await self._channel(job).send(files=[], reference=reference, **message)
         except (discord.Forbidden, discord.NotFound):  # no Send Messages there, or the channel is gone
             await self._deliver_elsewhere(job, files, message)
         if job.status_message and job.status_message != UNPOSTED:

@@ -10,10 +10,11 @@ import asyncio
 import dataclasses
 import logging
 import os
+import time
 
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup, InputMediaAnimation, Message, Update
 from telegram.constants import ChatType
-from telegram.error import BadRequest, ChatMigrated, Forbidden, RetryAfter, TelegramError
+from telegram.error import BadRequest, ChatMigrated, Forbidden, NetworkError, RetryAfter, TelegramError
 from telegram.ext import (
     Application,
     ApplicationBuilder,
@@ -105,6 +106,7 @@ class TelegramBot:
         self.albums = AlbumCollector(self.on_album)
         app.add_handler(MessageHandler(_InAlbum(), self.on_album_part))
         self.files = JobFiles(settings.data_dir)
+        self._quiet_until: dict[str, float] = {}  # chat id -> when Telegram's flood control lets edits resume
         self.extensions = TelegramExtensions(self)
         self.extensions.add_handlers(app)
         app.add_handler(MessageHandler(filters.PHOTO | filters.Document.IMAGE, self.on_picture))
@@ -440,11 +442,15 @@ class TelegramBot:
     def _edit_interval(self, job: Job) -> float:
         return PRIVATE_EDIT_SECONDS if int(job.chat_id) > 0 else GROUP_EDIT_SECONDS
 
-    async def show_progress(self, job: Job, text: str, preview: str | None) -> None:
+    async def show_progress(self, job: Job, text: str, preview: str | None) -> bool:
+        """False while Telegram's flood control pauses edits in the job's chat: nothing was tried."""
+        if time.monotonic() < self._quiet_until.get(job.chat_id, 0.0):
+            return False
         try:
             await self._show_progress(job, text, preview)
         except ChatMigrated as moved:  # the status message stayed in the old group: a new one there
             await self._show_progress(await self._moved(job, moved), text, preview)
+        return True
 
     async def deliver(self, job: Job) -> None:
         try:
@@ -471,21 +477,28 @@ class TelegramBot:
         bot = self.app.bot
         try:
             if preview and kind == "t":
-                # A text message cannot become an animation: send the preview, then drop the text.
+                # A text message cannot become an animation: send the preview, then drop the text. The photo it
+                # answers may have been deleted since: then it comes without the reply.
                 with open(preview, "rb") as gif:
-                    sent = await bot.send_animation(job.chat_id, gif, caption=text, reply_markup=_buttons(job.id),
-                                                    reply_to_message_id=int(job.reply_to))
+                    sent = await bot.send_animation(
+                        job.chat_id, gif, caption=text, reply_markup=_buttons(job.id), allow_sending_without_reply=True,
+                        reply_to_message_id=int(job.reply_to) if job.reply_to else None)
                 await self.store.set_status_message(job.id, f"a:{sent.message_id}")
                 await _quietly(bot.delete_message(job.chat_id, message_id))
             elif preview:
                 with open(preview, "rb") as gif:
                     await bot.edit_message_media(InputMediaAnimation(gif, caption=text), chat_id=job.chat_id,
                                                  message_id=message_id, reply_markup=_buttons(job.id))
+            elif kind == "a":  # no new preview yet (a resumed render's first report): the animation's caption
+                await bot.edit_message_caption(chat_id=job.chat_id, message_id=message_id, caption=text,
+                                               reply_markup=_buttons(job.id))
             else:
                 await bot.edit_message_text(text, chat_id=job.chat_id, message_id=message_id,
                                             reply_markup=_buttons(job.id))
         except RetryAfter as wait:
-            log.info("telegram: flood control, progress edit skipped for %s s", wait.retry_after)
+            self._quiet_until[job.chat_id] = time.monotonic() + _seconds(wait.retry_after)
+            log.info("telegram: flood control, progress edits in chat %s paused for %s s", job.chat_id,
+                     wait.retry_after)
         except BadRequest as error:
             if "not modified" in str(error).lower():
                 return
@@ -498,14 +511,23 @@ class TelegramBot:
     async def _deliver(self, job: Job) -> None:
         bot = self.app.bot
         reply_to = int(job.reply_to) if job.reply_to else None
-        video_path = job.video_for_limit(self.settings.telegram_upload_limit)
+        limit = self.settings.telegram_upload_limit
+        video_path = job.video_for_limit(limit)
         if job.state is JobState.DONE and not (video_path and os.path.isfile(video_path)):
             await bot.send_message(job.chat_id, texts.VIDEO_LOST.format(job=job.id), reply_to_message_id=reply_to,
                                    allow_sending_without_reply=True)
             raise Undeliverable("the video file is missing")
+        # The limit may have been lowered since the job made its copies; the server may take less than it says.
+        too_big = job.state is JobState.DONE and os.path.getsize(video_path) > limit
         while True:
             try:
-                if job.state is JobState.DONE:
+                if too_big:
+                    size = os.path.getsize(video_path) / 1e6
+                    why = texts.OVER_UPLOAD_LIMIT.format(mb=limit / 1e6) if size * 1e6 > limit else \
+                        texts.REFUSED_AS_TOO_LARGE.format(mb=size)
+                    await bot.send_message(job.chat_id, texts.finished(job) + why, reply_to_message_id=reply_to,
+                                           allow_sending_without_reply=True)
+                elif job.state is JobState.DONE:
                     with open(video_path, "rb") as video:
                         await bot.send_video(
                             job.chat_id, video, caption=texts.finished(job)[:1024], supports_streaming=True,
@@ -519,6 +541,11 @@ class TelegramBot:
             except RetryAfter as wait:  # never drop a finished video: wait as long as Telegram asks
                 log.info("telegram: flood control, delivering job %d in %s s", job.id, wait.retry_after)
                 await asyncio.sleep(_seconds(wait.retry_after))
+            except NetworkError as error:  # a 413: no retry would get the file through, a text still can
+                if too_big or "too large" not in str(error).lower():
+                    raise
+                log.warning("telegram: job %d: the server refused the video as too large (%s)", job.id, error)
+                too_big = True
         if job.status_message and job.status_message != UNPOSTED:
             kind, _, raw = job.status_message.partition(":")
             await _quietly(bot.delete_message(job.chat_id, int(raw)))

@@ -181,6 +181,8 @@ EXTEND_USAGE_DISCORD = "Attach a video (video:) or name one of the bot's jobs (j
 EXTEND_ONE_SOURCE = "Give either a video or a job number to extend, not both."
 NOT_A_VIDEO = "That file is not a video. Send an MP4 or WebM video to extend."
 EXTEND_QUEUED = "Queued: the video will be extended."
+OVER_UPLOAD_LIMIT = "\nThe video is larger than this chat's upload limit ({mb:g} MB), so it could not be sent."
+REFUSED_AS_TOO_LARGE = "\nThe video ({mb:.1f} MB) was refused as too large for this chat, so it could not be sent."
 EDIT_NOT_READ = ("Edits are not read: a job keeps what its message first said. To change it, cancel the job and "
                  "send it again.")
 EXTEND_SECONDS = "Seconds takes a number, not {raw}."

@@ -42,8 +42,9 @@ def _never_permanent(error: Exception) -> bool:
 @dataclass
 class Frontend:
     platform: str
-    # (job, status text, newest preview GIF path or None) -> None
-    show_progress: Callable[[Job, str, str | None], Awaitable[None]]
+    # (job, status text, newest preview GIF path or None) -> False when it did not try (the platform asked for a
+    # pause in that chat): the same progress is offered again on the next tick
+    show_progress: Callable[[Job, str, str | None], Awaitable[bool | None]]
     # (job) -> None; raises to keep the job undelivered (tried again) or Undeliverable (given up)
     deliver: Callable[[Job], Awaitable[None]]
     min_edit_seconds: Callable[[Job], float]
@@ -106,7 +107,8 @@ class Watcher:
             if not new_preview and last is not None and time.monotonic() - last < self.frontend.min_edit_seconds(job):
                 continue
             try:
-                await self.frontend.show_progress(job, text, preview)
+                if await self.frontend.show_progress(job, text, preview) is False:
+                    continue
             except Exception as error:  # a deleted message or a flaky network must not stop the loop
                 # e.g. blocked: stop editing; the result is still tried at the end. A preview file not found
                 # is not that: the next section's comes.

@@ -38,6 +38,9 @@ class FakeTelegram:
         self.blocked: set[int] = set()  # chats whose user blocked the bot: sending there answers 403
         self.server_errors: dict[str, int] = {}  # method -> how many 500s to answer before working again
         self.migrated: dict[int, int] = {}  # group id -> its supergroup's: the old id takes no message any more
+        self.deleted: set[int] = set()  # messages a person deleted: a reply to one is refused unless allowed without
+        self.animations: set[int] = set()  # messages the bot sent as animations: they have a caption, not a text
+        self.upload_limit: int | None = None  # bytes of a sendVideo the server takes; over it: 413
         self.runner: web.AppRunner | None = None
         self.url = ""
 
@@ -202,6 +205,13 @@ class FakeTelegram:
         if method.startswith(("send", "edit")) and int(params.get("chat_id") or 0) in self.blocked:
             return web.json_response({"ok": False, "error_code": 403,
                                       "description": "Forbidden: bot was blocked by the user"}, status=403)
+        replied = params.get("reply_parameters") or {}
+        if int(replied.get("message_id") or 0) in self.deleted and not replied.get("allow_sending_without_reply"):
+            return web.json_response({"ok": False, "error_code": 400,
+                                      "description": "Bad Request: message to be replied not found"}, status=400)
+        if method == "sendVideo" and self.upload_limit is not None and len(files.get("video", b"")) > self.upload_limit:
+            return web.json_response({"ok": False, "error_code": 413, "description": "Request Entity Too Large"},
+                                     status=413)
         handler = getattr(self, f"m_{method}", None)
         if handler is None:
             return self._ok(True)
@@ -239,11 +249,18 @@ class FakeTelegram:
         return self._sent(params, text=_text(params, "text", TEXT_LIMIT))
 
     async def m_editMessageText(self, params):
+        if int(params["message_id"]) in self.animations:
+            raise BadRequestError("Bad Request: there is no text in the message to edit")
         return self._sent(params, text=_text(params, "text", TEXT_LIMIT), message_id=int(params["message_id"]))
+
+    async def m_editMessageCaption(self, params):
+        return self._sent(params, caption=_text(params, "caption", CAPTION_LIMIT), message_id=int(params["message_id"]))
 
     async def m_sendAnimation(self, params):
         animation = {"file_id": "anim", "file_unique_id": "anim", "width": 64, "height": 64, "duration": 1}
-        return self._sent(params, animation=animation, caption=_text(params, "caption", CAPTION_LIMIT))
+        sent = self._sent(params, animation=animation, caption=_text(params, "caption", CAPTION_LIMIT))
+        self.animations.add(sent["message_id"])
+        return sent
 
     async def m_editMessageMedia(self, params):
         animation = {"file_id": "anim", "file_unique_id": "anim", "width": 64, "height": 64, "duration": 1}

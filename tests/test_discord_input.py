@@ -105,3 +105,22 @@ async def test_a_status_never_shown_while_its_token_worked_gets_a_message_of_its
     job = await _shown_status(store, 1)
     assert job.status_message == str(posted.id) and job.status_message != UNPOSTED
     assert await store.queue_length() == 1
+
+
+async def test_a_video_the_server_refuses_as_too_large_is_told_once_not_retried_for_ever(chat, tmp_path):
+    fake, store = chat.fake, chat.store
+    await chat.animate_queued(1, seconds=1.0)
+    job = await store.claim("w")
+    video = tmp_path / "video.mp4"
+    video.write_bytes(b"\0\0\0\x18ftypmp42" + bytes(3_000_000))
+    fake.guild_upload_limit = 1_000_000  # the server lost its boosts after the job was queued at 9 MB
+    assert await store.complete(job.id, "w", str(video), {}, lease=job.lease)
+
+    told = await fake.wait_for(lambda: next((m for m in fake.messages.values()
+                                             if "was refused as too large" in m.content), None), 30)
+    assert not told.attachments and told.content.startswith(f"<@{OWNER}>")
+
+    async def delivered():
+        return (await store.get(job.id)).delivered
+
+    await wait_for(delivered, timeout=30)

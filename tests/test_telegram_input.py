@@ -238,3 +238,83 @@ async def test_a_plain_request_fits_limits_the_admins_lowered_under_the_defaults
     await fake.wait_for("sendMessage", lambda p: "Job 1" in p.get("text", ""), timeout=30)
     params = (await store.get(1)).params
     assert (params.seconds, params.variant) == (3.0, "f1")
+
+
+# ----- progress and delivery ---------------------------------------------------------------------------------
+
+
+async def _claimed_with_preview(chat, tmp_path, caption="a cat --seconds 2", chat_id=OWNER):
+    """A job queued from a photo, claimed by a stand-in worker that reports one section with a preview GIF."""
+    from storage.jobs import Progress
+
+    fake, store = chat.fake, chat.store
+    photo = fake.send_photo(chat_id, OWNER, picture_bytes(), caption=caption)
+    await fake.wait_for("sendMessage", lambda p: "Job 1" in p.get("text", ""))
+    job = await store.claim("w")
+    gif = tmp_path / "section_0001.gif"
+    gif.write_bytes(b"GIF89a" + bytes(32))
+    return photo, job, gif, Progress
+
+
+async def test_a_deleted_photo_still_gets_one_status_with_its_preview(chat, tmp_path):
+    fake, store = chat.fake, chat.store
+    photo, job, gif, Progress = await _claimed_with_preview(chat, tmp_path)
+    fake.deleted.add(photo["message_id"])  # the person deleted their photo while it rendered
+    for section in (1, 2):
+        await store.report_progress(job.id, "w", Progress(section, 2, 2, 2, str(gif)), lease=job.lease)
+        await fake.wait_for("sendAnimation" if section == 1 else "editMessageMedia",
+                            lambda p, s=section: f"section {s}/2" in str(p.get("caption", p.get("media"))), timeout=30)
+    assert len(fake.calls_to("sendAnimation")) == 1 and (await store.get(job.id)).status_message.startswith("a:")
+    assert [t for t in _replies(fake, OWNER) if "section" in t] == []  # no new text status for each section
+
+
+async def test_a_resumed_render_reports_on_its_animation_caption_and_keeps_it(chat, tmp_path):
+    fake, store = chat.fake, chat.store
+    _, job, gif, Progress = await _claimed_with_preview(chat, tmp_path)
+    await store.report_progress(job.id, "w", Progress(1, 3, 2, 2, str(gif)), lease=job.lease)
+    await fake.wait_for("sendAnimation", timeout=30)
+    await store.release(job.id, "w", lease=job.lease)  # the worker stops; another resumes the job
+    job = await store.claim("w2")
+    await store.report_progress(job.id, "w2", Progress(2, 3, 1, 2, None), lease=job.lease)
+    edit = await fake.wait_for("editMessageCaption", lambda p: "section 2/3" in p.get("caption", ""), timeout=30)
+    assert int(edit["message_id"]) in fake.animations
+    assert (await store.get(job.id)).status_message == f"a:{edit['message_id']}"
+
+
+async def test_flood_control_pauses_a_chats_progress_edits_as_long_as_telegram_asks(chat, tmp_path):
+    import time
+
+    fake, store = chat.fake, chat.store
+    _, job, _, Progress = await _claimed_with_preview(chat, tmp_path)
+    fake.fail_next["editMessageText"] = 7  # "retry after 7 s": longer than the 5 s between edits in a private chat
+    await store.report_progress(job.id, "w", Progress(1, 3, 1, 20, None), lease=job.lease)
+    await fake.wait_for("editMessageText", timeout=30)
+    refused_at, second_at = time.monotonic(), None
+    for tick in range(50):  # a step a second, as a render reports them, for 10 s
+        if tick % 5 == 0:
+            await store.report_progress(job.id, "w", Progress(1, 3, 2 + tick // 5, 20, None), lease=job.lease)
+        await asyncio.sleep(0.2)
+        if second_at is None and len(fake.calls_to("editMessageText")) > 1:
+            second_at = time.monotonic()
+    assert second_at is not None and second_at - refused_at >= 6.8  # not before Telegram's pause was over
+
+
+@pytest.mark.parametrize("refused_by", ["setting", "server"])
+async def test_a_video_over_the_upload_limit_is_told_once_not_retried_for_ever(chat, tmp_path, refused_by):
+    fake, store = chat.fake, chat.store
+    _, job, _, _ = await _claimed_with_preview(chat, tmp_path)
+    video = tmp_path / "video.mp4"
+    video.write_bytes(b"\0\0\0\x18ftypmp42" + bytes(3_000_000))
+    if refused_by == "setting":  # the admin lowered TELEGRAM_UPLOAD_LIMIT after the job made its copies
+        chat.bot.settings = chat.bot.settings.model_copy(update={"telegram_upload_limit": 2_000_000})
+    else:  # the server takes less than the setting says
+        fake.upload_limit = 1_000_000
+    assert await store.complete(job.id, "w", str(video), {}, lease=job.lease)
+    told = await fake.wait_for("sendMessage", lambda p: "could not be sent" in p.get("text", ""), timeout=30)
+    assert ("upload limit (2 MB)" if refused_by == "setting" else "(3.0 MB) was refused") in told["text"]
+
+    async def delivered():
+        return (await store.get(job.id)).delivered
+
+    await wait_for(delivered, timeout=30)
+    assert len(fake.calls_to("sendVideo")) == (0 if refused_by == "setting" else 1)
