@@ -678,11 +678,16 @@ class DiscordBot:
             raise Undeliverable(f"no channel, follow-up or direct message reaches the person ({error})") from None
 
     async def notify_admins(self, text: str) -> None:
+        """Every admin who can be reached; raises when none could (the watcher tries the notice again)."""
+        failures = []
         for admin in sorted(self.admins):
             try:
                 await (await self.client.fetch_user(admin)).send(text[:2000])
             except discord.HTTPException as error:
                 log.warning("discord: could not tell admin %d (%s)", admin, error)
+                failures.append(error)
+        if failures and len(failures) == len(self.admins):
+            raise failures[-1]
 
 
 async def run(settings: Settings, store: JobStore, stop: asyncio.Event) -> None:

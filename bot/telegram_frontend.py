@@ -434,8 +434,16 @@ class TelegramBot:
             await _quietly(message.reply_text("Something went wrong on my side. Please try again in a moment."))
 
     async def notify_admins(self, text: str) -> None:
+        """Every admin who can be reached; raises when none could (the watcher tries the notice again)."""
+        failures = []
         for admin in sorted(self.admins):
-            await _quietly(self.app.bot.send_message(int(admin), text))
+            try:
+                await self.app.bot.send_message(int(admin), text)
+            except TelegramError as error:
+                log.info("telegram: could not tell admin %s (%s)", admin, error)
+                failures.append(error)
+        if failures and len(failures) == len(self.admins):
+            raise failures[-1]
 
     # ----- progress and delivery (called by the watcher) -------------------------------------------
 

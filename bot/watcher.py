@@ -170,16 +170,19 @@ class Watcher:
         log.warning("delivery of job %d failed (%s); trying again in %.0f s", job.id, reason, pause)
 
     async def _tell_admins(self) -> None:
-        """Each worker problem once per platform, even across restarts."""
+        """Each time a worker meets a problem (since it began: a problem that comes back after it was mended is
+        told again), once per platform, even across restarts; a notice no admin could be sent is tried again."""
         if self.frontend.notify_admins is None:
             return
-        for worker, problem, _since in await self.store.worker_problems():
-            if not await self.store.claim_notice(f"{self.frontend.platform}:{worker}:{problem}"):
+        for worker, problem, since in await self.store.worker_problems():
+            key = f"{self.frontend.platform}:{worker}:{problem}:{since:.3f}"
+            if not await self.store.claim_notice(key):
                 continue
             try:
                 await self.frontend.notify_admins(texts.worker_problem(worker, problem))
             except Exception as error:
-                log.warning("could not tell the admins about worker %s (%s)", worker, _reason(error))
+                log.warning("could not tell the admins about worker %s (%s); trying again", worker, _reason(error))
+                await self.store.release_notice(key)
 
     async def run(self, stop: asyncio.Event) -> None:
         self.stopping = stop

@@ -333,6 +333,11 @@ class SqlJobStore(WorkerSide):
             )
             return cursor.rowcount == 1
 
+    async def release_notice(self, key: str) -> None:
+        """A claimed notice that could not be sent: the next look claims it again."""
+        async with self._write() as session:
+            await session.execute("DELETE FROM notices WHERE key=?", (key,))
+
     # ----- cancel ---------------------------------------------------------------------------------
 
     async def cancel(self, job_id: int, platform: str, user_id: str, is_admin: bool = False,

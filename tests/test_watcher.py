@@ -131,3 +131,29 @@ async def test_admins_hear_of_a_worker_problem_once(stores, tmp_path):
     await store.heartbeat("gpu0", "FramePack weights are missing.")
     await Watcher(store, frontend).tick()
     assert len(told) == 2 and "No CUDA GPU" in told[0] and "weights are missing" in told[1]
+
+
+async def test_a_problem_that_comes_back_is_told_again_and_a_notice_that_failed_is_tried_again(stores, tmp_path):
+    store = await stores(Settings(data_dir=tmp_path / "d", lease_seconds=30))
+    told, failing = [], [1]
+
+    async def notify(text):
+        if failing:
+            failing.pop()
+            raise RuntimeError("no admin could be reached")
+        told.append(text)
+
+    async def deliver(job):
+        pass
+
+    frontend = Frontend("telegram", _no_show, deliver, lambda job: 0.0, notify_admins=notify)
+    await store.heartbeat("gpu0", "The disk is full.")
+    await Watcher(store, frontend).tick()  # the send fails: not counted as told
+    await Watcher(store, frontend).tick()
+    await Watcher(store, frontend).tick()
+    assert told == [told[0]] and "disk is full" in told[0]
+    await store.heartbeat("gpu0")  # mended
+    await Watcher(store, frontend).tick()
+    await store.heartbeat("gpu0", "The disk is full.")  # and full again, later
+    await Watcher(store, frontend).tick()
+    assert len(told) == 2
