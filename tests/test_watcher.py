@@ -157,3 +157,27 @@ async def test_a_problem_that_comes_back_is_told_again_and_a_notice_that_failed_
     await store.heartbeat("gpu0", "The disk is full.")  # and full again, later
     await Watcher(store, frontend).tick()
     assert len(told) == 2
+
+
+async def test_a_preview_file_not_found_does_not_stop_the_jobs_progress(stores, tmp_path):
+    store = await stores(Settings(data_dir=tmp_path / "d"))
+    job_id = (await store.enqueue(NewJob("telegram", "chat", "u", "x", JobParams()), picture_bytes())).job_id
+    await store.set_status_message(job_id, "t:1")
+    tries = []
+
+    async def show(job, text, preview):
+        tries.append(preview)
+        if len(tries) == 1:  # a preview gone between the worker's report and this read
+            raise FileNotFoundError(2, "No such file or directory", preview)
+
+    async def deliver(job):
+        pass
+
+    watcher = Watcher(store, Frontend("telegram", show, deliver, lambda job: 0.0))
+    job = await store.claim("w")
+    await store.report_progress(job_id, "w", Progress(1, 2, 1, 2, "/gone/section_0001.gif"), lease=job.lease)
+    await watcher.tick()
+    assert (await store.get(job_id)).status_message == "t:1"  # still shown: the next preview goes there
+    await store.report_progress(job_id, "w", Progress(2, 2, 1, 2, "/data/section_0002.gif"), lease=job.lease)
+    await watcher.tick()
+    assert tries == ["/gone/section_0001.gif", "/data/section_0002.gif"]
