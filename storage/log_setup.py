@@ -11,9 +11,9 @@ import logging
 import os
 from collections.abc import Iterable
 
+from storage.url_secrets import MASK as REDACTED  # one mask for a secret, in a URL or in a log line
 from storage.url_secrets import url_passwords
 
-REDACTED = "***"
 NOISY_LOGGERS = ("httpx", "httpcore")  # one INFO line per HTTP request, with the URL (and the token in it)
 
 

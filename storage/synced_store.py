@@ -172,7 +172,8 @@ class SyncedJobStore:
             return []
 
     async def _quietly(self, upload, job_id: int, what: str) -> None:
-        """A bucket that is down for a moment must not stop the render or the enqueue: the next pass catches up."""
+        """A bucket that is down for a moment must not stop the render: the next pass catches up. (An enqueue's
+        upload is not quiet: _upload_inputs refuses the job instead.)"""
         try:
             await asyncio.to_thread(upload, job_id)
         except (ObjectStoreError, OSError) as error:
